@@ -1,0 +1,74 @@
+"""The `ctxseg` command. Each subcommand lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ctxseg.errors import UserError
+
+console = Console(stderr=True)
+
+app = typer.Typer(
+    name="ctxseg",
+    help="Context-aware semantic segmentation: prepare data, train, evaluate, predict, visualise, convert.\n\n"
+    "Each step defaults to the previous step's output (runs/latest):\n\n"
+    "  ctxseg prepare synthetic\n\n  ctxseg train --recipe demo\n\n  ctxseg eval --ms-flip\n\n  ctxseg viz overlay",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from ctxseg.cli import convert, eval as eval_cmd, predict, prepare, recipes, train, viz  # noqa: F401
+
+    for mod in (prepare, train, eval_cmd, predict, viz, convert, recipes):
+        mod.register(app)
+    try:
+        from ctxseg.cli import bench
+
+        bench.register(app)
+    except ImportError:
+        pass
+
+
+def _expand_bare_resume(argv: list[str]) -> list[str]:
+    """`--resume` with no value means the newest checkpoint of runs/latest."""
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("latest")
+    return out
+
+
+def main() -> None:
+    _register()
+    argv = _expand_bare_resume(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="ctxseg", standalone_mode=False)
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {_escape(str(e))}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)

@@ -1,0 +1,105 @@
+"""`ctxseg predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+import typer
+from rich.progress import Progress
+
+from ctxseg.cli.common import SetOption, out
+from ctxseg.data.index import PreparedIndex
+from ctxseg.data.transforms import normalize
+from ctxseg.engine.checkpoint import load_model
+from ctxseg.engine.evaluate import inference_settings
+from ctxseg.engine.inference import infer
+from ctxseg.engine.runs import resolve_checkpoint
+from ctxseg.errors import UserError
+from ctxseg.io import read_image, write_json, write_png
+from ctxseg.viz.palette import colorize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def collect_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
+    """(image, relative output stem) for files and folders (recursively)."""
+    found = []
+    for p in inputs:
+        if p.is_dir():
+            found += [(f, f.relative_to(p).with_suffix("")) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.is_file():
+            found.append((p, Path(p.stem)))
+        else:
+            raise UserError(f"Input not found: {p}")
+    if not found:
+        raise UserError(f"No images found in {', '.join(map(str, inputs))}")
+    return found
+
+
+def predict(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (default: best of runs/latest)."),
+    out_dir: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
+    color: bool = typer.Option(False, "--color", help="Also write palette-coloured PNGs (<name>_color.png)."),
+    ms_flip: bool = typer.Option(False, "--ms-flip", help="Multi-scale + flip test-time augmentation."),
+    fmt: str = typer.Option("trainid", "--format", help="trainid (class indices) or a dataset's submission format, e.g. cityscapes."),
+    set: Optional[List[str]] = SetOption,
+):
+    """Write label PNGs (class index per pixel) for images or folders.
+
+    Examples:
+
+      [cyan]ctxseg predict data/synthetic/images/val --out preds --color[/]
+
+      [cyan]ctxseg predict -c model.safetensors street.jpg --format cityscapes --out submit/[/]
+    """
+    ckpt_path = resolve_checkpoint(checkpoint)
+    model, recipe, _ = load_model(ckpt_path, set)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    settings = inference_settings(recipe, ms_flip)
+    try:
+        index = PreparedIndex.open(recipe.data.root)
+        palette, flip_pairs = index.palette, index.flip_pairs
+    except UserError:  # predicting without the prepared dataset: a generated palette
+        palette, flip_pairs = None, []
+    encode = _encoder(fmt)
+    images = collect_images(inputs)
+    manifest = {}
+    with Progress(transient=True) as bar:
+        task = bar.add_task("predict", total=len(images))
+        for path, stem in images:
+            img = read_image(path)
+            x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
+            scores = infer(model, x, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
+                           settings["scales"], settings["flip"], flip_pairs, settings["window_batch"], recipe.model.align_corners)
+            pred = scores.argmax(1)[0].cpu().numpy()
+            name, label = encode(stem, pred)
+            write_png(out_dir / name, label)
+            if color:
+                write_png(out_dir / f"{stem}_color.png", colorize(pred, palette, recipe.data.num_classes)[..., ::-1])
+            manifest[str(stem)] = {"image": str(path.resolve()), "label": None, "prediction": str((out_dir / name).resolve())}
+            bar.advance(task)
+    write_json(out_dir / "predictions.json", {"checkpoint": str(ckpt_path), "format": fmt, "samples": manifest,
+                                               "predictions": str(out_dir.resolve()), "data_root": str(recipe.data.root)})
+    from ctxseg.viz.sources import set_latest_predictions
+
+    set_latest_predictions(out_dir / "predictions.json")
+    out.print(f"[green]wrote[/] {len(images)} predictions to {out_dir}")
+
+
+def _encoder(fmt: str):
+    if fmt == "trainid":
+        return lambda stem, pred: (f"{stem}.png", pred.astype(np.uint8 if pred.max() < 256 else np.uint16))
+    from ctxseg.data.prepare import SUBMISSION_FORMATS
+
+    if fmt not in SUBMISSION_FORMATS:
+        raise UserError(f"Unknown --format '{fmt}'; choose trainid or one of {', '.join(SUBMISSION_FORMATS)}")
+    return SUBMISSION_FORMATS[fmt]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)

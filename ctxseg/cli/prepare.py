@@ -1,0 +1,63 @@
+"""`ctxseg prepare NAME`: raw dataset -> prepared index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress
+
+from ctxseg.cli.common import out
+from ctxseg.errors import UserError
+
+# dataset name -> (module, function); real datasets register in ctxseg.data.prepare.registry
+def _preparers() -> dict:
+    from ctxseg.data.prepare import PREPARERS
+
+    return PREPARERS
+
+
+def prepare(
+    name: str = typer.Argument(..., help="Dataset: synthetic, cityscapes, ade20k, coco-stuff10k, coco-stuff164k, voc-aug, pascal-context, pascal-context-60, lip, camvid."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder with the official raw download (not needed for synthetic)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where the prepared index goes (default: data/<name>)."),
+    workers: int = typer.Option(2, "--workers", help="Parallel worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset."),
+    check: bool = typer.Option(False, "--check", help="Only scan an existing prepared index's labels for out-of-range values."),
+):
+    """Turn a dataset into a prepared index (splits/*.txt, meta.json, converted labels).
+
+    Examples:
+
+      [cyan]ctxseg prepare synthetic[/]
+
+      [cyan]ctxseg prepare cityscapes --root ~/data/cityscapes-raw[/]
+    """
+    preparers = _preparers()
+    if name not in preparers:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(preparers), n=1)
+        raise UserError(f"Unknown dataset '{name}'" + (f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(preparers)}"))
+    target = out_dir or Path("data") / name
+    if check:
+        from ctxseg.data.prepare import check_prepared
+
+        bad = check_prepared(target)
+        if bad:
+            for path, values in bad[:50]:
+                out.print(f"[red]{path}[/]: values {values}")
+            raise UserError(f"{len(bad)} label file(s) in {target} hold out-of-range values")
+        out.print(f"[green]labels OK[/] in {target}")
+        return
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"prepare {name}", total=None)
+        meta = preparers[name](root=root, out=target, workers=workers, seed=seed,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
+    out.print(f"[green]prepared[/] {name} -> {target}  ({meta['num_classes']} classes; {sizes})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare")(prepare)

@@ -1,0 +1,142 @@
+"""Dataset over a prepared index, and the deterministic, resumable sampler that feeds it."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ctxseg.config import DataConfig
+from ctxseg.data import transforms as T
+from ctxseg.data.index import PreparedIndex, Sample
+from ctxseg.errors import UserError
+from ctxseg.io import read_image, read_label
+
+
+def reduce_zero_label(label: np.ndarray) -> np.ndarray:
+    """mmseg's reduce_zero_label: 0 ('other') -> ignore 255, every other id shifts down by one."""
+    label = label.astype(np.int32)
+    label[label == 0] = 256
+    label = label - 1
+    label[label == 255] = 255
+    return label
+
+
+def load_label(sample: Sample, cfg: DataConfig, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read, reduce and validate a label map; HxW uint8 (int32 when ids exceed 255), values in [0, C) or ignore.
+
+    Labels stay in a dtype OpenCV can resize (nearest) and become int64 tensors only at the end."""
+    lab = read_label(sample.label)
+    if image_shape is not None and lab.shape[:2] != tuple(image_shape):
+        raise UserError(f"{sample.label}: label size {lab.shape[1]}x{lab.shape[0]} differs from its image "
+                        f"{image_shape[1]}x{image_shape[0]} ({sample.image})")
+    lab = reduce_zero_label(lab) if cfg.reduce_zero_label else lab.astype(np.int64)
+    bad = (lab >= cfg.num_classes) & (lab != cfg.ignore_index)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(lab[bad]))[:8]
+        raise UserError(f"{sample.label}: label values {values} are outside [0, {cfg.num_classes}) and not the ignore "
+                        f"index {cfg.ignore_index} (check num_classes / reduce_zero_label, or run `ctxseg prepare --check`)")
+    return lab.astype(np.uint8) if max(cfg.num_classes, cfg.ignore_index) < 256 else lab.astype(np.int32)
+
+
+class SegDataset(Dataset):
+    """Items are indexed by (sample index, augmentation seed) pairs from `TrainBatchSampler`
+    during training, or by a plain index for evaluation (no augmentation)."""
+
+    def __init__(self, index: PreparedIndex, split: str, cfg: DataConfig, train: bool):
+        self.index = index
+        self.samples = index.samples(split)
+        if not self.samples:
+            raise UserError(f"Split '{split}' of {index.root} is empty")
+        self.cfg = cfg
+        self.train = train
+        self.flip_pairs = cfg.flip_pairs if cfg.flip_pairs is not None else index.flip_pairs
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        s = self.samples[i]
+        img = read_image(s.image)
+        lab = load_label(s, self.cfg, img.shape[:2]) if s.label is not None else None
+        if self.train:
+            return self._augment(img, lab, np.random.default_rng(seed))
+        image = T.normalize(img, self.cfg.mean, self.cfg.std)
+        out = {"image": torch.from_numpy(image), "index": i}
+        if lab is not None:
+            out["label"] = torch.from_numpy(lab.astype(np.int64))
+        return out
+
+    def _augment(self, img, lab, rng: np.random.Generator):
+        c = self.cfg
+        if lab is None:
+            raise UserError("Training needs labels, but the training split has none")
+        img, lab = T.random_resize(img, lab, c.scale, c.ratio_range, rng)
+        img, lab = T.random_crop(img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng)
+        img, lab = T.random_flip(img, lab, c.flip_prob, self.flip_pairs, rng)
+        if c.photometric:
+            img = T.photometric_distortion(np.ascontiguousarray(img), rng)
+        image = T.normalize(np.ascontiguousarray(img), c.mean, c.std)
+        image, lab = T.pad_to(image, np.ascontiguousarray(lab), c.crop_size, c.ignore_index)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(lab.astype(np.int64))}
+
+
+class TrainBatchSampler:
+    """Infinite, deterministic batches for one process, resumable at any micro-batch.
+
+    The global sample stream is the concatenation of per-epoch permutations seeded by (seed,
+    epoch); global batch b takes stream positions [b*G, (b+1)*G) with G = batch * world, and rank r
+    takes its contiguous share. Each sample's augmentation seed is (seed, stream position), so the
+    data a step sees does not depend on worker count, restarts or timing.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_batch: int = 0, weights: np.ndarray | None = None):
+        self.n, self.batch, self.seed = num_samples, batch_size, seed
+        self.rank, self.world, self.start = rank, world, start_batch
+        self.weights = weights  # optional per-sample repeat factors / sampling weights
+        self._epoch_cache: dict[int, np.ndarray] = {}
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epoch_cache:
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.weights is None:
+                order = rng.permutation(self.n)
+            else:
+                # stochastic rounding of repeat factors (LVIS), then shuffle: one "epoch" of repeats
+                reps = np.floor(self.weights + rng.random(self.n)).astype(np.int64)
+                order = rng.permutation(np.repeat(np.arange(self.n), reps))
+            self._epoch_cache = {epoch: order}
+        return self._epoch_cache[epoch]
+
+    def _position(self, pos: int) -> int:
+        if self.weights is None:
+            epoch, k = divmod(pos, self.n)
+            return int(self.epoch_order(epoch)[k])
+        epoch = 0
+        while True:  # variable-length epochs: walk forward (cached per epoch, cheap)
+            order = self.epoch_order(epoch)
+            if pos < len(order):
+                return int(order[pos])
+            pos -= len(order)
+            epoch += 1
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b = self.start
+        g = self.batch * self.world
+        while True:
+            base = b * g + self.rank * self.batch
+            yield [(self._position(base + k), (self.seed * 1_000_003 + base + k) % (2**63)) for k in range(self.batch)]
+            b += 1
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"image": torch.stack([it["image"] for it in items])}
+    if "label" in items[0]:
+        out["label"] = torch.stack([it["label"] for it in items])
+    if "index" in items[0]:
+        out["index"] = torch.tensor([it["index"] for it in items])
+    return out

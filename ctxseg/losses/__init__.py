@@ -1,0 +1,52 @@
+"""Loss = decode-head CE (+OHEM) + auxiliary CE x aux_weight + every plug-in's loss terms."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ctxseg.config import Recipe
+from ctxseg.losses.cross_entropy import cross_entropy, ohem_weights, seg_ce_term
+from ctxseg.models.layers import resize
+
+
+def inverse_log_frequency(counts: list[int]) -> list[float]:
+    """openseg-style class weights from pixel frequencies: 1 / log(1.02 + freq), normalised to mean 1."""
+    total = max(sum(counts), 1)
+    w = [1.0 / math.log(1.02 + c / total) for c in counts]
+    mean = sum(w) / len(w)
+    return [x / mean for x in w]
+
+
+class Criterion(nn.Module):
+    def __init__(self, recipe: Recipe, class_pixel_counts: list[int] | None = None):
+        super().__init__()
+        lc = recipe.train.loss
+        self.cfg = lc
+        self.ignore_index = recipe.data.ignore_index
+        self.align_corners = recipe.model.align_corners
+        weight = lc.class_weight
+        if weight == "inverse_log_freq":
+            weight = inverse_log_frequency(class_pixel_counts or [1] * recipe.data.num_classes)
+        self.register_buffer("class_weight", torch.tensor(weight, dtype=torch.float32) if weight else None, persistent=False)
+
+    def ce(self, logits: torch.Tensor, target: torch.Tensor, ohem: bool = False) -> torch.Tensor:
+        logits = resize(logits, target.shape[-2:], self.align_corners).float()
+        pw = None
+        if ohem and self.cfg.ohem is not None:
+            pw = ohem_weights(logits, target, self.cfg.ohem.thresh, self.cfg.ohem.min_kept, self.ignore_index)
+        return cross_entropy(logits, target, self.ignore_index, self.class_weight, self.cfg.avg_non_ignore, pw)
+
+    def forward(self, model: nn.Module, outputs: dict, target: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        terms = {"loss_ce": self.cfg.decode_weight * self.ce(outputs["logits"], target, ohem=True)}
+        if "aux_logits" in outputs and self.cfg.aux_weight > 0:
+            terms["loss_aux"] = self.cfg.aux_weight * self.ce(outputs["aux_logits"], target, ohem=True)
+        core = model.module if hasattr(model, "module") else model
+        terms.update(core.plugin_losses(outputs, target, step))
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+__all__ = ["Criterion", "cross_entropy", "ohem_weights", "seg_ce_term", "inverse_log_frequency"]

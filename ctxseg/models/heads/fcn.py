@@ -1,0 +1,31 @@
+"""FCN head (mmseg FCNHead): num_convs 3x3 ConvModules, optional concat of the input (input first)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctxseg.models.heads.base import DecodeHead
+from ctxseg.models.layers import ConvModule
+
+
+class FCNHead(DecodeHead):
+    def __init__(self, in_channels, num_classes: int, channels: int = 512, num_convs: int = 2, kernel_size: int = 3,
+                 concat_input: bool = True, dilation: int = 1, in_index: int = -1, dropout_ratio: float = 0.1,
+                 align_corners: bool = False):
+        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        pad = (kernel_size // 2) * dilation
+        convs = []
+        for i in range(num_convs):
+            convs.append(ConvModule(self.in_channels if i == 0 else channels, channels, kernel_size, padding=pad, dilation=dilation))
+        self.convs = nn.Sequential(*convs) if num_convs > 0 else nn.Identity()
+        self.concat_input = concat_input
+        if concat_input:
+            self.conv_cat = ConvModule(self.in_channels + channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.select(inputs)
+        feats = self.convs(x)
+        if self.concat_input:
+            feats = self.conv_cat(torch.cat([x, feats], dim=1))
+        return feats

@@ -1,0 +1,32 @@
+"""PSPNet head (mmseg PSPHead): pyramid pooling, concat [x, pool1, pool2, pool3, pool6], 3x3 bottleneck."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctxseg.models.heads.base import DecodeHead
+from ctxseg.models.layers import ConvModule, resize
+
+
+class PPM(nn.ModuleList):
+    """Pyramid pooling module: AdaptiveAvgPool(s) -> 1x1 ConvModule -> bilinear resize, per scale."""
+
+    def __init__(self, pool_scales, in_channels: int, channels: int, align_corners: bool):
+        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1)) for s in pool_scales)
+        self.align_corners = align_corners
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [resize(m(x), x.shape[2:], self.align_corners) for m in self]
+
+
+class PSPHead(DecodeHead):
+    def __init__(self, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+                 in_index: int = -1, dropout_ratio: float = 0.1, align_corners: bool = False):
+        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        self.psp_modules = PPM(pool_scales, self.in_channels, channels, align_corners)
+        self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * channels, channels, 3, padding=1)
+
+    def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.select(inputs)
+        return self.bottleneck(torch.cat([x, *self.psp_modules(x)], dim=1))
