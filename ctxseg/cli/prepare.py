@@ -25,6 +25,7 @@ def prepare(
     workers: int = typer.Option(2, "--workers", help="Parallel worker processes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset."),
     check: bool = typer.Option(False, "--check", help="Only scan an existing prepared index's labels for out-of-range values."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) when split sizes differ from the official counts."),
 ):
     """Turn a dataset into a prepared index (splits/*.txt, meta.json, converted labels).
 
@@ -57,6 +58,13 @@ def prepare(
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
     out.print(f"[green]prepared[/] {name} -> {target}  ({meta['num_classes']} classes; {sizes})")
+    run = meta.get("run")
+    if run:
+        out.print(f"labels: {run['converted']} converted, {run['skipped']} already done (skipped)")
+    for w in meta.get("warnings", []):
+        out.print(f"[yellow]warning[/]: {w}")
+    if strict and meta.get("warnings"):
+        raise UserError(f"{len(meta['warnings'])} problem(s) with {name} (see the warnings above); --strict makes them fatal")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 # module names under ctxseg.convert that define `register(app)`; filled as formats land
-FORMATS: list[str] = []
+FORMATS: list[str] = ["mmseg", "onnx", "cac", "openseg", "ssseg"]
 
 
 def register_commands(app: typer.Typer) -> None:

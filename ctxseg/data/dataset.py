@@ -18,9 +18,9 @@ from ctxseg.io import read_image, read_label
 def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     """mmseg's reduce_zero_label: 0 ('other') -> ignore 255, every other id shifts down by one."""
     label = label.astype(np.int32)
-    label[label == 0] = 256
+    label[label == 0] = 255
     label = label - 1
-    label[label == 255] = 255
+    label[label == 254] = 255  # 0 and the original ignore 255 both end as 255
     return label
 
 
@@ -97,8 +97,16 @@ class TrainBatchSampler:
                  start_batch: int = 0, weights: np.ndarray | None = None):
         self.n, self.batch, self.seed = num_samples, batch_size, seed
         self.rank, self.world, self.start = rank, world, start_batch
-        self.weights = weights  # optional per-sample repeat factors / sampling weights
+        self.weights = None if weights is None else np.asarray(weights, np.float64)
+        if self.weights is not None and (len(self.weights) != num_samples or not np.all(self.weights >= 0)
+                                         or self.weights.sum() <= 0):
+            raise UserError("Sampler weights must be one non-negative repeat factor per training sample, not all zero")
         self._epoch_cache: dict[int, np.ndarray] = {}
+        self._epoch_ends: list[int] = []  # weighted: cumulative stream length after each epoch
+
+    def _repeats(self, rng: np.random.Generator) -> np.ndarray:
+        # stochastic rounding of repeat factors (LVIS): one "epoch" holds each sample floor(w + u) times
+        return np.floor(self.weights + rng.random(self.n)).astype(np.int64)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         if epoch not in self._epoch_cache:
@@ -106,23 +114,29 @@ class TrainBatchSampler:
             if self.weights is None:
                 order = rng.permutation(self.n)
             else:
-                # stochastic rounding of repeat factors (LVIS), then shuffle: one "epoch" of repeats
-                reps = np.floor(self.weights + rng.random(self.n)).astype(np.int64)
-                order = rng.permutation(np.repeat(np.arange(self.n), reps))
+                order = rng.permutation(np.repeat(np.arange(self.n), self._repeats(rng)))
             self._epoch_cache = {epoch: order}
         return self._epoch_cache[epoch]
+
+    def _epoch_of(self, pos: int) -> tuple[int, int]:
+        """(epoch, offset) of stream position `pos` with variable-length epochs: epoch lengths are
+        computed once each (only the repeat draw, no permutation) and searched by bisection, so a
+        resume at step s costs O(epochs) once instead of re-walking every epoch on every call."""
+        import bisect
+
+        while not self._epoch_ends or self._epoch_ends[-1] <= pos:
+            e = len(self._epoch_ends)
+            length = int(self._repeats(np.random.default_rng([self.seed, e])).sum())
+            self._epoch_ends.append((self._epoch_ends[-1] if self._epoch_ends else 0) + length)
+        epoch = bisect.bisect_right(self._epoch_ends, pos)
+        return epoch, pos - (self._epoch_ends[epoch - 1] if epoch else 0)
 
     def _position(self, pos: int) -> int:
         if self.weights is None:
             epoch, k = divmod(pos, self.n)
             return int(self.epoch_order(epoch)[k])
-        epoch = 0
-        while True:  # variable-length epochs: walk forward (cached per epoch, cheap)
-            order = self.epoch_order(epoch)
-            if pos < len(order):
-                return int(order[pos])
-            pos -= len(order)
-            epoch += 1
+        epoch, k = self._epoch_of(pos)
+        return int(self.epoch_order(epoch)[k])
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         b = self.start

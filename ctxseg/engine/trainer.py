@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,10 @@ from ctxseg.io import write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
 from ctxseg.models.segmentor import build_segmentor
+
+
+# tests set this to simulate a job killed (SIGKILL) right after the checkpoint of that step
+_FAULT_AT_STEP = int(os.environ.get("CTXSEG_FAULT_AT_STEP", "0"))
 
 
 class TrainingDiverged(UserError):
@@ -135,9 +141,10 @@ class Trainer:
         self.eval_limit = eval_limit
 
         model = build_segmentor(recipe)
-        if recipe.model.norm == "SyncBN" and self.world > 1:
+        # SyncBN only where it can run: several processes on GPUs. A one-process run (where SyncBN
+        # crashes) and CPU/gloo runs (torch's SyncBN is GPU-only) keep plain per-process BatchNorm.
+        if recipe.model.norm == "SyncBN" and self.world > 1 and self.acc.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # a one-process run keeps plain BatchNorm even if the recipe says SyncBN (it would crash)
         self.step = 0
         resume_state = None
         if resume is not None:
@@ -155,8 +162,7 @@ class Trainer:
             optimizer.load_state_dict(resume_state["optimizer"])
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.criterion = Criterion(recipe, self.index.meta.get("class_pixel_counts")).to(self.acc.device)
-        if resume_state is not None:
-            set_rng_state(resume_state["rng"][min(self.rank, len(resume_state["rng"]) - 1)])
+        self._resume_rng = resume_state["rng"][min(self.rank, len(resume_state["rng"]) - 1)] if resume_state else None
         if log_with:
             self.acc.init_trackers(self.run_dir.name)
 
@@ -204,6 +210,21 @@ class Trainer:
         if self.recipe.train.tensorboard:
             self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
+    def _check_replicas(self, core: nn.Module) -> None:
+        """In multi-process runs, confirm every replica ends with the same weights and plug-in state
+        (DDP keeps parameters in sync; memories and queues must sync themselves). BatchNorm running
+        statistics are per process between DDP's buffer broadcasts, so they are not compared."""
+        if self.world == 1:
+            return
+        digest = [float(t.double().sum()) for k, t in core.state_dict().items()
+                  if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))]
+        gathered = [None] * self.world
+        torch.distributed.all_gather_object(gathered, digest)
+        identical = all(g == gathered[0] for g in gathered)
+        self.log({"step": self.step, "replicas": self.world, "replicas_identical": identical})
+        if not identical:
+            raise UserError("Replicas diverged: processes hold different weights/buffers at the end of training")
+
     # ---------------------------------------------------------------------------------------
     def save(self, step: int) -> None:
         self.acc.wait_for_everyone()
@@ -248,7 +269,14 @@ class Trainer:
         tr = self.recipe.train
         self.model.train()
         loader = iter(self._loader())
+        # RNG states are restored only now: creating the loader iterator draws worker seeds from the
+        # global RNG, which the uninterrupted run did before its first step, not at this point
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
+        # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
+        schedule_hooks = [m for m in core.modules() if hasattr(m, "before_train_step")]
+        iters_per_epoch = max(1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
         bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress)
         t0, it_times = time.time(), []
@@ -259,6 +287,8 @@ class Trainer:
                 lr = lr_at(self.step, self.total, self.recipe)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_mult", 1.0)
+                for m in schedule_hooks:
+                    m.before_train_step(self.step, lr, iters_per_epoch)
                 terms_sum: dict[str, float] = {}
                 for _ in range(tr.grad_accum):
                     batch = next(loader)
@@ -282,7 +312,7 @@ class Trainer:
                         terms_sum[k] = terms_sum.get(k, 0.0) + v / tr.grad_accum
                 self.step += 1
                 it_times.append(time.time() - t_step)
-                loss_value = sum(terms_sum.values())
+                loss_value = sum(v for k, v in terms_sum.items() if not k.startswith("stat_"))
                 bar.update(task, completed=self.step, info=f"loss {loss_value:.4f} lr {lr:.2e} {1 / np.mean(it_times[-20:]):.2f} it/s")
                 if self.step % tr.log_interval == 0 or self.step == self.total:
                     eta = np.mean(it_times[-50:]) * (self.total - self.step)
@@ -293,6 +323,9 @@ class Trainer:
                     self.run_eval(self.step)
                 if self.step % tr.checkpoint_interval == 0 or self.step == self.total:
                     self.save(self.step)
+                    if _FAULT_AT_STEP == self.step:  # test hook: die like a killed job, right after a checkpoint
+                        os.kill(os.getpid(), signal.SIGKILL)
+        self._check_replicas(core)
         if self.acc.is_main_process:
             ckpt.save_weights(self.run_dir / "final.safetensors", core, self.recipe, {"step": self.step})
         self.acc.wait_for_everyone()

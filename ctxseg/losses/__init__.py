@@ -45,7 +45,8 @@ class Criterion(nn.Module):
             terms["loss_aux"] = self.cfg.aux_weight * self.ce(outputs["aux_logits"], target, ohem=True)
         core = model.module if hasattr(model, "module") else model
         terms.update(core.plugin_losses(outputs, target, step))
-        total = sum(terms.values())
+        # `stat_*` terms are statistics (e.g. contrast steps skipped): logged, never summed
+        total = sum(v for k, v in terms.items() if not k.startswith("stat_"))
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
 

@@ -10,25 +10,49 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ctxseg.models.backbones.hrnet import hrnet
 from ctxseg.models.backbones.resnet import resnet
+from ctxseg.models.backbones.mobilenetv2 import mobilenetv2
+from ctxseg.models.backbones.resnest import resnest
+from ctxseg.models.backbones.swin import swin
+from ctxseg.models.backbones.vit import vit
 from ctxseg.models.heads.aspp import ASPPHead
 from ctxseg.models.heads.fcn import FCNHead
+from ctxseg.models.heads.ocr import OCRHead
+from ctxseg.models.heads.openseg_deeplab import OpensegDeepLabHead, OpensegDSNHead
+from ctxseg.models.heads.openseg_hrnet import OpensegHRNetHead
 from ctxseg.models.heads.psp import PSPHead
+from ctxseg.models.heads.sep_aspp import SepASPPHead
+from ctxseg.models.heads.uper import UPerHead
+from ctxseg.models.context.cac import cac
+from ctxseg.models.context.contrast import PixelContrast
+from ctxseg.models.context.memory import mcibi
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
+    "hrnet": hrnet,
+    "swin": swin,
+    "mobilenetv2": mobilenetv2,
+    "resnest": resnest,
+    "vit": vit,
 }
 
 HEADS: dict[str, Callable[..., nn.Module]] = {
     "fcn": FCNHead,
     "psp": PSPHead,
     "aspp": ASPPHead,
+    "sep_aspp": SepASPPHead,
+    "ocr": OCRHead,
+    "uper": UPerHead,
+    "openseg_hrnet": OpensegHRNetHead,
+    "openseg_deeplab": OpensegDeepLabHead,
+    "openseg_dsn": OpensegDSNHead,
 }
 
 # context plug-ins, filled by their issues: MCIBI memory, pixel contrast, CAC classifier
-MEMORIES: dict[str, Callable[..., nn.Module]] = {}
-CONTRASTS: dict[str, Callable[..., nn.Module]] = {}
-CACS: dict[str, Callable[..., nn.Module]] = {}
+MEMORIES: dict[str, Callable[..., nn.Module]] = {"mcibi": mcibi}
+CONTRASTS: dict[str, Callable[..., nn.Module]] = {"pixel_contrast": PixelContrast}
+CACS: dict[str, Callable[..., nn.Module]] = {"cac": cac}
 
 _KINDS = {"backbone": BACKBONES, "head": HEADS, "memory": MEMORIES, "contrast": CONTRASTS, "cac": CACS}
 

@@ -9,6 +9,8 @@ from torch import nn
 
 def resize(x: torch.Tensor, size, align_corners: bool = False, mode: str = "bilinear") -> torch.Tensor:
     """mmseg's `resize`: a plain interpolate to an explicit size (never a scale factor)."""
+    if torch.jit.is_tracing():  # ONNX export: keep traced sizes symbolic so --dynamic graphs follow the input
+        return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x

@@ -13,16 +13,20 @@ def overlay(image_bgr: np.ndarray, label: np.ndarray, palette, classes: list[str
     """BGR uint8 picture: colours blended over the image, ignore pixels hatched, legend of present classes."""
     color = colorize(label, palette, len(classes), ignore_index)[..., ::-1].astype(np.float32)
     out = image_bgr.astype(np.float32) * (1 - alpha) + color * alpha
-    ignore = label == ignore_index
-    if ignore.any():  # diagonal hatching so ignore regions are not mistaken for a class
-        yy, xx = np.mgrid[0 : label.shape[0], 0 : label.shape[1]]
-        hatch = ignore & (((yy + xx) // 3) % 2 == 0)
-        out[hatch] = np.asarray(IGNORE_COLOR[::-1], np.float32)
-    out = out.clip(0, 255).astype(np.uint8)
+    out = hatch_ignore(out, label == ignore_index).clip(0, 255).astype(np.uint8)
     if legend:
         present = [int(c) for c in np.unique(label) if c != ignore_index and c < len(classes)]
         out = np.hstack([out, legend_panel([classes[c] for c in present], [palette[c] for c in present], out.shape[0])])
     return out
+
+
+def hatch_ignore(picture: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+    """Diagonal hatching (IGNORE_COLOR stripes) over ignore pixels, so they are not mistaken for a class."""
+    if ignore.any():
+        yy, xx = np.mgrid[0 : ignore.shape[0], 0 : ignore.shape[1]]
+        picture = picture.copy()
+        picture[ignore & (((yy + xx) // 3) % 2 == 0)] = np.asarray(IGNORE_COLOR[::-1], picture.dtype)
+    return picture
 
 
 def legend_panel(names: list[str], colors_rgb, height: int, width: int = 170, row: int = 18) -> np.ndarray:

@@ -38,6 +38,11 @@ class ResNetD8(nn.Module):
             stem_type="deep" if deep_stem else "", stem_width=stem_channels // 2 if deep_stem else stem_channels,
             avg_down=avg_down, channels=tuple(base_channels * 2**i for i in range(4)), drop_path_rate=drop_path_rate,
         )
+        if block is BasicBlock:
+            # mmseg/ssseg dilate only conv1 of a BasicBlock (conv2 stays 3x3, padding 1); timm dilates both
+            for layer in (self.net.layer3, self.net.layer4):
+                for blk in layer:
+                    blk.conv2.dilation, blk.conv2.padding = (1, 1), (1, 1)
         expansion = block.expansion
         self.out_indices = tuple(out_indices)
         self.out_channels = [base_channels * 2**i * expansion for i in range(4)]

@@ -23,8 +23,9 @@ class ASPPHead(DecodeHead):
     """Note the order: mmseg puts the image-pool branch FIRST (torchvision puts it last)."""
 
     def __init__(self, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
-                 in_index: int = -1, dropout_ratio: float = 0.1, align_corners: bool = False):
-        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+                 in_index: int | list[int] = -1, dropout_ratio: float = 0.1, align_corners: bool = False,
+                 input_transform: str | None = None):
+        super().__init__(in_channels, channels, num_classes, in_index, input_transform, dropout_ratio, align_corners)
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(self.in_channels, channels, 1))
         self.aspp_modules = ASPPModule(dilations, self.in_channels, channels)
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3, padding=1)

@@ -1,0 +1,111 @@
+"""`ctxseg bench`: speed, memory, parameters and FLOPs of a recipe on synthetic input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ctxseg.cli.common import SetOption, out
+from ctxseg.errors import UserError
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _fmt_count(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}"
+
+
+def result_table(r: dict) -> Table:
+    inp = r["input"]
+    t = Table(title=f"{r['recipe']} at {inp['height']}x{inp['width']} on {r['device']} "
+                    f"(median of {r['repeats']}, {r['warmup']} warm-up)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("peak memory", justify="right")
+    t.add_row("parameters", _fmt_count(r["params"]), "")
+    t.add_row("FLOPs / image, inference", _fmt_count(r["flops"]["inference_per_image"], "FLOP"), "")
+    if r["flops"]["train_per_image"] is not None:
+        t.add_row("FLOPs / image, train fwd+bwd", _fmt_count(r["flops"]["train_per_image"], "FLOP"), "")
+    if "train" in r:
+        tr = r["train"]
+        t.add_row(f"train step (batch {inp['batch']})", f"{1000 * tr['step_time_s']:.1f} ms", _fmt_bytes(tr["peak_memory_bytes"]))
+        t.add_row("train images/s", f"{tr['images_per_s']:.2f}", "")
+    if "inference_whole" in r:
+        w = r["inference_whole"]
+        t.add_row("inference / image, whole", f"{1000 * w['time_per_image_s']:.1f} ms", _fmt_bytes(w["peak_memory_bytes"]))
+    if "inference_slide" in r:
+        s = r["inference_slide"]
+        t.add_row(f"inference / image, slide ({s['windows']} windows {s['crop'][0]}x{s['crop'][1]})",
+                  f"{1000 * s['time_per_image_s']:.1f} ms", _fmt_bytes(s["peak_memory_bytes"]))
+    return t
+
+
+def bench_cmd(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path."),
+    height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Training batch (default: the recipe's data.batch_size)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed runs per measurement (the median is reported)."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed runs before timing."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated subset of train,inference_whole,inference_slide; 'none' = parameters and FLOPs only."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    set: Optional[List[str]] = SetOption,
+):
+    """Measure training step time, inference time (whole and sliding window), peak memory, parameters and FLOPs.
+
+    Synthetic input; after warm-up, medians over repeats. Examples:
+
+      [cyan]ctxseg bench --recipe demo[/]
+
+      [cyan]ctxseg bench --recipe ocrnet-hr48-cityscapes --height 512 --width 1024 --batch 2 --json bench.json[/]
+    """
+    from ctxseg.config import load_recipe
+    from ctxseg.engine.bench import PHASES, run_bench
+    from ctxseg.io import write_json
+
+    rec = load_recipe(recipe, list(set or []))
+    h = height or rec.data.crop_size[0]
+    w = width or rec.data.crop_size[1]
+    b = batch or rec.data.batch_size
+    if min(h, w) < 16 or b < 1 or repeats < 1 or warmup < 0:
+        raise UserError("bench needs --height/--width >= 16, --batch >= 1, --repeats >= 1 and --warmup >= 0")
+    if b < 2:
+        out.print("[yellow]note:[/] batch 1 with BatchNorm in training mode fails on 1x1 pooled features; using batch 2")
+        b = 2
+    if phases == "none":  # parameters and FLOPs only
+        chosen: tuple[str, ...] = ()
+    else:
+        chosen = tuple(p.strip() for p in phases.split(",")) if phases else PHASES
+    unknown = [p for p in chosen if p not in PHASES]
+    if unknown:
+        raise UserError(f"--phases: unknown {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+    with out.status("benchmarking") as status:
+        result = run_bench(rec, h, w, b, repeats, warmup, device, chosen,
+                           progress=lambda p: status.update(f"benchmarking: {p}"))
+    result["overrides"] = list(set or [])
+    out.print(result_table(result))
+    if result["memory_kind"].startswith("cpu"):
+        note = ("reset before each phase; includes the process baseline" if result["memory_kind"].endswith("per_phase")
+                else "process high-water mark, cumulative over phases")
+        out.print(f"[dim]peak memory: CPU peak RSS ({note})[/]")
+    if json_path:
+        write_json(json_path, result)
+        out.print(f"results: {json_path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)

@@ -1,0 +1,164 @@
+"""`ctxseg convert onnx`: export the whole-image inference graph of a checkpoint to ONNX.
+
+The graph is exactly what `ctxseg.engine.inference.infer(mode="whole")` computes for one scale
+without flip: Segmentor eval forward -> `logits` -> bilinear resize to the input size. Its input
+is the *normalised* RGB image; the normalisation is recorded in the model's metadata_props
+(`ctxseg.*` keys) so a deployment knows what to feed:
+
+    x = (image_rgb_float - mean) / std, NCHW float32     (OpenCV reads BGR: flip channels first)
+
+We use the TorchScript exporter (dynamo=False): it needs no onnxscript and traces every model
+family ctxseg has. `ctxseg.models.layers.resize` keeps sizes symbolic while tracing, so a
+`--dynamic` graph follows the input size.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+import typer
+from torch import nn
+
+from ctxseg.errors import UserError
+
+OPSET = 17
+
+
+class InferenceGraph(nn.Module):
+    """normalised images [N,3,H,W] -> class logits [N,C,H,W] (whole-image mode)."""
+
+    def __init__(self, model: nn.Module, align_corners: bool):
+        super().__init__()
+        self.model = model
+        self.align_corners = align_corners
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)["logits"]
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+def metadata(recipe, classes: list[str] | None = None, palette=None) -> dict[str, str]:
+    """What a deployment needs to feed the graph and read its output (all values are strings)."""
+    d = recipe.data
+    meta = {
+        "ctxseg.recipe": recipe.name,
+        "ctxseg.input": "images: float32 [N,3,H,W], RGB channel order, normalised as (pixel - mean) / std on 0..255 values",
+        "ctxseg.output": "logits: float32 [N,num_classes,H,W] at the input size; argmax over dim 1 gives class ids",
+        "ctxseg.channel_order": "RGB",
+        "ctxseg.note": "images read with OpenCV are BGR: convert to RGB before normalising",
+        "ctxseg.mean": json.dumps(list(d.mean)),
+        "ctxseg.std": json.dumps(list(d.std)),
+        "ctxseg.num_classes": str(d.num_classes),
+        "ctxseg.ignore_index": str(d.ignore_index),
+        "ctxseg.align_corners": json.dumps(recipe.model.align_corners),
+        "ctxseg.recipe_json": recipe.to_json(),
+    }
+    if classes:
+        meta["ctxseg.classes"] = json.dumps(classes)
+    if palette:
+        meta["ctxseg.palette"] = json.dumps(palette)
+    return meta
+
+
+def export_onnx(model: nn.Module, recipe, output: Path, height: int, width: int, dynamic: bool = False,
+                opset: int = OPSET, classes: list[str] | None = None, palette=None) -> Path:
+    """Trace `model` (eval mode) at [1,3,height,width] and write `output` atomically, with metadata."""
+    import onnx
+
+    from ctxseg.io import atomic_path
+
+    if dynamic:
+        pools = [n for n, m in model.named_modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+                 and m.output_size not in (1, (1, 1), [1, 1])]
+        if pools:  # the exporter turns them into fixed-kernel pooling: wrong at any other input size
+            raise UserError(f"--dynamic is not supported for models with adaptive pooling to sizes > 1 ({pools[0]}, e.g. "
+                            "PSP/UPer pyramid pooling): export at a fixed --height/--width instead")
+    graph = InferenceGraph(model, recipe.model.align_corners).eval()
+    example = torch.zeros(1, 3, height, width)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    output = Path(output)
+    with atomic_path(output, ".onnx") as tmp:
+        with warnings.catch_warnings():
+            # the legacy exporter warns about itself and about traced shapes; neither is actionable here
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
+                                  output_names=["logits"], dynamic_axes=axes, do_constant_folding=True)
+            except Exception as e:  # noqa: BLE001 - e.g. adaptive pooling whose output size does not divide the input
+                raise UserError(f"ONNX export failed at {height}x{width}{' (dynamic)' if dynamic else ''}: {e}. "
+                                "Try a --height/--width divisible by 48, or drop --dynamic.") from None
+        proto = onnx.load(str(tmp))
+        for k, v in metadata(recipe, classes, palette).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = "ctxseg"
+        onnx.save(proto, str(tmp))
+    return output
+
+
+def check_with_onnxruntime(model: nn.Module, recipe, path: Path, height: int, width: int, seed: int = 0) -> tuple[float, float]:
+    """(max |onnx - torch|, max |torch|) on a random normalised input."""
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = InferenceGraph(model, recipe.model.align_corners).eval()(x)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(["logits"], {"images": x.numpy()})[0])
+    return float((got - ref).abs().max()), float(ref.abs().max())
+
+
+def onnx_cmd(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="A .safetensors checkpoint (default: best of runs/latest)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
+    height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width axes."),
+    opset: int = typer.Option(OPSET, "--opset", help="ONNX opset version."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Run the export in onnxruntime and compare with PyTorch."),
+    set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key of the checkpoint. Repeatable."),
+):
+    """Export the whole-image inference graph (normalised RGB in, logits at input size out) to ONNX.
+
+    The recipe's mean/std and the RGB channel order are recorded in the ONNX metadata_props.
+
+    Example: [cyan]ctxseg convert onnx -c runs/latest/best.safetensors -o model.onnx --height 512 --width 512[/]
+    """
+    from ctxseg.cli.common import out
+    from ctxseg.engine.checkpoint import load_model
+    from ctxseg.engine.runs import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    model, recipe, _ = load_model(ckpt, list(set or []))
+    h = height or recipe.data.crop_size[0]
+    w = width or recipe.data.crop_size[1]
+    if h < 8 or w < 8:
+        raise UserError(f"--height/--width must be at least 8, got {h}x{w}")
+    classes = palette = None
+    try:
+        from ctxseg.data.index import PreparedIndex
+
+        index = PreparedIndex.open(recipe.data.root)
+        classes, palette = index.classes, index.palette
+    except UserError:  # exporting without the prepared dataset: no class names in the metadata
+        pass
+    export_onnx(model, recipe, output, h, w, dynamic, opset, classes, palette)
+    out.print(f"[green]wrote[/] {output} ({h}x{w}{', dynamic axes' if dynamic else ''}, opset {opset})")
+    if check:
+        try:
+            diff, scale = check_with_onnxruntime(model, recipe, output, h, w)
+        except ImportError:
+            out.print("[yellow]onnxruntime not installed: skipped the check (pip install 'ctxseg[onnx]')[/]")
+            return
+        rel = diff / max(scale, 1e-12)
+        style = "green" if rel <= 1e-4 else "red"
+        out.print(f"onnxruntime check: max |diff| {diff:.2e} (logit scale {scale:.3g}, relative [{style}]{rel:.2e}[/])")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("onnx")(onnx_cmd)

@@ -1,0 +1,154 @@
+"""`ctxseg convert ssseg`: sssegmentation (ssseg) MCIBI checkpoints -> ctxseg checkpoints.
+
+ssseg saves `{"cur_epoch", "cur_iter", "model", "optimizer"}` (before July 2022: `{"epoch", "model",
+"optimizer"}`); only `["model"]` is read (load_foreign, weights_only). ssseg builds conv-norm-act
+blocks as plain Sequentials (`X.0` conv, `X.1` norm), ctxseg as ConvModules (`X.conv`, `X.bn`).
+
+Key table (source -> ctxseg):
+
+  backbone_net.stem.{0,1,3,4,6}.*                 -> backbone.net.conv1.{...}.*   ResNet deep stem (timm)
+  backbone_net.stem.7.*                           -> backbone.net.bn1.*
+  backbone_net.layerN.*                           -> backbone.net.layerN.*
+  backbone_net.* (ResNeSt, ViT, HRNet)            -> ctxseg.convert.backbone_keys ssseg tables / same names (HRNet)
+  context_within_image_module.parallel_branches.i -> decode_head.aspp_modules.i         (ASPP head)
+  context_within_image_module.global_branch.{1,2} -> decode_head.image_pool.1.{conv,bn}
+  context_within_image_module.bottleneck          -> decode_head.bottleneck  input channels permuted:
+                                                     ssseg concatenates [branches..., pool], mmseg/ctxseg [pool, branches...]
+  context_within_image_module.branches.i.{1,2}    -> decode_head.psp_modules.i.1.{conv,bn}  (PPM head)
+  bottleneck                                      -> plugins.memory.bottleneck       (memory_input)
+  memory_module.memory                            -> plugins.memory.memory
+  memory_module.self_attention(s.i)               -> plugins.memory.self_attentions.(0|i)
+  memory_module.fuse_memory_conv                  -> plugins.memory.fuse_memory_conv
+  memory_module.bottleneck                        -> plugins.memory.memory_bottleneck
+  memory_module.self_attention_ms / bottleneck_ms -> plugins.memory.self_attention_ms / bottleneck_ms
+  decoder_stageN.{0,1,4}                          -> plugins.memory.decoder_stageN.{bottleneck.conv, bottleneck.bn, conv_seg}
+  auxiliary_decoder.{0,1,4}                       -> auxiliary_head.{convs.0.conv, convs.0.bn, conv_seg}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import typer
+
+from ctxseg.config import Recipe
+from ctxseg.convert.base import KeyMap, run_conversion
+from ctxseg.errors import UserError
+
+_CTX = r"context_within_image_module"
+_MEM = "plugins.memory"
+
+
+def _conv_module(src: str, dst: str) -> list[tuple[str, str]]:
+    """ssseg Sequential(conv, norm, act) at `src` -> ctxseg ConvModule at `dst`."""
+    return [(rf"{src}\.0\.(.+)", rf"{dst}.conv.\1"), (rf"{src}\.1\.(.+)", rf"{dst}.bn.\1")]
+
+
+def _attention(src: str, dst: str) -> list[tuple[str, str]]:
+    rules = []
+    for j in (0, 1):
+        rules += _conv_module(rf"{src}\.key_project\.{j}", f"{dst}.key_project.{j}")
+        rules += _conv_module(rf"{src}\.query_project\.{j}", f"{dst}.query_project.{j}")
+    rules += _conv_module(rf"{src}\.value_project", f"{dst}.value_project")
+    rules += _conv_module(rf"{src}\.out_project", f"{dst}.out_project")
+    return rules
+
+
+def _stage_decoder(src: str, dst: str) -> list[tuple[str, str]]:
+    return _conv_module(rf"{src}", f"{dst}.bottleneck") + [(rf"{src}\.4\.(.+)", rf"{dst}.conv_seg.\1")]
+
+
+_RESNET = [
+    (r"backbone_net\.stem\.([0-6])\.(.+)", r"backbone.net.conv1.\1.\2"),
+    (r"backbone_net\.stem\.7\.(.+)", r"backbone.net.bn1.\1"),
+    (r"backbone_net\.(conv1|bn1)\.(.+)", r"backbone.net.\1.\2"),
+    (r"backbone_net\.(layer[1-4]\..+)", r"backbone.net.\1"),
+]
+
+
+def _aspp_bottleneck_fixup(src: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> set[str]:
+    """ssseg ASPP concatenates [branch_0..branch_n-1, image pool]; ctxseg (mmseg) puts the pool first."""
+    key = f"{_CTX}.bottleneck.0.weight"
+    if key not in src:
+        return set()
+    n = len([k for k in src if re.fullmatch(rf"{_CTX}\.parallel_branches\.\d+\.0\.weight", k)])
+    w = src[key]
+    per = w.shape[1] // (n + 1)
+    out["decode_head.bottleneck.conv.weight"] = torch.cat([w[:, n * per:], w[:, : n * per]], dim=1)
+    return {key}
+
+
+def _backbone_keymap(recipe: Recipe) -> KeyMap:
+    from ctxseg.convert.backbone_keys import ssseg_resnest_rules, ssseg_vit_rules
+
+    kind = recipe.model.backbone["type"]
+    if kind == "resnet":
+        return KeyMap(rules=list(_RESNET))
+    if kind == "resnest":
+        return KeyMap(rules=ssseg_resnest_rules())
+    if kind == "hrnet":  # ctxseg's HRNet keeps the mmseg/ssseg module names
+        return KeyMap(rules=[(r"backbone_net\.(.+)", r"backbone.\1")])
+    if kind == "vit":  # includes MCIBI's norm_layers.i (outside the backbone in ssseg)
+        return KeyMap(rules=ssseg_vit_rules())
+    raise UserError(f"convert ssseg: no key table for backbone type '{kind}' (resnet, resnest, hrnet, vit)")
+
+
+def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
+    m = recipe.model
+    if m.memory is None or m.memory.get("type") != "mcibi":
+        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([model.memory] type = \"mcibi\")")
+    bb = _backbone_keymap(recipe)
+    rules, ignore, fixups = list(bb.rules), list(bb.ignore), list(bb.fixups)
+    head = m.head["type"]
+    if head == "aspp":
+        for i in range(16):
+            rules += _conv_module(rf"{_CTX}\.parallel_branches\.{i}", f"decode_head.aspp_modules.{i}")
+        rules += [(rf"{_CTX}\.global_branch\.1\.(.+)", r"decode_head.image_pool.1.conv.\1"),
+                  (rf"{_CTX}\.global_branch\.2\.(.+)", r"decode_head.image_pool.1.bn.\1"),
+                  (rf"{_CTX}\.bottleneck\.1\.(.+)", r"decode_head.bottleneck.bn.\1")]
+        fixups.append(_aspp_bottleneck_fixup)
+    elif head == "psp":  # ssseg PPM: branches.i = (pool, conv, norm, act); concat [x, pools...] as mmseg
+        rules += [(rf"{_CTX}\.branches\.(\d+)\.1\.(.+)", r"decode_head.psp_modules.\1.1.conv.\2"),
+                  (rf"{_CTX}\.branches\.(\d+)\.2\.(.+)", r"decode_head.psp_modules.\1.1.bn.\2")]
+        rules += _conv_module(rf"{_CTX}\.bottleneck", "decode_head.bottleneck")
+    elif head == "fcn" and not m.memory.get("use_context_within_image", True):
+        # no within-image context: ssseg's memory-input bottleneck is the FCN head's single conv
+        rules += _conv_module(r"bottleneck", "decode_head.convs.0")
+    else:
+        raise UserError(f"convert ssseg: head type '{head}' has no ssseg counterpart (aspp, psp, or fcn without context)")
+    if m.memory.get("use_context_within_image", True):
+        rules += _conv_module(r"bottleneck", f"{_MEM}.bottleneck")
+    rules.append((r"memory_module\.memory", f"{_MEM}.memory"))
+    rules += _attention(r"memory_module\.self_attention", f"{_MEM}.self_attentions.0")
+    for i in range(64):
+        rules += _attention(rf"memory_module\.self_attentions\.{i}", f"{_MEM}.self_attentions.{i}")
+    rules += _conv_module(r"memory_module\.fuse_memory_conv", f"{_MEM}.fuse_memory_conv")
+    rules += _conv_module(r"memory_module\.bottleneck", f"{_MEM}.memory_bottleneck")
+    rules += _attention(r"memory_module\.self_attention_ms", f"{_MEM}.self_attention_ms")
+    rules += _conv_module(r"memory_module\.bottleneck_ms", f"{_MEM}.bottleneck_ms")
+    rules += _stage_decoder(r"decoder_stage1", f"{_MEM}.decoder_stage1")
+    rules += _stage_decoder(r"decoder_stage2", f"{_MEM}.decoder_stage2")
+    if m.aux_head is not None:
+        rules += _conv_module(r"auxiliary_decoder", "auxiliary_head.convs.0")
+        rules.append((r"auxiliary_decoder\.4\.(.+)", r"auxiliary_head.conv_seg.\1"))
+    else:  # training-only head; reported as ignored
+        ignore.append(r"auxiliary_decoder\..+")
+    return KeyMap(rules=rules, ignore=ignore, fixups=fixups, target_defaults=list(bb.target_defaults))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ssseg")
+    def convert_ssseg(
+        source: Path = typer.Argument(..., help="sssegmentation checkpoint (.pth; its [\"model\"] state dict)."),
+        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe that describes the same model (an mcibi-* recipe)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
+        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
+    ):
+        """Convert an sssegmentation MCIBI checkpoint (opened with weights_only=True), memory bank included.
+
+        Example: [cyan]ctxseg convert ssseg mcibi_deeplabv3_r50_ade20k.pth --recipe mcibi-deeplabv3-r50-ade20k -o mcibi.safetensors[/]
+        """
+        run_conversion("ssseg", source, recipe, output, keymap_for, set)

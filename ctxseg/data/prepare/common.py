@@ -1,0 +1,312 @@
+"""Machinery shared by the dataset preparers.
+
+A preparer lists `Job`s (one per sample: image path, where its label comes from, how to convert
+it) and hands them to `prepare_index`, which
+  * converts labels in parallel worker processes (or in-process for workers <= 1),
+  * skips labels that already exist (writes are atomic, so an existing file is complete:
+    re-running an interrupted prepare resumes it),
+  * never writes into, moves or copies the raw download (images are referenced in place),
+  * counts per-class pixels and per-image class presence on the training split, as training
+    sees the labels (after reduce_zero_label, ignore excluded),
+  * checksums the source listing, checks split sizes against the official counts,
+  * writes splits/<split>.txt, class_presence.npy and meta.json (ctxseg.data.index format).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ctxseg.errors import UserError
+from ctxseg.io import read_label, write_json, write_png, write_text
+
+PRESENCE_FILE = "class_presence.npy"
+
+
+@dataclass
+class Job:
+    split: str
+    image: str  # relative to the index's image_root
+    label: str | None = None  # relative to label_root (converted: under <out>; in place: under the raw root)
+    source: str | None = None  # where a converted label comes from (path, or "zip::member")
+    convert: Callable | None = None  # top-level fn(source, *args) -> HxW uint8 label; None: label used in place
+    args: tuple = ()
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    classes: list[str]
+    palette: list[list[int]]
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    flip_pairs: list[tuple[int, int]] = field(default_factory=list)
+    official: dict[str, int] = field(default_factory=dict)  # official split sizes
+    extra: dict = field(default_factory=dict)  # more meta.json keys (label conventions, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers used by the dataset modules
+
+
+def require_scipy():
+    try:
+        import scipy.io
+    except ImportError:  # pragma: no cover - scipy is in the datasets extra
+        raise UserError("This dataset's annotations are MATLAB .mat files: install scipy "
+                        "(pip install 'ctxseg[datasets]' or pip install scipy)") from None
+    return scipy.io
+
+
+def need_root(root, name: str) -> Path:
+    if root is None:
+        raise UserError(f"`ctxseg prepare {name}` needs --root: the folder with the official download (see docs/datasets.md)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a folder")
+    return root.resolve()
+
+
+def find_dir(root: Path, *candidates: str, what: str) -> Path:
+    """The first of root/<candidate> that exists (the user may point at the dataset or its parent)."""
+    for c in candidates:
+        p = root / c
+        if p.is_dir():
+            return p
+    raise UserError(f"{what} not found under {root} (looked for {', '.join(candidates)}); see docs/datasets.md for the layout")
+
+
+def read_list(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file."""
+    if not path.is_file():
+        raise UserError(f"Split list {path} not found")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_indexed_png(path: str | Path) -> np.ndarray:
+    """A label PNG as its stored values. Palette ('P') PNGs give their indices, not colours
+    (OpenCV would expand the palette to BGR, which is why VOC labels are read with PIL)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L", "I", "I;16"):
+            raise UserError(f"{path}: expected a single-channel or palette label PNG, got mode {im.mode}")
+        return np.array(im)
+
+
+def read_source_png(source: str) -> np.ndarray:
+    """Read a label PNG from a path or from inside a zip archive ("archive.zip::member")."""
+    if "::" in source:
+        import cv2
+
+        archive, member = source.split("::", 1)
+        with zipfile.ZipFile(archive) as z:
+            data = np.frombuffer(z.read(member), np.uint8)
+        lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if lab is None:
+            raise UserError(f"Cannot decode {member} in {archive}")
+        return lab
+    return read_label(source)
+
+
+def lut_from_dict(mapping: dict[int, int], default: int, size: int = 256) -> np.ndarray:
+    lut = np.full(size, default, np.uint8)
+    for k, v in mapping.items():
+        lut[k] = v
+    return lut
+
+
+def bitmap_palette(n: int) -> list[list[int]]:
+    """The PASCAL VOC colour map (bit-interleaved class index), extended to n classes."""
+    pal = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal.append([r, g, b])
+    return pal
+
+
+def extract_zip(archive: Path, dest: Path, prefix: str, progress=None) -> int:
+    """Extract the members of `archive` under `prefix` into dest (skipping complete ones); returns the count.
+
+    Only used when the user has the official zips and not the extracted folders: the loader needs
+    files, so the archive is unpacked once into the prepared folder (the zip itself is untouched)."""
+    with zipfile.ZipFile(archive) as z:
+        members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+        for k, m in enumerate(members):
+            target = dest / m.filename
+            if not (target.is_file() and target.stat().st_size == m.file_size):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.part")
+                with z.open(m) as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                os.replace(tmp, target)
+            if progress:
+                progress(k + 1, len(members))
+    return len(members)
+
+
+# --------------------------------------------------------------------------------------------
+# the parallel conversion
+
+
+def _training_view(lab: np.ndarray, reduce_zero: bool) -> np.ndarray:
+    lab = lab.astype(np.int64)
+    if reduce_zero:  # mmseg: 0 -> 255, shift down, 254 -> 255 (a raw 255 stays ignore)
+        lab = np.where(lab == 0, 255, lab) - 1
+        lab[lab == 254] = 255
+    return lab
+
+
+def _process(task) -> tuple[int, np.ndarray | None, bool]:
+    """Convert (or reuse) one label; returns (job index, per-class pixel counts or None, skipped)."""
+    k, job, image_root, label_root, num_classes, ignore_index, reduce_zero, want_stats = task
+    if job.label is None:
+        return k, None, True
+    dst = Path(label_root) / job.label
+    skipped = True
+    if job.convert is None:
+        lab = read_label(dst) if want_stats else None
+    elif dst.is_file():  # finished by an earlier run (atomic writes: never a partial file)
+        lab = read_label(dst) if want_stats else None
+    else:
+        lab = job.convert(job.source, *job.args)
+        if lab.dtype != np.uint8:
+            raise UserError(f"{job.source}: converted label must be uint8, got {lab.dtype}")
+        write_png(dst, lab)
+        skipped = False
+    if lab is None:
+        return k, None, skipped
+    view = _training_view(lab, reduce_zero)
+    view = view[(view != ignore_index) & (view >= 0) & (view < num_classes)]
+    return k, np.bincount(view.ravel(), minlength=num_classes)[:num_classes], skipped
+
+
+def source_checksum(paths: list[str]) -> str:
+    """sha256 of the sorted (path, size) listing of the raw files a prepare read."""
+    h = hashlib.sha256()
+    for p in sorted(set(paths)):
+        if "::" in p:
+            archive, member = p.split("::", 1)
+            entry = f"{Path(archive).name}::{member}"
+            size = -1  # zip members: the archive size is hashed once below
+        else:
+            entry = p
+            try:
+                size = os.stat(p).st_size
+            except OSError:
+                size = -1
+        h.update(f"{entry}\t{size}\n".encode())
+    for archive in sorted({p.split("::", 1)[0] for p in paths if "::" in p}):
+        h.update(f"{Path(archive).name}\t{os.stat(archive).st_size}\n".encode())
+    return h.hexdigest()
+
+
+def check_split_sizes(found: dict[str, int], official: dict[str, int]) -> list[str]:
+    """Human-readable differences between found and official split sizes (empty: all match)."""
+    msgs = []
+    for split, n_off in official.items():
+        n = found.get(split, 0)
+        if n < n_off:
+            msgs.append(f"split '{split}': {n} samples, the official count is {n_off} ({n_off - n} missing)")
+        elif n > n_off:
+            msgs.append(f"split '{split}': {n} samples, the official count is {n_off} ({n - n_off} extra)")
+    return msgs
+
+
+def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Path, label_root: Path | str,
+                  workers: int = 2, progress=None, sources: list[str] | None = None,
+                  warnings: list[str] | None = None, stats_split: str = "train") -> dict:
+    """Run the jobs and write the prepared index; returns meta (plus a 'run' report not written to disk)."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    image_root = Path(image_root).resolve()
+    label_root_abs = Path(label_root) if Path(label_root).is_absolute() else out / label_root
+    num_classes = len(info.classes)
+    tasks = [(k, j, str(image_root), str(label_root_abs), num_classes, info.ignore_index, info.reduce_zero_label,
+              j.split == stats_split) for k, j in enumerate(jobs)]
+    counts = np.zeros(num_classes, np.int64)
+    train_jobs = [k for k, j in enumerate(jobs) if j.split == stats_split and j.label is not None]
+    row_of = {k: r for r, k in enumerate(train_jobs)}
+    presence = np.zeros((len(train_jobs), num_classes), bool)
+    converted = skipped = 0
+
+    def collect(result):
+        nonlocal converted, skipped
+        k, c, was_skipped = result
+        if jobs[k].label is not None and jobs[k].convert is not None:
+            skipped += was_skipped
+            converted += not was_skipped
+        if c is not None and k in row_of:
+            counts[:] += c
+            presence[row_of[k]] = c > 0
+
+    total = len(tasks)
+    if workers <= 1 or total < 2:
+        for i, t in enumerate(tasks):
+            collect(_process(t))
+            if progress:
+                progress(i + 1, total)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for i, r in enumerate(pool.map(_process, tasks, chunksize=max(1, min(64, total // (workers * 8) or 1)))):
+                collect(r)
+                if progress:
+                    progress(i + 1, total)
+
+    splits: dict[str, list[str]] = {}
+    for j in jobs:
+        splits.setdefault(j.split, []).append(j.image if j.label is None else f"{j.image} {j.label}")
+    for split, lines in splits.items():
+        write_text(out / "splits" / f"{split}.txt", "\n".join(lines) + "\n")
+    if train_jobs:
+        with open(out / f".{PRESENCE_FILE}.tmp", "wb") as f:
+            np.save(f, presence)
+        os.replace(out / f".{PRESENCE_FILE}.tmp", out / PRESENCE_FILE)
+
+    found = {s: len(v) for s, v in splits.items()}
+    warnings = list(warnings or []) + check_split_sizes(found, info.official)
+
+    def rel_or_abs(p):
+        p = Path(p)
+        if not p.is_absolute():
+            return str(p)
+        try:
+            return str(p.relative_to(out)) or "."
+        except ValueError:
+            return str(p)
+
+    meta = {
+        "name": info.name,
+        "classes": list(info.classes),
+        "palette": [list(c) for c in info.palette],
+        "num_classes": num_classes,
+        "ignore_index": info.ignore_index,
+        "reduce_zero_label": info.reduce_zero_label,
+        "image_root": rel_or_abs(image_root),
+        "label_root": rel_or_abs(label_root_abs if Path(label_root).is_absolute() else label_root),
+        "flip_pairs": [list(p) for p in info.flip_pairs],
+        "splits": found,
+        "official_splits": dict(info.official),
+        "class_pixel_counts": counts.tolist(),
+        "class_pixel_counts_split": stats_split,
+        "class_presence": PRESENCE_FILE if train_jobs else None,
+        "source_checksum": source_checksum(sources or []),
+        "warnings": warnings,
+        **info.extra,
+    }
+    write_json(out / "meta.json", meta)
+    return {**meta, "run": {"converted": converted, "skipped": skipped, "jobs": len(jobs)}}

@@ -1,0 +1,54 @@
+"""LIP (Look Into Person, single-person parsing): 20 classes, train 30462 / val 10000.
+
+Raw input under --root (TrainVal_images.zip and TrainVal_parsing_annotations.zip, extracted):
+  TrainVal_images/train_images/*.jpg, TrainVal_images/val_images/*.jpg
+  TrainVal_images/train_id.txt, TrainVal_images/val_id.txt          (ids without suffix; optional)
+  TrainVal_parsing_annotations/train_segmentations/*.png, .../val_segmentations/*.png
+(the annotation folder may be nested once more, TrainVal_parsing_annotations/TrainVal_parsing_annotations/).
+The annotation PNGs are grayscale class ids 0..19 (0 = background, a class), used in place.
+
+Left/right classes trade places under a horizontal flip: 14 Left-arm <-> 15 Right-arm,
+16 Left-leg <-> 17 Right-leg, 18 Left-shoe <-> 19 Right-shoe. They go into meta.json
+"flip_pairs", which training flips (ctxseg.data.transforms.random_flip) and flip TTA
+(ctxseg.engine.inference.flip_scores) apply.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctxseg.data.prepare.common import DatasetInfo, Job, bitmap_palette, find_dir, need_root, prepare_index, read_list
+
+SPLITS = {"train": 30462, "val": 10000}
+CLASSES = ["background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
+           "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe",
+           "right-shoe"]
+FLIP_PAIRS = [(14, 15), (16, 17), (18, 19)]
+
+
+def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
+    root = need_root(root, "lip")
+    images = find_dir(root, "TrainVal_images", "LIP/TrainVal_images", what="LIP images (TrainVal_images/)")
+    anns = find_dir(root, "TrainVal_parsing_annotations/TrainVal_parsing_annotations", "TrainVal_parsing_annotations",
+                    "LIP/TrainVal_parsing_annotations", what="LIP annotations (TrainVal_parsing_annotations/)")
+    jobs, sources, missing = [], [], []
+    for split in SPLITS:
+        img_dir, ann_dir = images / f"{split}_images", anns / f"{split}_segmentations"
+        id_file = images / f"{split}_id.txt"
+        if id_file.is_file():
+            ids = read_list(id_file)
+            sources.append(str(id_file))
+        else:
+            ids = sorted(p.stem for p in ann_dir.glob("*.png"))
+        for image_id in ids:
+            img, lab = img_dir / f"{image_id}.jpg", ann_dir / f"{image_id}.png"
+            if not img.is_file() or not lab.is_file():
+                missing.append(image_id)
+                continue
+            jobs.append(Job(split, img.relative_to(root).as_posix(), lab.relative_to(root).as_posix()))
+            sources += [str(img), str(lab)]
+    warnings = [f"{len(missing)} listed id(s) lack the image or annotation and were left out, e.g. "
+                f"{', '.join(missing[:5])}"] if missing else []
+    info = DatasetInfo("lip", CLASSES, bitmap_palette(20), 255, False, FLIP_PAIRS, SPLITS,
+                       {"label_convention": "grayscale PNG 0..19, 0 = background (a class)"})
+    return prepare_index(info, jobs, Path(out), root, root, workers, progress, sources, warnings)

@@ -1,0 +1,65 @@
+"""ResNeSt (split-attention ResNet) with output stride 8, built on timm's ResNet + ResNestBottleneck.
+
+timm's `resnest101e` layout is the one of the original ResNeSt and of sssegmentation's ResNeSt
+(MCIBI's S-101-D8): deep stem 3->64->64->128 (stem_width 64), radix 2, cardinality 1,
+bottleneck width 64, avd (3x3 avg-pool stride after the split-attention conv), avg-pool
+downsample shortcut. Module names are timm's: sssegmentation's `stem.{0,1,3,4,6}` /
+`stem.7` map to `net.conv1.{...}` / `net.bn1`, the rest keeps its name (see
+ctxseg.convert.backbone_keys.ssseg_resnest_rules).
+
+One adaptation: in dilated stages timm's avg-pool shortcut uses a 2x2 stride-1 'same' pool,
+the original ResNeSt an AvgPool2d(1, 1) (identity); we use the identity. Verified by shapes
+against the sssegmentation manifest only (no numerical golden for ResNeSt).
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.resnest import ResNestBottleneck
+from timm.models.resnet import ResNet
+from torch import nn
+
+_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 200: (3, 24, 36, 3), 269: (3, 30, 48, 8)}
+_STEM = {50: 32, 101: 64, 200: 64, 269: 64}  # stem_width (ResNeSt-50 uses 32)
+
+
+class ResNeStD8(nn.Module):
+    def __init__(self, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
+                 out_indices=(0, 1, 2, 3)):
+        super().__init__()
+        self.net = ResNet(
+            ResNestBottleneck, _DEPTHS[depth], num_classes=0, global_pool="", output_stride=output_stride,
+            stem_type="deep", stem_width=_STEM[depth], avg_down=True, base_width=64, cardinality=1,
+            block_args=dict(radix=radix, avd=True, avd_first=False), drop_path_rate=drop_path_rate,
+        )
+        for layer in (self.net.layer3, self.net.layer4):
+            ds = layer[0].downsample
+            pool = ds[0] if ds is not None else None
+            if isinstance(pool, nn.AvgPool2d) and pool.stride in (1, (1, 1)):
+                ds[0] = nn.Identity()  # original ResNeSt: AvgPool2d(1, 1) in dilated stages
+        self.out_indices = tuple(out_indices)
+        self.out_channels = [256 * 2**i for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = self.net
+        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
+        outs = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            outs.append(x)
+        return [outs[i] for i in self.out_indices]
+
+
+def resnest(depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
+            pretrained: str | None = None) -> ResNeStD8:
+    """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG` or a local file in timm naming."""
+    if depth not in _DEPTHS:
+        from ctxseg.errors import UserError
+
+        raise UserError(f"ResNeSt depth must be one of {sorted(_DEPTHS)}, got {depth}")
+    model = ResNeStD8(depth, output_stride, radix, drop_path_rate)
+    if pretrained:
+        from ctxseg.models.backbones.pretrained import load_pretrained
+
+        load_pretrained(model.net, pretrained, timm_name=f"resnest{depth}e")
+    return model

@@ -1,0 +1,198 @@
+"""ContrastiveSeg plug-in: projection head + pixel contrast loss term + memory queues.
+
+Training only: `forward` adds `embed` (L2-normalised projection, feature resolution) to the
+outputs while training; at test time it adds nothing, so inference and export are untouched
+(`with_embed = True` makes it emit `embed` in eval too, for `ctxseg viz embed`).
+`losses` adds `loss_contrast` (and the `stat_contrast_skipped` counter, logged, never summed);
+`after_train_step` updates the pixel/segment queues (memory variant), gathered from every
+process so all replicas hold the same queues. Queues and pointers are registered buffers: they
+are checkpointed, resumed and exported with the weights, as in the official code.
+
+Official behaviours that are plain plumbing bugs are reachable by recipe options and documented
+in docs/contrastiveseg.md: `official_single_process` (the contrast term never switched on in a
+non-distributed run), `official_queue_update` (stride-8 label grid indexed into the stride-4 key
+map, pixel-queue rows taken from the start of the map, pointer advancing by 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctxseg.errors import UserError
+from ctxseg.losses.contrast import downsample_labels, pixel_contrast_loss
+
+
+class ProjectionHead(nn.Module):
+    """openseg's ProjectionHead: 'linear' = 1x1 conv; 'convmlp' = 1x1 conv, BN, ReLU, 1x1 conv."""
+
+    def __init__(self, in_channels: int, proj_dim: int, proj: str = "convmlp"):
+        super().__init__()
+        if proj == "linear":
+            self.proj = nn.Sequential(nn.Conv2d(in_channels, proj_dim, 1))
+        elif proj == "convmlp":
+            self.proj = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+                                      nn.Conv2d(in_channels, proj_dim, 1))
+        else:
+            raise UserError(f"model.contrast.proj must be 'linear' or 'convmlp', got '{proj}'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), p=2, dim=1)
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor from all processes along dim 0 (identity in a single process)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+class PixelContrast(nn.Module):
+    def __init__(self, head: nn.Module, num_classes: int, align_corners: bool = False,
+                 proj_dim: int = 256, proj: Literal["linear", "convmlp"] = "convmlp",
+                 source: Literal["head", "backbone"] = "head", in_index: int = -1, proj_in_channels: int | None = None,
+                 temperature: float = 0.1, base_temperature: float = 0.07, max_samples: int = 1024, max_views: int = 100,
+                 ignore_index: int = 255, loss_weight: float = 0.1, warmup: int = 5000, official_single_process: bool = False,
+                 use_queue: bool = False, memory_size: int = 5000, pixel_update_freq: int = 10,
+                 official_queue_update: bool = False, network_stride: int = 8,
+                 queue_skip_class0: bool = True, queue_self_mask: bool = True, seed: int = 0):
+        super().__init__()
+        if proj_in_channels is None:
+            proj_in_channels = getattr(head, "channels", None) if source == "head" else getattr(head, "in_channels", None)
+            if not isinstance(proj_in_channels, int):
+                raise UserError("model.contrast: cannot infer the projection's input channels from the head; "
+                                "set model.contrast.proj_in_channels")
+        self.proj_head = ProjectionHead(proj_in_channels, proj_dim, proj)
+        self.num_classes, self.align_corners = num_classes, align_corners
+        self.source, self.in_index = source, in_index
+        self.temperature, self.base_temperature = temperature, base_temperature
+        self.max_samples, self.max_views, self.ignore_index = max_samples, max_views, ignore_index
+        self.loss_weight, self.warmup, self.official_single_process = loss_weight, warmup, official_single_process
+        self.use_queue, self.memory_size, self.pixel_update_freq = use_queue, memory_size, pixel_update_freq
+        self.official_queue_update, self.network_stride = official_queue_update, network_stride
+        self.queue_skip_class0, self.queue_self_mask, self.seed = queue_skip_class0, queue_self_mask, seed
+        self.random_sampling = True  # tests set False: candidates in index order (identity permutation)
+        self.skipped = 0  # steps whose contrast term was skipped (nothing to contrast / NaN in the official code)
+        self.with_embed = False  # emit `embed` in eval too (`viz embed`); training always emits it
+        if use_queue:
+            for name in ("segment_queue", "pixel_queue"):
+                self.register_buffer(name, F.normalize(torch.randn(num_classes, memory_size, proj_dim), p=2, dim=2))
+                self.register_buffer(name + "_ptr", torch.zeros(num_classes, dtype=torch.long))
+
+    # ------------------------------------------------------------------------------------------
+    def project(self, outputs: dict, backbone_feats: list[torch.Tensor]) -> torch.Tensor:
+        """The L2-normalised embedding [B, proj_dim, h, w] (also usable at eval, e.g. `viz embed`)."""
+        x = outputs["feats"] if self.source == "head" else backbone_feats[self.in_index]
+        return self.proj_head(x)
+
+    def forward(self, outputs: dict, backbone_feats: list[torch.Tensor], targets: torch.Tensor | None = None) -> dict:
+        if not (self.training or self.with_embed):
+            return {}
+        return {"embed": self.project(outputs, backbone_feats)}
+
+    def queue(self) -> torch.Tensor | None:
+        if not self.use_queue:
+            return None
+        return torch.cat([self.segment_queue, self.pixel_queue], dim=1)  # official: Q = 2 * memory_size
+
+    def _active(self, step: int) -> bool:
+        if self.official_single_process:
+            dist = torch.distributed
+            if not (dist.is_available() and dist.is_initialized()):
+                return False  # official trainer: `with_embed` only reaches the loss in the distributed branch
+        return step >= self.warmup
+
+    def losses(self, outputs: dict, targets: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        if "embed" not in outputs:
+            return {}
+        embed = outputs["embed"]
+        keep_graph = embed.sum() * 0.0  # every parameter stays in the graph (DDP) when the term is off
+        if not self._active(step):
+            # the official code still computes the term and multiplies it by 0; skipping the
+            # computation gives the same gradients (zero) without its cost or its NaNs
+            return {"loss_contrast": keep_graph, "stat_contrast_skipped": torch.tensor(float(self.skipped))}
+        logits = outputs["logits"]
+        if logits.shape[-2:] != embed.shape[-2:]:
+            logits = F.interpolate(logits, size=embed.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        predict = logits.detach().argmax(1)
+        with torch.autocast(device_type=embed.device.type, enabled=False):
+            res = pixel_contrast_loss(embed.float(), targets, predict, self.temperature, self.base_temperature,
+                                      self.max_samples, self.max_views, self.ignore_index, self.queue(),
+                                      self.queue_skip_class0, self.queue_self_mask, self.random_sampling)
+        if res.degenerate:
+            # the official code raises (no class with enough pixels) or returns NaN (a class seen
+            # once with max_views 1): skip the term for this step and count it
+            self.skipped += 1
+            term = keep_graph
+        else:
+            term = self.loss_weight * res.loss + keep_graph
+        return {"loss_contrast": term, "stat_contrast_skipped": torch.tensor(float(self.skipped))}
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def after_train_step(self, outputs: dict, targets: torch.Tensor, step: int, lr: float, dist: Any = None) -> None:
+        if not self.use_queue or "embed" not in outputs:
+            return
+        keys = _gather(outputs["embed"].detach().float())
+        labels = _gather(targets)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # same draws on every replica
+        self.update_queues(keys, labels, gen)
+
+    def _perm(self, n: int, gen: torch.Generator | None) -> torch.Tensor:
+        return torch.randperm(n, generator=gen) if self.random_sampling else torch.arange(n)
+
+    @torch.no_grad()
+    def update_queues(self, keys: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None = None) -> None:
+        """Enqueue one (gathered) batch: keys [B, D, h, w] unit along D, labels [B, H, W] (image size).
+
+        Per image and class (ascending): the class's mean key (normalised) goes to the segment
+        queue; up to `pixel_update_freq` keys go to the pixel queue."""
+        b, d, h, w = keys.shape
+        if self.official_queue_update:
+            lab = labels[:, :: self.network_stride, :: self.network_stride]
+            n_lab = lab.shape[1] * lab.shape[2]
+            if n_lab > h * w:
+                raise UserError(f"model.contrast.network_stride={self.network_stride} gives a label grid larger than the "
+                                f"embedding ({lab.shape[1]}x{lab.shape[2]} vs {h}x{w})")
+            # official misalignment: flat indices of the label grid used on the flat key map
+            flat_keys = keys.reshape(b, d, h * w)[:, :, :n_lab]
+            valid = (lab > 0) & (lab != self.ignore_index) & (lab < self.num_classes)
+        else:
+            lab = downsample_labels(labels, (h, w))
+            flat_keys = keys.reshape(b, d, h * w)
+            valid = (lab >= 0) & (lab != self.ignore_index) & (lab < self.num_classes)
+        lab = torch.where(valid, lab, self.num_classes).reshape(b, -1)  # invalid -> an extra column
+        onehot = F.one_hot(lab, self.num_classes + 1)[..., : self.num_classes].to(flat_keys.dtype)  # [B, N, C]
+        counts = onehot.sum(1)  # [B, C]
+        seg_means = F.normalize(torch.bmm(flat_keys, onehot), p=2, dim=1)  # [B, D, C]; mean then normalise = normalised sum
+        m, freq = self.memory_size, self.pixel_update_freq
+        for bi, c in (counts > 0).nonzero().tolist():
+            ptr = int(self.segment_queue_ptr[c])
+            self.segment_queue[c, ptr] = seg_means[bi, :, c]
+            self.segment_queue_ptr[c] = (ptr + 1) % m
+            num = int(counts[bi, c])
+            k = min(num, freq)
+            perm = self._perm(num, gen)[:k].to(keys.device)
+            if self.official_queue_update:
+                cols = perm  # positions of the whole map, not of the class's pixels (official)
+            else:
+                cols = (lab[bi] == c).nonzero()[:, 0][perm]
+            feat = F.normalize(flat_keys[bi][:, cols].T, p=2, dim=1)  # [K, D]
+            ptr = int(self.pixel_queue_ptr[c])
+            if self.official_queue_update:
+                if ptr + k >= m:
+                    self.pixel_queue[c, m - k:] = feat
+                    self.pixel_queue_ptr[c] = 0
+                else:
+                    self.pixel_queue[c, ptr:ptr + k] = feat
+                    self.pixel_queue_ptr[c] = (ptr + 1) % m
+            else:  # a ring buffer: K rows at ptr (wrapping), pointer advances by K
+                self.pixel_queue[c, (ptr + torch.arange(k, device=keys.device)) % m] = feat
+                self.pixel_queue_ptr[c] = (ptr + k) % m
+

@@ -1,0 +1,347 @@
+"""MCIBI: a dataset-level feature memory as a context plug-in (sssegmentation's MCIBI, ICCV 2021).
+
+Structure (names follow ssseg so the converter stays a table; ssseg's `memory_module.*` pieces are
+flattened into this module):
+
+  x           = head.select(backbone feats)           layer4, or HRNet's concatenated branches
+  feats_ms    = head.features(...)                    the decode head's own within-image context
+                                                       (ASPP, PPM, OCR object context); "none": unused
+  memory_input= bottleneck(x)                         3x3 ConvModule; with use_context_within_image
+                                                       = false the head's features ARE memory_input
+  stage1      = decoder_stage1(memory_input)          supervised (x 0.4)
+  aggregated  = softmax_k(stage1) @ memory[:, s]      per slot s (one-hot argmax if use_hard_aggregate)
+  selected    = self_attentions[s](memory_input, aggregated)   (S > 1: fuse_memory_conv(cat))
+  mem_out     = memory_bottleneck(cat[memory_input, selected])
+  mem_out     = bottleneck_ms(cat[self_attention_ms(memory_input, feats_ms), mem_out])
+  logits      = decoder_stage2(mem_out)               the final logits (x 1.0, the decode CE)
+
+The decode head's own classifier is removed (its `conv_seg` becomes an identity): the plug-in's
+decoder_stage2 is the classifier, and a classifier that never receives a gradient would break DDP.
+
+Training: the memory (a registered buffer, K x S x C, zeros at start) is updated inside the train
+forward, after both stages were computed with the old memory and before the losses, from
+memory_input upsampled to the label size; the memory loss (decoder_stage2 classifying the stored
+memory) therefore sees the updated memory, as in ssseg. The update is one pass of per-class sums
+(index_add / bincount) over bands of image rows, so a batch at image resolution never
+materialises the full upsampled feature map. In distributed runs the memory is averaged across
+processes after each update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctxseg.errors import UserError
+from ctxseg.losses.cross_entropy import cross_entropy
+from ctxseg.models.layers import ConvModule, resize
+
+
+class SelfAttentionBlock(nn.Module):
+    """ssseg SelfAttentionBlock as MCIBI configures it: key/query 2 x (1x1 ConvModule), value 1 x,
+    out_project 1 x; logits scaled by transform_channels ** -0.5, softmax over key positions."""
+
+    def __init__(self, in_channels: int, transform_channels: int, out_channels: int):
+        super().__init__()
+        self.transform_channels = transform_channels
+        self.key_project = nn.Sequential(ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1))
+        self.query_project = nn.Sequential(ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1))
+        self.value_project = ConvModule(in_channels, transform_channels, 1)
+        self.out_project = ConvModule(transform_channels, out_channels, 1)
+
+    def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = query_feats.shape
+        query = self.query_project(query_feats).flatten(2).transpose(1, 2)  # B, hw, T
+        key = self.key_project(key_feats).flatten(2)  # B, T, hw'
+        value = self.value_project(key_feats).flatten(2).transpose(1, 2)  # B, hw', T
+        attn = torch.softmax(torch.bmm(query, key) * self.transform_channels**-0.5, dim=-1)
+        context = torch.bmm(attn, value).transpose(1, 2).reshape(b, -1, h, w)
+        return self.out_project(context)
+
+
+class StageDecoder(nn.Module):
+    """ssseg decoder_stage1/2: 1x1 ConvModule, Dropout2d, 1x1 classifier."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.bottleneck = ConvModule(channels, channels, 1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_seg(self.dropout(self.bottleneck(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# the memory update
+
+
+def interp_matrix(out_size: int, in_size: int, align_corners: bool, device=None) -> torch.Tensor:
+    """(out, in) matrix of 1-D bilinear weights, with F.interpolate's source-coordinate rule."""
+    dst = torch.arange(out_size, dtype=torch.float64, device=device)
+    if align_corners:
+        src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    lam = (src - i0).clamp(0, 1)
+    mat = torch.zeros(out_size, in_size, dtype=torch.float64, device=device)
+    mat.index_put_((torch.arange(out_size, device=device), i0), 1 - lam, accumulate=True)
+    mat.index_put_((torch.arange(out_size, device=device), i1), lam, accumulate=True)
+    return mat.float()
+
+
+def pixel_chunks(features: torch.Tensor, labels: torch.Tensor, align_corners: bool = False,
+                 max_elements: int = 1 << 24) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (pixels x C features, pixel labels) in bands of label rows.
+
+    `features` may be at a lower resolution than `labels`: each band is then upsampled bilinearly
+    on the fly (separable interpolation matrices, the same weights as F.interpolate), so at most
+    `max_elements` upsampled values exist at a time.
+    """
+    b, c, h, w = features.shape
+    H, W = labels.shape[-2:]
+    rows = max(1, min(H, max_elements // max(1, W * c)))
+    same = (h, w) == (H, W)
+    if not same:
+        ah = interp_matrix(H, h, align_corners, features.device)
+        aw = interp_matrix(W, w, align_corners, features.device)
+    for i in range(b):
+        g = features[i].float()
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            if same:
+                band = g[:, r0:r1].permute(1, 2, 0)
+            else:
+                tmp = torch.einsum("rh,chw->rcw", ah[r0:r1], g)
+                band = torch.einsum("rcw,xw->rxc", tmp, aw)
+            yield band.reshape(-1, c), labels[i, r0:r1].reshape(-1)
+
+
+@torch.no_grad()
+def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float,
+                  strategy: str = "cosine_similarity", ignore_index: int = 255, align_corners: bool = False,
+                  max_elements: int = 1 << 24) -> torch.Tensor:
+    """ssseg FeaturesMemory.update, vectorised over classes; updates `memory` (K, S, C) in place.
+
+    Per present class k: if one of its slots is all zeros, the first such slot is set to the plain
+    mean of the class's pixels and nothing else happens for k this step. Otherwise
+      mean:              m <- (1 - momentum) m + momentum * mean_i f_i                  (S == 1)
+      cosine_similarity: pixels go to the slot of highest cosine similarity; per slot
+                         m <- (1 - momentum) m + momentum * sum_i w_i f_i,
+                         w_i = (1 - cos(f_i, m)) / sum_j (1 - cos(f_j, m)); a slot with no pixel
+                         gets (1 - momentum) m (its weighted sum is empty).
+    Labels equal to `ignore_index` or outside [0, K) are skipped.
+    """
+    k, s, c = memory.shape
+    mem = memory.float()
+    dev = memory.device
+    cls_sum = torch.zeros(k, c, device=dev)
+    cls_cnt = torch.zeros(k, device=dev)
+    num = torch.zeros(k * s, c, device=dev)
+    den = torch.zeros(k * s, device=dev)
+    cosine = strategy == "cosine_similarity"
+    mem_unit = F.normalize(mem, p=2, dim=-1)  # slot assignment, as ssseg (F.normalize, eps 1e-12)
+    mem_norm = mem.norm(dim=-1).clamp_min(1e-8)  # F.cosine_similarity's eps
+    for f, y in pixel_chunks(features, labels, align_corners, max_elements):
+        keep = (y != ignore_index) & (y >= 0) & (y < k)
+        if not bool(keep.all()):
+            f, y = f[keep], y[keep]
+        if y.numel() == 0:
+            continue
+        y = y.long()
+        cls_sum.index_add_(0, y, f)
+        cls_cnt += torch.bincount(y, minlength=k).to(cls_cnt.dtype)
+        if not cosine:
+            continue
+        if s == 1:
+            slot = torch.zeros_like(y)
+        else:
+            slot = torch.einsum("pc,psc->ps", F.normalize(f, p=2, dim=1), mem_unit[y]).argmax(dim=1)
+        idx = y * s + slot
+        m = mem.view(k * s, c)[idx]
+        cos = (f * m).sum(1) / (f.norm(dim=1).clamp_min(1e-8) * mem_norm.view(-1)[idx])
+        wgt = 1 - cos
+        num.index_add_(0, idx, f * wgt[:, None])
+        den.index_add_(0, idx, wgt)
+
+    present = cls_cnt > 0
+    zero_slot = (mem == 0).all(dim=-1)  # K, S
+    init = present & zero_slot.any(dim=1)
+    update = present & ~zero_slot.any(dim=1)
+    new = mem.clone()
+    if cosine:
+        agg = torch.where(den[:, None] > 0, num / den.clamp_min(1e-30)[:, None], torch.zeros_like(num)).view(k, s, c)
+    else:
+        agg = (cls_sum / cls_cnt.clamp_min(1)[:, None]).unsqueeze(1).expand(k, s, c)
+    new[update] = (1 - momentum) * mem[update] + momentum * agg[update]
+    first_zero = zero_slot.float().argmax(dim=1)
+    rows = init.nonzero().squeeze(1)
+    new[rows, first_zero[rows]] = cls_sum[rows] / cls_cnt[rows, None]
+    memory.copy_(new.to(memory.dtype))
+    return memory
+
+
+def average_across_processes(memory: torch.Tensor) -> None:
+    """ssseg: every rank all-reduces the memory and divides by the world size after each update."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(memory)
+        memory.div_(dist.get_world_size())
+
+
+# ------------------------------------------------------------------------------------------------
+# the plug-in
+
+
+class MCIBIMemory(nn.Module):
+    def __init__(self, head: nn.Module, num_classes: int, align_corners: bool = False, feats_channels: int = 512,
+                 transform_channels: int = 256, out_channels: int = 512, num_feats_per_cls: int = 1,
+                 use_context_within_image: bool = True, use_hard_aggregate: bool = False,
+                 strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity", base_momentum: float = 0.9,
+                 base_lr: float = 0.01, adjust_by_learning_rate: bool = True, ignore_index: int = 255,
+                 dropout: float = 0.1, stage1_weight: float = 0.4, use_memory_loss: bool = True,
+                 memory_loss_weight: float = 1.0, memory_loss_start_epochs: float = 1.0,
+                 memory_loss_start_iters: int | None = None, update_max_elements: int = 1 << 24,
+                 official_aggregation_grad: bool = True):
+        super().__init__()
+        if num_feats_per_cls < 1:
+            raise UserError("model.memory.num_feats_per_cls must be at least 1")
+        if num_feats_per_cls > 1 and strategy != "cosine_similarity":
+            raise UserError("model.memory: num_feats_per_cls > 1 needs strategy = \"cosine_similarity\" (as ssseg)")
+        head_channels = getattr(head, "channels", None)
+        if head_channels != feats_channels:
+            raise UserError(f"model.memory.feats_channels = {feats_channels} must equal the decode head's channels "
+                            f"({head_channels}): the head's features are the {'within-image context' if use_context_within_image else 'memory input'}")
+        if use_context_within_image and out_channels != feats_channels:
+            raise UserError("model.memory: out_channels must equal feats_channels when use_context_within_image (ssseg's bottleneck_ms)")
+        self.num_classes, self.num_feats_per_cls = num_classes, num_feats_per_cls
+        self.feats_channels, self.align_corners = feats_channels, align_corners
+        self.use_context_within_image, self.use_hard_aggregate = use_context_within_image, use_hard_aggregate
+        self.strategy, self.base_momentum, self.base_lr = strategy, base_momentum, base_lr
+        self.adjust_by_learning_rate, self.ignore_index = adjust_by_learning_rate, ignore_index
+        self.stage1_weight, self.use_memory_loss, self.memory_loss_weight = stage1_weight, use_memory_loss, memory_loss_weight
+        self.memory_loss_start_epochs, self.memory_loss_start_iters = memory_loss_start_epochs, memory_loss_start_iters
+        self.update_max_elements = update_max_elements
+        self.official_aggregation_grad = official_aggregation_grad
+        # schedule, set by the trainer before every step (before_train_step); defaults for other loops
+        self.lr: float | None = None
+        self.iters_per_epoch: int | None = None
+
+        # the head's own classifier is replaced by decoder_stage2 (see module docstring)
+        head.conv_seg = nn.Identity()
+        head.dropout = None
+        # `select` is read through a function, not stored as a module, to keep one owner of the head
+        self._select = head.select
+
+        if use_context_within_image:
+            self.bottleneck = ConvModule(head.in_channels, feats_channels, 3, padding=1)
+        self.decoder_stage1 = StageDecoder(feats_channels, num_classes, dropout)
+        self.register_buffer("memory", torch.zeros(num_classes, num_feats_per_cls, feats_channels))
+        self.self_attentions = nn.ModuleList(
+            SelfAttentionBlock(feats_channels, transform_channels, feats_channels) for _ in range(num_feats_per_cls))
+        if num_feats_per_cls > 1:
+            self.fuse_memory_conv = ConvModule(feats_channels * num_feats_per_cls, feats_channels, 1)
+        self.memory_bottleneck = ConvModule(feats_channels * 2, out_channels, 3, padding=1)
+        if use_context_within_image:
+            self.self_attention_ms = SelfAttentionBlock(feats_channels, transform_channels, feats_channels)
+            self.bottleneck_ms = ConvModule(feats_channels + out_channels, out_channels, 3, padding=1)
+        self.decoder_stage2 = StageDecoder(out_channels, num_classes, dropout)
+
+    # --------------------------------------------------------------------------------------------
+    def momentum(self) -> float:
+        lr = self.base_lr if self.lr is None else self.lr
+        return self.base_momentum / self.base_lr * lr if self.adjust_by_learning_rate else self.base_momentum
+
+    def before_train_step(self, step: int, lr: float, iters_per_epoch: int | None = None) -> None:
+        """Trainer hook: the learning rate of this step (momentum) and the epoch length (memory loss start)."""
+        self.lr = lr
+        if iters_per_epoch is not None:
+            self.iters_per_epoch = iters_per_epoch
+
+    def memory_loss_start(self) -> int:
+        if self.memory_loss_start_iters is not None:
+            return self.memory_loss_start_iters
+        if self.iters_per_epoch is None:
+            return 0  # no epoch length known (a custom loop): the loss is on from the start
+        return math.ceil(self.memory_loss_start_epochs * self.iters_per_epoch)
+
+    def aggregate(self, stage1_logits: torch.Tensor, slot: int) -> torch.Tensor:
+        """Class-probability weighted memory per pixel: (B, K, h, w) -> (B, C, h, w)."""
+        weights = stage1_logits.softmax(dim=1)
+        if self.use_hard_aggregate:
+            weights = torch.zeros_like(weights).scatter_(1, weights.argmax(dim=1, keepdim=True), 1.0)
+        memory = self.memory[:, slot]
+        if not self.official_aggregation_grad:
+            memory = memory.clone()  # backward sees the memory this forward used
+        return torch.einsum("bkhw,kc->bchw", weights, memory.to(weights.dtype))
+
+    def forward(self, outputs: dict, backbone_feats: list[torch.Tensor], targets: torch.Tensor | None = None) -> dict:
+        if self.use_context_within_image:
+            feats_ms = outputs["feats"]
+            memory_input = self.bottleneck(self._select(backbone_feats))
+        else:
+            feats_ms, memory_input = None, outputs["feats"]
+        stage1 = self.decoder_stage1(memory_input)
+        selected = [att(memory_input, self.aggregate(stage1, s)) for s, att in enumerate(self.self_attentions)]
+        selected = self.fuse_memory_conv(torch.cat(selected, dim=1)) if len(selected) > 1 else selected[0]
+        mem_out = self.memory_bottleneck(torch.cat([memory_input, selected], dim=1))
+        if feats_ms is not None:
+            mem_out = self.bottleneck_ms(torch.cat([self.self_attention_ms(memory_input, feats_ms), mem_out], dim=1))
+        logits = self.decoder_stage2(mem_out)
+        if self.training and targets is not None:
+            # ssseg order: both stages used the old memory; update before the losses are computed
+            self.update(memory_input.detach(), targets)
+        return {"logits": logits, "feats": mem_out, "stage1_logits": stage1, "memory_input": memory_input}
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Update from features at any resolution (upsampled to the labels band by band) and labels."""
+        # through `.data`, as ssseg: the aggregation's saved view of the memory then holds the UPDATED
+        # values when the backward runs (ssseg's gradient into decoder_stage1; official_aggregation_grad)
+        update_memory(self.memory.data, features, labels, self.momentum(), self.strategy, self.ignore_index,
+                      self.align_corners, self.update_max_elements)
+        average_across_processes(self.memory.data)
+
+    def memory_loss(self) -> torch.Tensor:
+        """decoder_stage2 classifies every stored memory entry (row k*S + s has target k); CE mean."""
+        k, s, c = self.memory.shape
+        logits = self.decoder_stage2(self.memory.reshape(k * s, c, 1, 1)).reshape(k * s, -1)
+        target = torch.arange(k, device=logits.device).repeat_interleave(s)
+        return F.cross_entropy(logits.float(), target)
+
+    def losses(self, outputs: dict, targets: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        if self.stage1_weight > 0 and "stage1_logits" in outputs:
+            logits = resize(outputs["stage1_logits"], targets.shape[-2:], self.align_corners).float()
+            terms["loss_cls_stage1"] = self.stage1_weight * cross_entropy(logits, targets, self.ignore_index, avg_non_ignore=True)
+        if self.use_memory_loss and self.memory_loss_weight > 0 and step >= self.memory_loss_start():
+            terms["loss_memory"] = self.memory_loss_weight * self.memory_loss()
+        return terms
+
+
+def mcibi(head: nn.Module, num_classes: int, align_corners: bool = False, feats_channels: int = 512,
+          transform_channels: int = 256, out_channels: int = 512, num_feats_per_cls: int = 1,
+          use_context_within_image: bool = True, use_hard_aggregate: bool = False,
+          strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity", base_momentum: float = 0.9,
+          base_lr: float = 0.01, adjust_by_learning_rate: bool = True, ignore_index: int = 255, dropout: float = 0.1,
+          stage1_weight: float = 0.4, use_memory_loss: bool = True, memory_loss_weight: float = 1.0,
+          memory_loss_start_epochs: float = 1.0, memory_loss_start_iters: int | None = None,
+          update_max_elements: int = 1 << 24, official_aggregation_grad: bool = True) -> MCIBIMemory:
+    """MCIBI dataset-level memory (recipe `[model.memory] type = "mcibi"`). The keys mirror ssseg's head
+    cfg: feats/transform/out channels, num_feats_per_cls, update_cfg (strategy, ignore_index,
+    momentum_cfg base_momentum/base_lr/adjust_by_learning_rate), use_hard_aggregate, use_loss;
+    context_within_image comes from the decode head (ASPP, PPM, OCR) or is off (FCN).
+    official_aggregation_grad = false makes the aggregation's backward use the memory the forward
+    used (ssseg's backward sees the memory after this step's in-forward update)."""
+    return MCIBIMemory(head, num_classes, align_corners, feats_channels, transform_channels, out_channels,
+                       num_feats_per_cls, use_context_within_image, use_hard_aggregate, strategy, base_momentum,
+                       base_lr, adjust_by_learning_rate, ignore_index, dropout, stage1_weight, use_memory_loss,
+                       memory_loss_weight, memory_loss_start_epochs, memory_loss_start_iters, update_max_elements,
+                       official_aggregation_grad)

@@ -1,0 +1,113 @@
+"""OCR head (object-contextual representations) as mmseg's CascadeEncoderDecoder of
+[FCNHead, OCRHead], folded into one head module.
+
+Cascade: `region_head` (mmseg `decode_head.0`, an FCNHead) predicts coarse logits; they are the
+soft object regions of the OCR stage (mmseg `decode_head.1`) and are also supervised directly
+(returned as `aux_logits`, loss weight train.loss.aux_weight = 0.4; the OCR logits get
+decode_weight = 1.0, as mmseg's loss_decode weights 0.4 / 1.0). They are used at inference too.
+
+OCR stage:
+  pixel_repr     = bottleneck(x)                                  3x3 ConvModule
+  regions        = softmax over H*W of the RAW region logits (scale 1)
+  object_repr    = regions @ pixel_repr -> (N, C, K, 1)           SpatialGatherModule
+  object_context = ObjectAttentionBlock(pixel_repr, object_repr)  (q k^T * ocr_channels^-0.5)
+  logits         = conv_seg(dropout(object_context))
+Gather and attention are batched matrix products over all pixels and classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctxseg.errors import UserError
+from ctxseg.models.heads.base import DecodeHead
+from ctxseg.models.heads.fcn import FCNHead
+from ctxseg.models.layers import ConvModule, resize
+
+
+class SpatialGatherModule(nn.Module):
+    """Class-weighted average of pixel features: (N, C, H, W), (N, K, H, W) -> (N, C, K, 1)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, feats: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        n, k = probs.shape[:2]
+        probs = (self.scale * probs.reshape(n, k, -1)).softmax(dim=2)  # over pixels, not classes
+        feats = feats.reshape(n, feats.shape[1], -1).transpose(1, 2)  # N, HW, C
+        return torch.bmm(probs, feats).transpose(1, 2).unsqueeze(3)  # N, C, K, 1
+
+
+def _project(in_ch: int, out_ch: int, num_convs: int) -> nn.Module:
+    """mmseg `_SelfAttentionBlock.build_project`: one ConvModule, or a Sequential of them."""
+    if num_convs == 1:
+        return ConvModule(in_ch, out_ch, 1)
+    return nn.Sequential(ConvModule(in_ch, out_ch, 1), *[ConvModule(out_ch, out_ch, 1) for _ in range(num_convs - 1)])
+
+
+class ObjectAttentionBlock(nn.Module):
+    """Pixels (queries) attend to object representations (keys/values), then a 1x1 bottleneck
+    on cat([context, pixels]) (context first)."""
+
+    def __init__(self, in_channels: int, channels: int, scale: int = 1):
+        super().__init__()
+        self.channels = channels
+        self.query_downsample = nn.MaxPool2d(kernel_size=scale) if scale > 1 else None
+        self.key_project = _project(in_channels, channels, 2)
+        self.query_project = _project(in_channels, channels, 2)
+        self.value_project = _project(in_channels, channels, 1)
+        self.out_project = _project(channels, in_channels, 1)
+        self.bottleneck = ConvModule(in_channels * 2, in_channels, 1)
+
+    def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
+        n = query_feats.shape[0]
+        query = self.query_project(query_feats)
+        if self.query_downsample is not None:
+            query = self.query_downsample(query)
+        q_hw = query.shape[2:]
+        query = query.reshape(n, self.channels, -1).transpose(1, 2)  # N, HW, c
+        key = self.key_project(key_feats).reshape(n, self.channels, -1)  # N, c, K
+        value = self.value_project(key_feats).reshape(n, self.channels, -1).transpose(1, 2)  # N, K, c
+        sim = (torch.bmm(query, key) * self.channels**-0.5).softmax(dim=-1)
+        context = torch.bmm(sim, value).transpose(1, 2).reshape(n, self.channels, *q_hw)
+        context = self.out_project(context)
+        if self.query_downsample is not None:
+            context = resize(context, query_feats.shape[2:])
+        return self.bottleneck(torch.cat([context, query_feats], dim=1))
+
+
+class OCRHead(DecodeHead):
+    """forward -> {"logits": OCR logits, "feats": object context, "aux_logits": region logits}."""
+
+    def __init__(self, in_channels, num_classes: int, channels: int = 512, ocr_channels: int = 256, scale: int = 1,
+                 in_index: int | list[int] = -1, input_transform: str | None = None, dropout_ratio: float = 0.1,
+                 region_head: dict[str, Any] | None = None, align_corners: bool = False):
+        super().__init__(in_channels, channels, num_classes, in_index, input_transform, dropout_ratio, align_corners)
+        # cascade stage 0 (mmseg decode_head.0): an FCNHead on the same backbone outputs
+        region_cfg = dict(region_head or {})
+        if region_cfg.pop("type", "fcn") != "fcn":
+            raise UserError("model.head.region_head: the OCR cascade's first stage must be an FCN head (type = \"fcn\")")
+        try:
+            self.region_head = FCNHead(in_channels, num_classes, align_corners=align_corners, **region_cfg)
+        except TypeError as e:
+            raise UserError(f"model.head.region_head: {e}") from None
+        self.ocr_channels = ocr_channels
+        self.bottleneck = ConvModule(self.in_channels, channels, 3, padding=1)
+        self.spatial_gather_module = SpatialGatherModule(scale)
+        self.object_context_block = ObjectAttentionBlock(channels, ocr_channels, scale)
+
+    def features(self, inputs: list[torch.Tensor], region_logits: torch.Tensor | None = None) -> torch.Tensor:
+        if region_logits is None:
+            region_logits = self.region_head(inputs)["logits"]
+        pixels = self.bottleneck(self.select(inputs))
+        objects = self.spatial_gather_module(pixels, region_logits)
+        return self.object_context_block(pixels, objects)
+
+    def forward(self, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        region_logits = self.region_head(inputs)["logits"]
+        feats = self.features(inputs, region_logits)
+        return {"logits": self.cls_seg(feats), "feats": feats, "aux_logits": region_logits}

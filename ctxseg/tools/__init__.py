@@ -1,0 +1,1 @@
+"""Small analysis tools (run with `python -m ctxseg.tools.<name>`)."""

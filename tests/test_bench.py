@@ -1,0 +1,41 @@
+"""`ctxseg bench`: runs on the demo recipe at a tiny size and writes every documented field.
+
+Timings are not asserted (benchmarks are not timed tests); their presence and sanity are."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_bench_demo_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--recipe", "demo", "--height", "32", "--width", "32", "--batch", "2", "--repeats", "1",
+                   "--warmup", "0", "--set", "eval.crop_size=[24,24]", "--set", "eval.stride=[16,16]", "--json", str(out),
+                   cwd=tmp_path)
+    assert "train step" in proc.stdout and "inference / image, slide" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["recipe"] == "demo" and r["input"] == {"height": 32, "width": 32, "batch": 2}
+    assert r["params"] == r["params_trainable"] > 1_000_000  # ResNet-18 half width + ASPP: ~3.5 M
+    assert r["flops"]["train_per_image"] > r["flops"]["inference_per_image"] > 0
+    assert r["memory_kind"] in ("cpu_peak_rss_per_phase", "cpu_peak_rss_process_high_water_mark", "cuda_max_memory_allocated")
+    assert {"cpu", "cpus", "torch"} <= set(r["machine"])
+    tr = r["train"]
+    assert tr["step_time_s"] > 0 and abs(tr["images_per_s"] - 2 / tr["step_time_s"]) < 1e-6 and len(tr["times_s"]) == 1
+    for phase in ("inference_whole", "inference_slide"):
+        assert r[phase]["time_per_image_s"] > 0 and r[phase]["peak_memory_bytes"] > 0
+    assert r["inference_slide"]["windows"] == 4 and r["inference_slide"]["crop"] == [24, 24]
+    assert tr["peak_memory_bytes"] >= tr.get("start_rss_bytes", 0) > 0 or r["memory_kind"].startswith("cuda")
+    assert r["overrides"] == ["eval.crop_size=[24,24]", "eval.stride=[16,16]"]
+
+
+def test_bench_rejects_bad_phase():
+    import pytest
+
+    from ctxseg.cli.bench import bench_cmd
+    from ctxseg.errors import UserError
+
+    with pytest.raises(UserError, match="unknown nope"):
+        bench_cmd(recipe="demo", height=None, width=None, batch=None, repeats=1, warmup=0, device=None,
+                  phases="train,nope", json_path=None, set=None)

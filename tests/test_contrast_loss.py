@@ -1,0 +1,214 @@
+"""ContrastiveSeg loss: goldens of ../shared/golden/contrastiveseg (loss.json / loss.safetensors),
+vectorised vs naive loops on random data, and degenerate batches."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from ctxseg.bench_contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
+from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, queue_contrast_set, sample_anchors
+from ctxseg.models.context.contrast import PixelContrast
+from tests.conftest import golden
+
+META = json.loads(golden("contrastiveseg", "loss.json").read_text())
+T = load_file(str(golden("contrastiveseg", "loss.safetensors")))
+
+
+def _close(value: torch.Tensor, expected: float, rtol: float, atol: float) -> None:
+    if isinstance(expected, str) or math.isnan(float(expected)):
+        assert torch.isnan(value), f"expected NaN, got {float(value)}"
+    else:
+        assert math.isclose(float(value), float(expected), rel_tol=rtol, abs_tol=atol), (float(value), expected)
+
+
+@pytest.mark.parametrize("case", META["contrast_nomem"], ids=lambda c: c["name"])
+def test_contrastive_no_queue(case):
+    p = f"contrast_nomem/{case['name']}/"
+    for dt, rtol, atol in (("f64", 1e-10, 0.0), ("f32", 1e-5, 1e-6)):
+        loss, _ = contrastive_loss(T[p + f"X_{dt}"], T[p + "y"], case["temperature"], case["base_temperature"])
+        _close(loss, case[f"loss_{dt}"], rtol, atol)
+        assert loss.dtype == T[p + f"X_{dt}"].dtype
+
+
+@pytest.mark.parametrize("case", META["contrast_mem"], ids=lambda c: c["name"])
+def test_contrastive_with_queue(case):
+    p = f"contrast_mem/{case['name']}/"
+    queue = T[p + "queue_f32"]
+    loss, _ = contrastive_loss(T[p + "X_f32"], T[p + "y"], case["temperature"], case["base_temperature"], queue=queue)
+    _close(loss, case["loss_f32"], 1e-5, 1e-6)
+    rows, labels = queue_contrast_set(queue)
+    assert (rows[-case["zero_rows_at_end"]:] == 0).all() and (labels[-case["zero_rows_at_end"]:] == 0).all()
+    if p + "X_contrast_f32" in T:
+        assert torch.equal(rows, T[p + "X_contrast_f32"]) and torch.equal(labels, T[p + "y_contrast"])
+
+
+@pytest.mark.parametrize("case", META["sampling"], ids=lambda c: c["name"])
+def test_sampling_facts(case):
+    p = f"sampling/{case['name']}/"
+    labels, predict = T[p + "labels"], T[p + "predict"]
+    feats = torch.randn(*labels.shape, 3, dtype=torch.float64)
+    a = sample_anchors(feats, labels, predict, case["max_samples"], case["max_views"], -1, random=False)
+    if case["returns_none"]:
+        assert a is None
+        return
+    assert a.n_view == case["n_view"] and a.pairs.shape[0] == case["total_classes"]
+    for key in ("pairs", "num_hard", "num_easy", "num_hard_keep", "num_easy_keep"):
+        assert torch.equal(getattr(a, key), T[p + key]), key
+    assert torch.equal(a.indices, T[p + "indices_identity_perm"])
+    assert a.feats.dtype == torch.float32  # official: written into a float32 tensor
+    assert torch.equal(a.feats, feats[a.pairs[:, :1], a.indices].float())
+    # random selection: same counts, every chosen pixel is a candidate of the right kind
+    r = sample_anchors(feats, labels, predict, case["max_samples"], case["max_views"], -1, random=True)
+    assert torch.equal(r.num_hard_keep, a.num_hard_keep)
+    img, cls = r.pairs[:, 0:1], r.pairs[:, 1:2]
+    assert (labels[img, r.indices] == cls).all()
+    hard_part = torch.arange(r.n_view)[None] < r.num_hard_keep[:, None]
+    assert ((predict[img, r.indices] != cls) == hard_part).all()
+    assert all(len(set(row.tolist())) == r.n_view for row in r.indices)  # no pixel twice
+
+
+@pytest.mark.parametrize("case", META["forward"], ids=lambda c: c["name"])
+def test_full_forward(case):
+    p = f"forward/{case['name']}/"
+    queue = torch.cat([T[p + "segment_queue"], T[p + "pixel_queue"]], dim=1) if case["mem_variant"] else None
+    res = pixel_contrast_loss(T[p + "embed"], T[p + "labels"], T[p + "predict"], case["temperature"], case["base_temperature"],
+                              case["max_samples"], case["max_views"], -1, queue=queue, random=False)
+    assert torch.equal(res.labels_down, T[p + "labels_down"])
+    assert torch.equal(res.anchors.feats, T[p + "anchors"])
+    assert torch.equal(res.anchors.labels, T[p + "anchor_labels"])
+    assert res.anchors.n_view == case["n_view"]
+    _close(res.loss, case["loss"], 1e-5, 1e-6)
+
+
+class _Head(torch.nn.Module):
+    channels = 8
+
+
+@pytest.mark.parametrize("case", META["contrast_ce"], ids=lambda c: c["name"])
+def test_contrast_ce(case):
+    """ContrastCELoss = weighted-mean CE (openseg FSCELoss) + loss_weight x contrast, via the plug-in."""
+    p = f"contrast_ce/{case['name']}/"
+    c = case["contrast"]
+    seg, embed, target = T[p + "seg"], T[p + "embed"], T[p + "target"]
+    mem = c.get("with_memory", False)
+    plugin = PixelContrast(_Head(), 19, True, proj_dim=c["proj_dim"], temperature=c["temperature"],
+                           base_temperature=c["base_temperature"], max_samples=c["max_samples"], max_views=c["max_views"],
+                           ignore_index=-1, loss_weight=c["loss_weight"], warmup=c["warmup_iters"], use_queue=mem,
+                           memory_size=T[p + "segment_queue"].shape[1] if mem else 5000)
+    plugin.random_sampling = False
+    if mem:
+        plugin.segment_queue.copy_(T[p + "segment_queue"])
+        plugin.pixel_queue.copy_(T[p + "pixel_queue"])
+    up = F.interpolate(seg, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    ce = F.cross_entropy(up, target, weight=torch.tensor(case["ce_weight"]), ignore_index=-1)
+    _close(ce, case["loss_without_embed"], 1e-5, 1e-6)
+    outputs = {"logits": seg, "embed": embed}
+    terms = plugin.losses(outputs, target, step=c["warmup_iters"])  # with_embed: iters >= warmup_iters
+    _close(ce + terms["loss_contrast"], case["loss_with_embed"], 1e-5, 1e-6)
+    warm = plugin.losses(outputs, target, step=c["warmup_iters"] - 1)
+    assert float(warm["loss_contrast"]) == 0.0
+    plugin.official_single_process = True  # official non-distributed trainer: never switched on
+    assert float(plugin.losses(outputs, target, step=10**6)["loss_contrast"]) == 0.0
+
+
+def test_legacy_nearest_downsampling():
+    labels = torch.arange(37 * 50).view(1, 37, 50)
+    down = downsample_labels(labels, (10, 13))
+    rows = torch.floor(torch.arange(10) * 37 / 10).long()
+    cols = torch.floor(torch.arange(13) * 50 / 13).long()
+    assert torch.equal(down[0], labels[0][rows][:, cols])
+
+
+# ------------------------------------------------------------------------------------------------
+# vectorised vs naive loops, other seeds and shapes
+
+
+@pytest.mark.parametrize("seed,b,n,c,max_samples,max_views", [(1, 3, 200, 5, 60, 8), (2, 2, 500, 9, 1024, 100),
+                                                               (3, 4, 120, 3, 7, 10), (4, 1, 90, 4, 1024, 1)])
+def test_vectorised_matches_naive(seed, b, n, c, max_samples, max_views):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-1, c, (b, n), generator=g)
+    predict = torch.where(torch.rand(b, n, generator=g) < 0.3, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0))
+    feats = F.normalize(torch.randn(b, n, 6, generator=g, dtype=torch.float64), dim=2)
+    ref = naive_sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=False)
+    vec = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=False)
+    assert (ref is None) == (vec is None)
+    if ref is None:
+        return
+    x, y, idx = ref
+    assert torch.equal(vec.indices, idx) and torch.equal(vec.labels, y) and torch.equal(vec.feats, x)
+    xd = vec.feats.double()
+    for queue in (None, F.normalize(torch.randn(c, 5, 6, generator=g, dtype=torch.float64), dim=2)):
+        if queue is not None and xd.shape[0] * xd.shape[1] > c * 5:
+            continue  # the official scatter needs A*V <= C*Q
+        got, num_pos = contrastive_loss(xd, y, 0.1, 0.07, queue=queue)
+        want = naive_contrastive_loss(xd, y, 0.1, 0.07, queue)
+        want2 = reference_matrix_loss(xd, y, 0.1, 0.07, queue)
+        if bool((num_pos == 0).any()):
+            assert torch.isnan(got) and torch.isnan(want)
+        else:
+            assert torch.allclose(got, want, rtol=1e-10) and torch.allclose(got, want2, rtol=1e-10)
+
+
+def test_queue_without_class0_skip_is_plain_supervised_contrast():
+    g = torch.Generator().manual_seed(5)
+    x = F.normalize(torch.randn(4, 2, 8, generator=g, dtype=torch.float64), dim=2)
+    y = torch.tensor([0, 1, 2, 0])
+    queue = F.normalize(torch.randn(3, 4, 8, generator=g, dtype=torch.float64), dim=2)
+    got, num_pos = contrastive_loss(x, y, 0.1, 0.07, queue=queue, skip_class0=False, self_mask=False)
+    assert (num_pos == 4).all()
+    rows = x.transpose(0, 1).reshape(8, 8)
+    logits = rows @ queue.reshape(12, 8).T / 0.1
+    same = y.repeat(2)[:, None] == torch.arange(3).repeat_interleave(4)[None]
+    neg = (logits.exp() * ~same).sum(1, keepdim=True)
+    want = -(0.1 / 0.07) * ((logits - torch.log(logits.exp() + neg)) * same).sum(1).div(4).mean()
+    assert torch.allclose(got, want, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# degenerate batches: the official code raises or returns NaN; ctxseg skips the step and counts it
+
+
+def _plugin(**kw):
+    return PixelContrast(_Head(), 3, False, proj_dim=4, proj="linear", max_views=5, ignore_index=255, warmup=0, **kw)
+
+
+@pytest.mark.parametrize("kind", ["no_class", "single_class_v1", "all_ignore"])
+def test_degenerate_batches_are_skipped(kind):
+    plugin = _plugin(max_samples=1024)
+    embed = F.normalize(torch.randn(2, 4, 4, 4, requires_grad=True), dim=1)
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    if kind == "no_class":
+        target = torch.arange(2 * 256).view(2, 16, 16) % 3  # every class has few pixels at 4x4... (3 classes)
+        plugin.max_views = 100
+    elif kind == "single_class_v1":
+        plugin.max_views = 1  # V=1 and one class seen once among anchors -> official NaN
+        target[1] = 255
+    else:
+        target[:] = 255
+    outputs = {"embed": embed, "logits": torch.randn(2, 3, 4, 4)}
+    terms = plugin.losses(outputs, target, step=0)
+    assert float(terms["loss_contrast"].detach()) == 0.0 and terms["loss_contrast"].requires_grad
+    assert float(terms["stat_contrast_skipped"]) == 1.0
+    terms["loss_contrast"].backward()  # keeps the graph (DDP: every parameter gets a gradient)
+
+
+def test_criterion_ignores_stat_terms():
+    from ctxseg.config import validate_recipe
+    from ctxseg.losses import Criterion
+
+    recipe = validate_recipe({"model": {"backbone": {"type": "resnet", "depth": 18}, "head": {"type": "fcn"}}, "data": {"num_classes": 3}})
+
+    class M(torch.nn.Module):
+        def plugin_losses(self, outputs, target, step):
+            return {"loss_x": torch.tensor(1.0), "stat_count": torch.tensor(5.0)}
+
+    total, terms = Criterion(recipe)(M(), {"logits": torch.zeros(1, 3, 4, 4)}, torch.zeros(1, 4, 4, dtype=torch.long), 0)
+    assert terms["stat_count"] == 5.0
+    assert math.isclose(float(total), terms["loss_ce"] + 1.0, rel_tol=1e-6)

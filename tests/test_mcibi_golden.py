@@ -1,0 +1,181 @@
+"""MCIBI against sssegmentation's golden data: CLI conversion, eval forward, memory update for both
+strategies, memory loss, one training step (losses, updated memory, gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ctxseg.config import load_recipe
+from ctxseg.engine.checkpoint import load_model
+from ctxseg.losses import Criterion
+from ctxseg.models.context.memory import update_memory
+from tests.conftest import REPO, golden, run_cli
+
+VARIANTS = {
+    # golden folder: (test recipe, io tolerance, train-step tolerance)
+    "ssseg-mcibi-deeplabv3": ("tests/recipes/mcibi_golden_r18.toml", 5e-4, 5e-5),
+    "ssseg-mcibi-multifeat": ("tests/recipes/mcibi_golden_r50.toml", 2e-3, 2e-4),
+}
+UPDATE_TOL = dict(atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("mcibi")
+    paths = {}
+    for folder, (recipe, _, _) in VARIANTS.items():
+        dst = out / f"{folder}.safetensors"
+        proc = run_cli("convert", "ssseg", str(golden(folder, "checkpoint.pth")), "--recipe", str(REPO / recipe), "-o", str(dst), cwd=out)
+        assert "wrote" in proc.stdout
+        paths[folder] = str(dst)
+    return paths
+
+
+def close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 1e-4) -> None:
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("folder", list(VARIANTS))
+def test_eval_forward_matches_golden(converted, folder):
+    _, atol, _ = VARIANTS[folder]
+    model, _, _ = load_model(converted[folder])
+    io = load_file(str(golden(folder, "io.safetensors")))
+    plugin = model.plugins["memory"]
+    caps: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        return lambda m, i, o: caps.__setitem__(name, o)
+
+    for s, att in enumerate(plugin.self_attentions):
+        att.register_forward_hook(keep(f"selected.{s}"))
+        att.register_forward_pre_hook(lambda m, i, s=s: caps.__setitem__(f"aggregated.{s}", i[1]))
+    if plugin.num_feats_per_cls > 1:
+        plugin.fuse_memory_conv.register_forward_hook(keep("fused"))
+    plugin.memory_bottleneck.register_forward_hook(keep("before_ms"))
+    plugin.self_attention_ms.register_forward_hook(keep("ms_attended"))
+    with torch.no_grad():
+        feats = model.backbone(io["input"])
+        out = model(io["input"])
+    for i in range(4):
+        close(feats[i], io[f"backbone_out.{i}"], atol)
+    close(plugin.memory, io["memory"], 0.0, 0.0)
+    close(out["memory_input"], io["memory_input"], atol)
+    close(out["stage1_logits"], io["preds_stage1"], atol)
+    single = plugin.num_feats_per_cls == 1
+    for s in range(plugin.num_feats_per_cls):
+        suffix = "" if single else f".{s}"
+        close(caps[f"aggregated.{s}"], io[f"memory_module.aggregated_memory{suffix}"], atol)
+        close(caps[f"selected.{s}"], io[f"memory_module.selected_memory{suffix}"], atol)
+    if not single:
+        close(caps["fused"], io["memory_module.fused_memory"], atol)
+    close(caps["before_ms"], io["memory_module.memory_output_before_ms"], atol)
+    close(caps["ms_attended"], io["memory_module.feats_ms_attended"], atol)
+    close(out["feats"], io["memory_output"], atol)
+    close(out["logits"], io["preds_stage2"], atol)
+    # the decode head's features are ssseg's ASPP output (context within the image)
+    close(model.decode_head.features(feats), io["feats_ms"], atol)
+
+
+@pytest.mark.parametrize("folder", list(VARIANTS))
+def test_memory_update_matches_golden(converted, folder):
+    up = load_file(str(golden(folder, "update.safetensors")))
+    model, _, _ = load_model(converted[folder])
+    plugin = model.plugins["memory"]
+    plugin.before_train_step(0, float(up["learning_rate"]))
+    assert plugin.momentum() == pytest.approx(float(up["momentum"]), rel=1e-6)
+    strategies = [k.split(".", 1)[1] for k in up if k.startswith("memory_after.")]
+    assert "cosine_similarity" in strategies
+    for strategy in strategies:
+        plugin.strategy = strategy
+        plugin.memory.copy_(up["memory_before"])
+        plugin.update(up["features"], up["labels"])  # image-resolution features, as ssseg passes them
+        close(plugin.memory, up[f"memory_after.{strategy}"], **UPDATE_TOL)
+        # feature resolution features are upsampled band by band: same result (forward tolerance)
+        mem = up["memory_before"].clone()
+        update_memory(mem, up["features"], up["labels"], plugin.momentum(), strategy, -100, max_elements=3000)
+        close(mem, up[f"memory_after.{strategy}"], **UPDATE_TOL)
+
+
+@pytest.mark.parametrize("folder", list(VARIANTS))
+def test_memory_loss_matches_golden(converted, folder):
+    up = load_file(str(golden(folder, "update.safetensors")))
+    model, _, _ = load_model(converted[folder])
+    plugin = model.plugins["memory"]
+    plugin.memory.copy_(up["memory_loss.memory"])
+    k, s, c = plugin.memory.shape
+    target = torch.arange(k).repeat_interleave(s)
+    assert torch.equal(target, up["memory_loss.target"])
+    with torch.no_grad():
+        logits = plugin.decoder_stage2(plugin.memory.reshape(k * s, c, 1, 1)).reshape(k * s, -1)
+        close(logits, up["memory_loss.logits_bn_eval"], **UPDATE_TOL)
+        close(plugin.memory_loss(), up["memory_loss.loss_bn_eval"], **UPDATE_TOL)
+        plugin.decoder_stage2.train()
+        plugin.decoder_stage2.dropout.p = 0.0
+        close(plugin.memory_loss(), up["memory_loss.loss_bn_train"], **UPDATE_TOL)
+
+
+def _train_model(path: str, bn_train: bool):
+    model, _, _ = load_model(path)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not bn_train:
+            m.eval()
+        if isinstance(m, nn.Dropout2d):
+            m.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("folder", list(VARIANTS))
+def test_train_step_matches_golden(converted, folder):
+    recipe_path, _, atol = VARIANTS[folder]
+    recipe = load_recipe(REPO / recipe_path)
+    io = load_file(str(golden(folder, "io.safetensors")))
+    ts = load_file(str(golden(folder, "train_step.safetensors")))
+    lr = float(ts["learning_rate"])
+    criterion = Criterion(recipe)
+    iters_per_epoch = 5
+    step_of_epoch = (int(ts["epoch"]) - 1) * iters_per_epoch  # ssseg epochs are 1-based
+
+    def step(bn_train: bool, step_index: int):
+        model = _train_model(converted[folder], bn_train)
+        plugin = model.plugins["memory"]
+        close(plugin.memory, ts["memory_before"], 0.0, 0.0)
+        plugin.before_train_step(step_index, lr, iters_per_epoch)
+        out = model(io["input"], ts["labels"])
+        loss, terms = criterion(model, out, ts["labels"], step_index)
+        return model, out, loss, terms
+
+    model, out, loss, terms = step(False, step_of_epoch)
+    plugin = model.plugins["memory"]
+    close(out["aux_logits"], ts["aux_logits"], atol)
+    close(plugin.memory, ts["memory_after"], atol)
+    names = {"loss_aux": "loss_aux", "loss_cls_stage1": "loss_cls_stage1", "loss_ce": "loss_cls_stage2", "loss_memory": "loss_memory"}
+    assert set(terms) == set(names)
+    for ours, theirs in names.items():
+        assert terms[ours] == pytest.approx(float(ts[f"losses.{theirs}"]), abs=atol, rel=1e-4), ours
+    close(loss.detach(), ts["loss"], atol)
+    # the memory loss reads the memory AFTER this step's update (not the one the forward used)
+    assert abs(terms["loss_memory"] - float(ts["loss_memory_if_computed_on_memory_before"])) > 10 * atol
+    loss.backward()
+    close(plugin.decoder_stage1.conv_seg.weight.grad, ts["grad.decoder_stage1.4.weight"], atol)
+    close(plugin.decoder_stage2.conv_seg.weight.grad, ts["grad.decoder_stage2.4.weight"], atol)
+
+    # first epoch: no memory loss
+    _, _, loss1, terms1 = step(False, step_of_epoch - 1)
+    assert "loss_memory" not in terms1
+    close(loss1.detach(), ts["epoch1.loss"], atol)
+
+    # BN in train mode (batch statistics), as during official training
+    _, _, loss_bt, terms_bt = step(True, step_of_epoch)
+    for ours, theirs in names.items():
+        assert terms_bt[ours] == pytest.approx(float(ts[f"bn_train.losses.{theirs}"]), abs=atol, rel=1e-4), ours
+
+
+def test_viz_memory_writes_pictures(converted, tmp_path):
+    proc = run_cli("viz", "memory", converted["ssseg-mcibi-multifeat"], "-o", str(tmp_path / "mem"), cwd=tmp_path)
+    for name in ("memory_similarity.png", "memory_pca.png"):
+        assert (tmp_path / "mem" / name).stat().st_size > 1000
+        assert name in proc.stdout.replace("\n", "")  # rich wraps long paths

@@ -1,0 +1,41 @@
+"""LIP: raw layout of TrainVal_images.zip / TrainVal_parsing_annotations.zip, flip pairs in meta."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctxseg.data.index import PreparedIndex
+from tests.test_prepare_common import prepare_twice, read_back, split_lines, write_gray, write_image
+
+
+def make_lip(root):
+    rng = np.random.default_rng(3)
+    for split, ids in {"train": ["100034_483681", "100035_11"], "val": ["val_a", "val_b"]}.items():
+        (root / "TrainVal_images").mkdir(parents=True, exist_ok=True)
+        (root / "TrainVal_images" / f"{split}_id.txt").write_text("\n".join(ids) + "\n")
+        for k, i in enumerate(ids):
+            write_image(root / "TrainVal_images" / f"{split}_images" / f"{i}.jpg", 6, 5, k)
+            write_gray(root / "TrainVal_parsing_annotations" / f"{split}_segmentations" / f"{i}.png",
+                       rng.integers(0, 20, (6, 5)).astype(np.uint8))
+    return root
+
+
+def test_prepare_lip(tmp_path, monkeypatch, capsys):
+    root = make_lip(tmp_path / "raw")
+    out = tmp_path / "lip"
+    meta, _ = prepare_twice("lip", root, out, monkeypatch, capsys)
+    assert meta["num_classes"] == 20 and meta["ignore_index"] == 255 and not meta["reduce_zero_label"]
+    assert meta["classes"][14:] == ["left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe"]
+    assert meta["flip_pairs"] == [[14, 15], [16, 17], [18, 19]]
+    assert meta["splits"] == {"train": 2, "val": 2} and meta["official_splits"] == {"train": 30462, "val": 10000}
+    lines = split_lines(out, "train")
+    assert lines[0] == ["TrainVal_images/train_images/100034_483681.jpg",
+                        "TrainVal_parsing_annotations/train_segmentations/100034_483681.png"]
+    # labels are used in place: the index reads the raw PNG, value for value
+    raw = read_back(root, {"r": str(root)}, "r", lines[0][1])
+    assert np.array_equal(read_back(out, meta, "label_root", lines[0][1]), raw)
+    counts = sum(np.bincount(read_back(out, meta, "label_root", ln[1]).ravel(), minlength=20) for ln in lines)
+    assert meta["class_pixel_counts"] == counts.tolist()
+    assert PreparedIndex.open(out).flip_pairs == [(14, 15), (16, 17), (18, 19)]
+    presence = np.load(out / meta["class_presence"])
+    assert presence.shape == (2, 20)
