@@ -39,3 +39,25 @@ def test_bench_rejects_bad_phase():
     with pytest.raises(UserError, match="unknown nope"):
         bench_cmd(recipe="demo", height=None, width=None, batch=None, repeats=1, warmup=0, device=None,
                   phases="train,nope", json_path=None, set=None)
+
+
+def test_meta_device_flops_equal_a_real_count_and_flops_only_mode():
+    """Inference FLOPs are counted on the meta device (instant at full size); they must equal the
+    count over real tensors. With no timed phases only parameters and inference FLOPs are reported."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ctxseg.config import load_recipe
+    from ctxseg.engine import bench
+    from ctxseg.engine.inference import infer
+    from ctxseg.models.segmentor import build_segmentor
+
+    recipe = load_recipe("demo")
+    model = build_segmentor(recipe).eval()
+    with FlopCounterMode(display=False) as fc:
+        infer(model, torch.zeros(1, 3, 48, 64), recipe.data.num_classes, "whole")
+    assert bench.inference_flops_meta(recipe, 48, 64) == fc.get_total_flops() > 0
+    r = bench.run_bench(recipe, 48, 64, phases=())
+    assert r["flops"] == {"inference_per_image": fc.get_total_flops(), "train_per_image": None}
+    assert r["params"] == sum(p.numel() for p in model.parameters())
+    assert not {"train", "inference_whole", "inference_slide"} & set(r)

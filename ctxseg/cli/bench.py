@@ -49,7 +49,7 @@ def result_table(r: dict) -> Table:
 
 
 def bench_cmd(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path; 'all' = every recipe (each at its own crop size unless --height/--width)."),
     height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
     width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Training batch (default: the recipe's data.batch_size)."),
@@ -66,21 +66,14 @@ def bench_cmd(
 
       [cyan]ctxseg bench --recipe demo[/]
 
-      [cyan]ctxseg bench --recipe ocrnet-hr48-cityscapes --height 512 --width 1024 --batch 2 --json bench.json[/]
+      [cyan]ctxseg bench --recipe ocrnet-hr48-cityscapes-80k --height 512 --width 1024 --batch 2 --json bench.json[/]
+
+      [cyan]ctxseg bench --recipe all --phases none[/]   parameters and inference FLOPs of every recipe
     """
     from ctxseg.config import load_recipe
     from ctxseg.engine.bench import PHASES, run_bench
     from ctxseg.io import write_json
 
-    rec = load_recipe(recipe, list(set or []))
-    h = height or rec.data.crop_size[0]
-    w = width or rec.data.crop_size[1]
-    b = batch or rec.data.batch_size
-    if min(h, w) < 16 or b < 1 or repeats < 1 or warmup < 0:
-        raise UserError("bench needs --height/--width >= 16, --batch >= 1, --repeats >= 1 and --warmup >= 0")
-    if b < 2:
-        out.print("[yellow]note:[/] batch 1 with BatchNorm in training mode fails on 1x1 pooled features; using batch 2")
-        b = 2
     if phases == "none":  # parameters and FLOPs only
         chosen: tuple[str, ...] = ()
     else:
@@ -93,18 +86,49 @@ def bench_cmd(
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available")
-    with out.status("benchmarking") as status:
-        result = run_bench(rec, h, w, b, repeats, warmup, device, chosen,
-                           progress=lambda p: status.update(f"benchmarking: {p}"))
-    result["overrides"] = list(set or [])
-    out.print(result_table(result))
-    if result["memory_kind"].startswith("cpu"):
-        note = ("reset before each phase; includes the process baseline" if result["memory_kind"].endswith("per_phase")
+    if recipe == "all":
+        from ctxseg.config import list_recipes
+
+        names = [n for n in list_recipes() if not n.startswith("_")]
+    else:
+        names = [recipe]
+    results = []
+    for name in names:
+        rec = load_recipe(name, list(set or []))
+        h = height or rec.data.crop_size[0]
+        w = width or rec.data.crop_size[1]
+        b = batch or rec.data.batch_size
+        if min(h, w) < 16 or b < 1 or repeats < 1 or warmup < 0:
+            raise UserError("bench needs --height/--width >= 16, --batch >= 1, --repeats >= 1 and --warmup >= 0")
+        if b < 2 and "train" in chosen:
+            out.print("[yellow]note:[/] batch 1 with BatchNorm in training mode fails on 1x1 pooled features; using batch 2")
+            b = 2
+        with out.status(f"benchmarking {name}") as status:
+            result = run_bench(rec, h, w, b, repeats, warmup, device, chosen,
+                               progress=lambda p: status.update(f"benchmarking {name}: {p}"))
+        result["overrides"] = list(set or [])
+        results.append(result)
+        if len(names) == 1 or chosen:
+            out.print(result_table(result))
+    if len(names) > 1:
+        out.print(summary_table(results))
+    if chosen and results[0]["memory_kind"].startswith("cpu"):
+        note = ("reset before each phase; includes the process baseline" if results[0]["memory_kind"].endswith("per_phase")
                 else "process high-water mark, cumulative over phases")
         out.print(f"[dim]peak memory: CPU peak RSS ({note})[/]")
     if json_path:
-        write_json(json_path, result)
+        write_json(json_path, results[0] if len(results) == 1 else results)
         out.print(f"results: {json_path}")
+
+
+def summary_table(results: list[dict]) -> Table:
+    t = Table(title="recipes")
+    for col in ("recipe", "input", "params", "FLOPs/img inference"):
+        t.add_column(col, justify="left" if col == "recipe" else "right")
+    for r in results:
+        t.add_row(r["recipe"], f"{r['input']['height']}x{r['input']['width']}", _fmt_count(r["params"]),
+                  _fmt_count(r["flops"]["inference_per_image"], "FLOP"))
+    return t
 
 
 def register(app: typer.Typer) -> None:

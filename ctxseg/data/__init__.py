@@ -1,0 +1,1 @@
+"""Datasets over prepared indexes, transforms, preparation."""

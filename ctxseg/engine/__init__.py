@@ -1,0 +1,1 @@
+"""Training, inference, evaluation and checkpoint I/O."""

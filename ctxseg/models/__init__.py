@@ -1,0 +1,1 @@
+"""Segmentation models: backbones, decode heads, context plug-ins, the Segmentor."""

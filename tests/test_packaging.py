@@ -1,0 +1,30 @@
+"""The wheel ships every subpackage and the recipes (a pip-installed user gets `ctxseg recipes list`)."""
+
+from __future__ import annotations
+
+import tomllib
+import zipfile
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_every_subpackage_is_listed():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ctxseg").rglob("*.py")}
+    assert found <= listed, f"add to pyproject [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_wheel_contains_recipes(tmp_path: Path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    wheel = next(tmp_path.glob("ctxseg-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n.split("/")[-1] for n in names if n.startswith("ctxseg/recipes/") and n.endswith(".toml")}
+    expected = {p.name for p in (REPO / "recipes").rglob("*.toml")}
+    assert expected <= shipped
+    assert "ctxseg/cli/__init__.py" in names and "ctxseg/recipes/_base/synthetic.toml" in names
