@@ -98,6 +98,9 @@ class LossConfig(_Section):
     avg_non_ignore: bool = False
     # a list of per-class weights, or "inverse_log_freq" (openseg-style, from meta.json counts)
     class_weight: list[float] | Literal["inverse_log_freq"] | None = None
+    # with class weights: "pixels" divides the weighted sum by the pixel count (mmseg);
+    # "weights" divides by the summed weights of the counted pixels (torch's mean, openseg)
+    class_weight_norm: Literal["pixels", "weights"] = "pixels"
     ohem: OhemConfig | None = None
 
 

@@ -37,7 +37,8 @@ class Criterion(nn.Module):
         pw = None
         if ohem and self.cfg.ohem is not None:
             pw = ohem_weights(logits, target, self.cfg.ohem.thresh, self.cfg.ohem.min_kept, self.ignore_index)
-        return cross_entropy(logits, target, self.ignore_index, self.class_weight, self.cfg.avg_non_ignore, pw)
+        return cross_entropy(logits, target, self.ignore_index, self.class_weight, self.cfg.avg_non_ignore, pw,
+                             self.cfg.class_weight_norm)
 
     def forward(self, model: nn.Module, outputs: dict, target: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         terms = {"loss_ce": self.cfg.decode_weight * self.ce(outputs["logits"], target, ohem=True)}

@@ -10,19 +10,27 @@ from ctxseg.models.layers import resize
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
                   class_weight: torch.Tensor | None = None, avg_non_ignore: bool = False,
-                  pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                  pixel_weight: torch.Tensor | None = None, weight_norm: str = "pixels") -> torch.Tensor:
     """Per-pixel CE averaged like mmseg's CrossEntropyLoss.
 
     avg_non_ignore=False (mmseg's default): sum over pixels / number of ALL pixels, ignored ones
     included; with class weights the sum is still divided by the pixel count (not the weight sum).
     avg_non_ignore=True: divided by the number of non-ignored pixels.
     `pixel_weight` (OHEM) zeroes the dropped pixels but keeps them in the denominator, as mmseg.
+    weight_norm="weights" with class weights: divide by the summed class weights of the counted
+    pixels instead (torch's weighted mean, as openseg's CE).
     """
     loss = F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index, reduction="none")
     if pixel_weight is not None:
         loss = loss * pixel_weight
+    valid = target != ignore_index
+    if class_weight is not None and weight_norm == "weights":
+        w = class_weight[target.clamp(0, len(class_weight) - 1)] * valid
+        if pixel_weight is not None:
+            w = w * pixel_weight
+        return loss.sum() / w.sum().clamp(min=1e-12)
     if avg_non_ignore:
-        denom = (target != ignore_index).sum().clamp(min=1)
+        denom = valid.sum().clamp(min=1)
     else:
         denom = target.numel()
     return loss.sum() / denom
