@@ -94,7 +94,14 @@ def bench_cmd(
         names = [recipe]
     results = []
     for name in names:
-        rec = load_recipe(name, list(set or []))
+        try:
+            rec = load_recipe(name, list(set or []))
+        except UserError as e:
+            if len(names) == 1:
+                raise
+            out.print(f"[red]skipped {name}:[/] {e}")  # one broken recipe must not hide the others
+            results.append({"recipe": name, "error": str(e)})
+            continue
         h = height or rec.data.crop_size[0]
         w = width or rec.data.crop_size[1]
         b = batch or rec.data.batch_size
@@ -112,8 +119,9 @@ def bench_cmd(
             out.print(result_table(result))
     if len(names) > 1:
         out.print(summary_table(results))
-    if chosen and results[0]["memory_kind"].startswith("cpu"):
-        note = ("reset before each phase; includes the process baseline" if results[0]["memory_kind"].endswith("per_phase")
+    kinds = [r["memory_kind"] for r in results if "memory_kind" in r]
+    if chosen and kinds and kinds[0].startswith("cpu"):
+        note = ("reset before each phase; includes the process baseline" if kinds[0].endswith("per_phase")
                 else "process high-water mark, cumulative over phases")
         out.print(f"[dim]peak memory: CPU peak RSS ({note})[/]")
     if json_path:
@@ -126,6 +134,9 @@ def summary_table(results: list[dict]) -> Table:
     for col in ("recipe", "input", "params", "FLOPs/img inference"):
         t.add_column(col, justify="left" if col == "recipe" else "right")
     for r in results:
+        if "error" in r:
+            t.add_row(r["recipe"], "[red]invalid recipe[/]", "", "")
+            continue
         t.add_row(r["recipe"], f"{r['input']['height']}x{r['input']['width']}", _fmt_count(r["params"]),
                   _fmt_count(r["flops"]["inference_per_image"], "FLOP"))
     return t
