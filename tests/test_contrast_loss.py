@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ctxseg.bench_contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
+from ctxseg.tools.bench_contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
 from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, queue_contrast_set, sample_anchors
 from ctxseg.models.context.contrast import PixelContrast
 from tests.conftest import golden

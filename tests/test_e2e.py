@@ -12,13 +12,17 @@ import pytest
 
 from tests.conftest import run_cli
 
-FAST = ["--set", "data.num_workers=0", "--set", "data.batch_size=2", "--set", "train.log_interval=1", "--no-progress"]
+FAST = ["--set", "data.num_workers=0", "--set", "data.batch_size=2", "--set", "train.log_interval=1",
+        "--set", "data.val_split='val_small'", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     wd = tmp_path_factory.mktemp("e2e")
     run_cli("prepare", "synthetic", cwd=wd)
+    # a short validation split keeps the periodic eval inside training cheap
+    splits = wd / "data" / "synthetic" / "splits"
+    (splits / "val_small.txt").write_text("\n".join((splits / "val.txt").read_text().splitlines()[:6]) + "\n")
     return wd
 
 
@@ -53,7 +57,7 @@ def test_train_eval_predict_viz(workdir: Path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert any("val/mIoU" in r for r in log)
 
-    run_cli("eval", "--limit", "6", cwd=workdir)  # defaults: runs/latest, best checkpoint
+    run_cli("eval", "--split", "val", "--limit", "6", cwd=workdir)  # defaults: runs/latest, best checkpoint
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     for key in ("aAcc", "mIoU", "mAcc"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -63,6 +67,7 @@ def test_train_eval_predict_viz(workdir: Path):
     assert len(list((run / "eval" / "predictions").rglob("*.png"))) == 6
 
     proc = run_cli("eval", "--ms-flip", "--limit", "2", "--out", str(workdir / "msflip"), cwd=workdir)
+    assert "mIoU" in proc.stdout
     ms = json.loads((workdir / "msflip" / "metrics.json").read_text())
     assert ms["inference"]["flip"] is True and ms["inference"]["scales"] == [0.75, 1.0, 1.25]
 

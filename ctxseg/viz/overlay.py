@@ -16,7 +16,11 @@ def overlay(image_bgr: np.ndarray, label: np.ndarray, palette, classes: list[str
     out = hatch_ignore(out, label == ignore_index).clip(0, 255).astype(np.uint8)
     if legend:
         present = [int(c) for c in np.unique(label) if c != ignore_index and c < len(classes)]
-        out = np.hstack([out, legend_panel([classes[c] for c in present], [palette[c] for c in present], out.shape[0])])
+        names, colors = [classes[c] for c in present], [palette[c] for c in present]
+        if (label == ignore_index).any():
+            names.append("ignore (hatched)")
+            colors.append(IGNORE_COLOR)
+        out = np.hstack([out, legend_panel(names, colors, out.shape[0])])
     return out
 
 

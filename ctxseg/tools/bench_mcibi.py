@@ -1,4 +1,4 @@
-"""Timing of MCIBI pieces on this machine: `python -m ctxseg.bench_mcibi` (see docs/benchmarks/mcibi.md).
+"""Timing of MCIBI pieces on this machine: `python -m ctxseg.tools.bench_mcibi` (see docs/benchmarks/mcibi.md).
 
 1. memory update: batch 2, labels 512x512, memory_input 64x64 (OS 8), 150 classes, 512 channels
 2. memory-augmented head forward+backward (ASPP head + MCIBI plug-in) on 2 x 2048 x 64 x 64

@@ -1,7 +1,7 @@
 """OCR head micro-benchmark: forward and forward+backward of the full OCRNet-HRNet head
 (region FCN + gather + object attention + classifier) on random HRNet branch outputs.
 
-    python -m ctxseg.bench_ocr --width 48 --height 64 --feat-width 128 --batch 2
+    python -m ctxseg.tools.bench_ocr --width 48 --height 64 --feat-width 128 --batch 2
 
 Reports medians (ms) and the share of the gather + attention matmuls. Used for
 docs/benchmarks/ocrnet.md; not a test.

@@ -1,6 +1,6 @@
 """Pixel-contrast loss timing: ctxseg's vectorised sampler + loss vs a naive per-image/per-class loop.
 
-    python -m ctxseg.bench_contrast [--repeats 3] [--threads 2]
+    python -m ctxseg.tools.bench_contrast [--repeats 3] [--threads 2]
 
 The reference is the official code's structure, re-written: a sampler looping over images and
 classes (`naive_sample_anchors`), and the loss as a matrix product with float masks built by
