@@ -23,6 +23,13 @@ Key table (source -> ctxseg):
   memory_module.self_attention_ms / bottleneck_ms -> plugins.memory.self_attention_ms / bottleneck_ms
   decoder_stageN.{0,1,4}                          -> plugins.memory.decoder_stageN.{bottleneck.conv, bottleneck.bn, conv_seg}
   auxiliary_decoder.{0,1,4}                       -> auxiliary_head.{convs.0.conv, convs.0.bn, conv_seg}
+  downsample_backbone.{0,1}                       -> backbone.downsample.{0,1}   (HRNet concat_downsample > 1)
+
+COCO-Stuff-10k: ssseg trains 182 classes (label = 1-based COCO-Stuff id - 1, 0 -> 255), ctxseg 171
+(the 11 never-annotated thing ids dropped, ctxseg/data/prepare/cocostuff.py). A 182-class checkpoint
+converted with a 171-class recipe keeps the class rows of the 171 used ids, in that order, in every
+class-indexed tensor (memory bank, stage-1/2 classifiers, auxiliary classifiers); the 11 dropped
+rows are printed as ignored. A recipe with num_classes = 182 converts without the selection.
 """
 
 from __future__ import annotations
@@ -81,6 +88,58 @@ def _aspp_bottleneck_fixup(src: dict[str, torch.Tensor], out: dict[str, torch.Te
     return {key}
 
 
+# ssseg class-indexed tensors (class = dim 0): the memory bank, the stage decoders' and the auxiliary
+# decoders' final 1x1 convs (ViT: auxiliary_decoder.i.9, training-only and ignored)
+_CLASS_INDEXED = [r"memory_module\.memory", r"decoder_stage[12]\.4\.(weight|bias)", r"auxiliary_decoder\.4\.(weight|bias)",
+                  r"auxiliary_decoder\.\d+\.9\.(weight|bias)"]
+# names of the 11 COCO-Stuff ids that ctxseg's 171-class set drops (ssseg's 182-class names), in id order
+_DROPPED_NAMES = ("street sign", "hat", "shoe", "eye glasses", "plate", "mirror", "window", "desk", "door", "blender",
+                  "hair brush")
+
+
+def _coco_rows() -> tuple[list[int], list[str]]:
+    """Rows of ssseg's 182-class tensors kept for ctxseg's 171 classes (in ctxseg's class order), and
+    the dropped ids. ssseg's COCOStuff10kDataset maps the .mat id i (1..182) to label i - 1."""
+    from ctxseg.data.prepare.cocostuff import UNUSED_1BASED, USED_1BASED
+
+    assert len(UNUSED_1BASED) == len(_DROPPED_NAMES)
+    dropped = [f"{cid} {name} (row {cid - 1})" for cid, name in zip(UNUSED_1BASED, _DROPPED_NAMES)]
+    return [cid - 1 for cid in USED_1BASED], dropped
+
+
+def _source_classes(src: dict) -> Optional[int]:
+    w = src.get("decoder_stage2.4.bias")
+    return None if w is None else int(w.shape[0])
+
+
+def class_rows(recipe: Recipe, src: dict) -> Optional[tuple[list[int], list[str]]]:
+    """(kept source rows, dropped class descriptions) when a 182-class ssseg COCO-Stuff checkpoint is
+    converted onto a 171-class recipe; None when the class counts need no selection."""
+    if _source_classes(src) == 182 and recipe.data.num_classes == 171:
+        return _coco_rows()
+    return None
+
+
+def _class_rows_fixup(rules: list[tuple[str, str]], ignore: list[str], rows: list[int]):
+    """Fix-up: class-indexed source tensors -> their renamed target with only `rows` (in that order)."""
+    compiled = [(re.compile(p), r) for p, r in rules]
+    index = torch.tensor(rows)
+
+    def fixup(src: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> set[str]:
+        used = set()
+        for k, v in src.items():
+            if not any(re.fullmatch(p, k) for p in _CLASS_INDEXED) or any(re.fullmatch(p, k) for p in ignore):
+                continue
+            for pat, rep in compiled:
+                if pat.fullmatch(k):
+                    out[pat.sub(rep, k)] = v.index_select(0, index.to(v.device))
+                    used.add(k)
+                    break
+        return used
+
+    return fixup
+
+
 def _backbone_keymap(recipe: Recipe) -> KeyMap:
     from ctxseg.convert.backbone_keys import ssseg_resnest_rules, ssseg_vit_rules
 
@@ -90,7 +149,10 @@ def _backbone_keymap(recipe: Recipe) -> KeyMap:
     if kind == "resnest":
         return KeyMap(rules=ssseg_resnest_rules())
     if kind == "hrnet":  # ctxseg's HRNet keeps the mmseg/ssseg module names
-        return KeyMap(rules=[(r"backbone_net\.(.+)", r"backbone.\1")])
+        # MCIBI's downsample_backbone (conv, BN; on the concatenated branches) is the backbone's
+        # `downsample` when the recipe sets concat_downsample
+        return KeyMap(rules=[(r"backbone_net\.(.+)", r"backbone.\1"),
+                             (r"downsample_backbone\.([01])\.(.+)", r"backbone.downsample.\1.\2")])
     if kind == "vit":  # includes MCIBI's norm_layers.i (outside the backbone in ssseg)
         return KeyMap(rules=ssseg_vit_rules())
     raise UserError(f"convert ssseg: no key table for backbone type '{kind}' (resnet, resnest, hrnet, vit)")
@@ -136,6 +198,9 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
         rules.append((r"auxiliary_decoder\.4\.(.+)", r"auxiliary_head.conv_seg.\1"))
     else:  # training-only head; reported as ignored
         ignore.append(r"auxiliary_decoder\..+")
+    selection = class_rows(recipe, src)
+    if selection is not None:
+        fixups.append(_class_rows_fixup(rules, ignore, selection[0]))
     return KeyMap(rules=rules, ignore=ignore, fixups=fixups, target_defaults=list(bb.target_defaults))
 
 
@@ -151,4 +216,15 @@ def register(app: typer.Typer) -> None:
 
         Example: [cyan]ctxseg convert ssseg mcibi_deeplabv3_r50_ade20k.pth --recipe mcibi-deeplabv3-r50-ade20k -o mcibi.safetensors[/]
         """
-        run_conversion("ssseg", source, recipe, output, keymap_for, set)
+        from rich.console import Console
+
+        console = Console()
+
+        def keymap_reporting(rec: Recipe, src: dict) -> KeyMap:
+            selection = class_rows(rec, src)
+            if selection is not None:  # part of the report: which class rows are dropped
+                console.print(f"182 -> 171 classes (ssseg COCO-Stuff ids -> ctxseg's cocostuff classes): "
+                              f"ignored class rows: {', '.join(selection[1])}")
+            return keymap_for(rec, src)
+
+        run_conversion("ssseg", source, recipe, output, keymap_reporting, set, console=console)

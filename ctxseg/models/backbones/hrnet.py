@@ -173,7 +173,7 @@ class HRModule(nn.Module):
 class HRNet(nn.Module):
     """Stem (two 3x3 stride-2 convs, 64 channels, fixed in mmseg), stage 1 (Bottleneck), stages 2-4."""
 
-    def __init__(self, stages: list[dict[str, Any]], fuse_upsample: str = "mmseg"):
+    def __init__(self, stages: list[dict[str, Any]], fuse_upsample: str = "mmseg", concat_downsample: int = 1):
         super().__init__()
         if len(stages) != 4:
             raise ValueError("HRNet needs 4 stage specs")
@@ -197,6 +197,13 @@ class HRNet(nn.Module):
             setattr(self, f"stage{k}", nn.Sequential(*modules))
             pre = in_ch
         self.out_channels = list(pre)
+        # ssseg MCIBI's `downsample_backbone` (HRNet on Cityscapes/LIP): on the concatenated branches
+        self.concat_downsample = concat_downsample
+        if concat_downsample > 1:
+            width = sum(pre)
+            self.downsample = nn.Sequential(nn.Conv2d(width, width, 3, concat_downsample, 1, bias=False),
+                                            nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            self.out_channels = [width]
 
     @staticmethod
     def _transition(pre: list[int], cur: list[int]) -> nn.ModuleList:
@@ -222,11 +229,16 @@ class HRNet(nn.Module):
             # existing branches transform their own output, new branches the last one
             xs = [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(trans)]
             ys = getattr(self, f"stage{k}")(xs)
+        if self.concat_downsample > 1:
+            # as ssseg's HRNet output: one bilinear resize (align_corners=False) to branch 0, concat
+            size = ys[0].shape[2:]
+            return [self.downsample(torch.cat([ys[0]] + [resize(y, size) for y in ys[1:]], dim=1))]
         return ys
 
 
 def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
-          fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None) -> HRNet:
+          fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
+          concat_downsample: int = 1) -> HRNet:
     """HRNetV2p backbone; `stages` (4 dicts of num_modules/num_blocks/num_channels) overrides `arch`.
 
     fuse_upsample="mmseg" reproduces mmseg's double bilinear resize in the fuse layers (default,
@@ -234,12 +246,19 @@ def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[st
     "openseg" resizes once with align_corners=True (openseg.pytorch / ContrastiveSeg checkpoints).
     pretrained: a local file with mmseg/HRNet key names, "timm" (ImageNet weights of timm's
     matching hrnet) or "timm:NAME.TAG".
+    concat_downsample: 1 (default) returns the four branches. s > 1 returns ONE map (out_channels
+    [sum of widths]): the branches resized to branch 0 and concatenated, then `downsample` = 3x3
+    stride-s conv (no bias, padding 1, width kept) + BN + ReLU, i.e. sssegmentation MCIBI's
+    `downsample_backbone` (stride 2 in its HRNet-W48 Cityscapes/LIP configs: output stride 8).
+    Heads then read it with in_index = 0 and no input_transform.
     """
+    if concat_downsample < 1:
+        raise ValueError(f"HRNet concat_downsample must be >= 1, got {concat_downsample}")
     if stages is None:
         if arch not in ARCHS:
             raise ValueError(f"HRNet arch must be one of {sorted(ARCHS)}, got {arch}")
         stages = ARCHS[arch]
-    model = HRNet(stages, fuse_upsample)
+    model = HRNet(stages, fuse_upsample, concat_downsample)
     if pretrained:
         load_pretrained(model, pretrained, timm_name=_TIMM_NAMES.get(arch))
     return model
