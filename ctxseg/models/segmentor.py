@@ -72,8 +72,14 @@ def build_segmentor(recipe: Recipe) -> Segmentor:
     head = build_component("head", m.head, **common)
     aux = build_component("head", m.aux_head, **common) if m.aux_head else None
     plugins = {}
+    # each plug-in sees the module that currently owns the final classifier (`conv_seg`, fed by
+    # outputs["feats"]): the decode head, or a plug-in that replaced it (MCIBI's stage-2 decoder),
+    # so MCIBI -> CAC -> contrast compose without knowing each other
+    classifier_owner = head
     for name in PLUGIN_ORDER:
         cfg = getattr(m, name)
         if cfg is not None:
-            plugins[name] = build_component(name, cfg, head=head, num_classes=num_classes, align_corners=m.align_corners)
+            plugin = build_component(name, cfg, head=classifier_owner, num_classes=num_classes, align_corners=m.align_corners)
+            plugins[name] = plugin
+            classifier_owner = getattr(plugin, "classifier_owner", classifier_owner)
     return Segmentor(backbone, head, aux, plugins, num_classes, m.align_corners)

@@ -64,7 +64,11 @@ class PixelContrast(nn.Module):
                  queue_skip_class0: bool = True, queue_self_mask: bool = True, seed: int = 0):
         super().__init__()
         if proj_in_channels is None:
-            proj_in_channels = getattr(head, "channels", None) if source == "head" else getattr(head, "in_channels", None)
+            if source == "head":  # the classifier's input: outputs["feats"] of the head or of a plug-in before
+                conv_seg = getattr(head, "conv_seg", None)
+                proj_in_channels = conv_seg.in_channels if isinstance(conv_seg, nn.Conv2d) else getattr(head, "channels", None)
+            else:
+                proj_in_channels = getattr(head, "in_channels", None)
             if not isinstance(proj_in_channels, int):
                 raise UserError("model.contrast: cannot infer the projection's input channels from the head; "
                                 "set model.contrast.proj_in_channels")

@@ -294,11 +294,20 @@ class MCIBIMemory(nn.Module):
         mem_out = self.memory_bottleneck(torch.cat([memory_input, selected], dim=1))
         if feats_ms is not None:
             mem_out = self.bottleneck_ms(torch.cat([self.self_attention_ms(memory_input, feats_ms), mem_out], dim=1))
-        logits = self.decoder_stage2(mem_out)
+        # stage 2 unrolled so that `feats` is the input of the final classifier (the DecodeHead
+        # contract that later classifier plug-ins such as CAC build on)
+        final_feats = self.decoder_stage2.bottleneck(mem_out)
+        logits = self.decoder_stage2.conv_seg(self.decoder_stage2.dropout(final_feats))
         if self.training and targets is not None:
             # ssseg order: both stages used the old memory; update before the losses are computed
             self.update(memory_input.detach(), targets)
-        return {"logits": logits, "feats": mem_out, "stage1_logits": stage1, "memory_input": memory_input}
+        return {"logits": logits, "feats": final_feats, "memory_output": mem_out, "stage1_logits": stage1,
+                "memory_input": memory_input}
+
+    @property
+    def classifier_owner(self) -> nn.Module:
+        """The module whose `conv_seg` now makes the final logits from outputs["feats"]."""
+        return self.decoder_stage2
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
