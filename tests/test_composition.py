@@ -53,3 +53,23 @@ def test_composed_recipe_trains_evaluates_and_exports_through_cli(synthetic_smal
     run_cli("convert", "onnx", "--checkpoint", str(run / "final.safetensors"), "-o", str(tmp_path / "m.onnx"),
             "--height", "64", "--width", "64", cwd=tmp_path)
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_mcibi_on_ocrnet_uses_the_object_context():
+    torch.manual_seed(1)
+    recipe = load_recipe(REPO / "tests" / "recipes" / "mcibi_ocr_tiny.toml")
+    model = build_segmentor(recipe).train()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 7, (2, 64, 64))
+    out = model(x, y)
+    loss, terms = Criterion(recipe)(model, out, y, step=1)
+    # OCR's first stage (aux, 0.4), MCIBI's stage 1 and memory loss, and the final CE all train
+    assert {"loss_ce", "loss_aux", "loss_cls_stage1", "loss_memory"} <= set(terms)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    # the within-image context is the OCR head's output: changing it changes the final logits
+    model.eval()
+    base = model(x)["logits"]
+    with torch.no_grad():
+X
+    assert not torch.allclose(model(x)["logits"], base)
