@@ -19,6 +19,8 @@ from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import ResNet
 from torch import nn
 
+from ctxseg.models.backbones.resnet import timm_resnet_stages
+
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 200: (3, 24, 36, 3), 269: (3, 30, 48, 8)}
 _STEM = {50: 32, 101: 64, 200: 64, 269: 64}  # stem_width (ResNeSt-50 uses 32)
 
@@ -41,13 +43,7 @@ class ResNeStD8(nn.Module):
         self.out_channels = [256 * 2**i for i in self.out_indices]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = self.net
-        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
-        outs = []
-        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
-            x = layer(x)
-            outs.append(x)
-        return [outs[i] for i in self.out_indices]
+        return timm_resnet_stages(self.net, x, self.out_indices)
 
 
 def resnest(depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,

@@ -23,6 +23,16 @@ _DEPTHS = {
 }
 
 
+def timm_resnet_stages(net: ResNet, x: torch.Tensor, out_indices) -> list[torch.Tensor]:
+    """Stem + the four stages of a timm ResNet-family network; the outputs of `out_indices`."""
+    x = net.maxpool(net.act1(net.bn1(net.conv1(x))))
+    outs = []
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        outs.append(x)
+    return [outs[i] for i in out_indices]
+
+
 class ResNetD8(nn.Module):
     """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8)."""
 
@@ -51,13 +61,7 @@ class ResNetD8(nn.Module):
             load_pretrained(self.net, pretrained, timm_name=timm_name)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = self.net
-        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
-        outs = []
-        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
-            x = layer(x)
-            outs.append(x)
-        return [outs[i] for i in self.out_indices]
+        return timm_resnet_stages(self.net, x, self.out_indices)
 
 
 def resnet(depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
