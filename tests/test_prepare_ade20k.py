@@ -24,7 +24,7 @@ def test_prepare_ade20k(tmp_path, monkeypatch, capsys):
     meta, stdout = prepare_twice("ade20k", root, out, monkeypatch, capsys)
     assert "ADE_train_00000099" in stdout
     assert meta["num_classes"] == 150 and meta["reduce_zero_label"] is True and meta["classes"][:3] == ["wall", "building", "sky"]
-    assert meta["splits"] == {"train": 3, "val": 3} and meta["official_splits"] == {"train": 20210, "val": 2000}
+    assert meta["splits"] == {"train": 3, "val": 3, "trainval": 6} and meta["official_splits"] == {"train": 20210, "val": 2000}
     lines = split_lines(out, "val")
     assert lines[0] == ["images/validation/ADE_val_00000001.jpg", "annotations/validation/ADE_val_00000001.png"]
     assert np.array_equal(read_back(out, meta, "label_root", lines[0][1]), labs["ADE_val_00000001"])

@@ -24,7 +24,7 @@ def test_prepare_camvid(tmp_path, monkeypatch, capsys):
     out = tmp_path / "camvid"
     meta, _ = prepare_twice("camvid", root, out, monkeypatch, capsys)
     assert meta["num_classes"] == 11 and meta["ignore_index"] == 11 and meta["void_id"] == 11
-    assert meta["splits"] == {"train": 2, "val": 2, "test": 2}
+    assert meta["splits"] == {"train": 2, "val": 2, "test": 2, "trainval": 4}
     assert meta["official_splits"] == {"train": 367, "val": 101, "test": 233}
     for split in ("train", "val", "test"):
         for img, lab in split_lines(out, split):

@@ -52,7 +52,8 @@ def test_prepare_cityscapes_folders(tmp_path, monkeypatch, capsys):
     meta, _ = prepare_twice("cityscapes", root, out, monkeypatch, capsys, subprocess=True)
     assert meta["num_classes"] == 19 and meta["classes"][:3] == ["road", "sidewalk", "building"]
     assert meta["palette"][0] == [128, 64, 128] and meta["ignore_index"] == 255
-    assert meta["splits"] == {"train": 2, "val": 2, "test": 2}
+    assert meta["splits"] == {"train": 2, "val": 2, "test": 2, "trainval": 4}
+    assert split_lines(out, "trainval") == split_lines(out, "train") + split_lines(out, "val")
     assert meta["official_splits"] == {"train": 2975, "val": 500, "test": 1525}
     assert meta["image_root"] == str(root.resolve())
     for split in ("train", "val"):
@@ -81,9 +82,10 @@ def test_prepare_cityscapes_zips(tmp_path, monkeypatch, capsys):
                     z.write(p, p.relative_to(staging).as_posix())
     out = tmp_path / "cs"
     meta, _ = prepare_twice("cityscapes", root, out, monkeypatch, capsys, workers=1)
-    assert meta["image_root"] == "raw" and meta["splits"] == {"train": 2, "val": 2, "test": 2}
+    assert meta["image_root"] == "raw" and meta["splits"] == {"train": 2, "val": 2, "test": 2, "trainval": 4}
     for split in ("train", "val"):
         for img, lab in split_lines(out, split):
             assert (out / "raw" / img).is_file()
             stem = img.split("/")[-1][: -len("_leftImg8bit.png")]
             assert np.array_equal(read_back(out, meta, "label_root", lab), expected_trainids(gts[(split, stem)]))
+

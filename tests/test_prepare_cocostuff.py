@@ -71,7 +71,7 @@ def test_prepare_cocostuff164k(tmp_path, monkeypatch, capsys):
     meta, _ = prepare_twice("coco-stuff164k", root, out, monkeypatch, capsys)
     assert meta["num_classes"] == 171 and meta["reduce_zero_label"] is False
     assert meta["classes"][80] == "banner" and meta["classes"][-1] == "wood"
-    assert meta["splits"] == {"train": 2, "val": 1}
+    assert meta["splits"] == {"train": 2, "val": 1, "trainval": 3}
     for split in ("train", "val"):
         for img, lab in split_lines(out, split):
             n = img.split("/")[-1][:-4]

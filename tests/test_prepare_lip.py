@@ -27,7 +27,7 @@ def test_prepare_lip(tmp_path, monkeypatch, capsys):
     assert meta["num_classes"] == 20 and meta["ignore_index"] == 255 and not meta["reduce_zero_label"]
     assert meta["classes"][14:] == ["left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe"]
     assert meta["flip_pairs"] == [[14, 15], [16, 17], [18, 19]]
-    assert meta["splits"] == {"train": 2, "val": 2} and meta["official_splits"] == {"train": 30462, "val": 10000}
+    assert meta["splits"] == {"train": 2, "val": 2, "trainval": 4} and meta["official_splits"] == {"train": 30462, "val": 10000}
     lines = split_lines(out, "train")
     assert lines[0] == ["TrainVal_images/train_images/100034_483681.jpg",
                         "TrainVal_parsing_annotations/train_segmentations/100034_483681.png"]

@@ -279,6 +279,10 @@ def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Pat
 
     found = {s: len(v) for s, v in splits.items()}
     warnings = list(warnings or []) + check_split_sizes(found, info.official)
+    if "train" in splits and "val" in splits and "trainval" not in splits:
+        # papers' test-server settings train on train + val (e.g. MCIBI Cityscapes trainval -> test)
+        write_text(out / "splits" / "trainval.txt", "\n".join(splits["train"] + splits["val"]) + "\n")
+        found["trainval"] = found["train"] + found["val"]
 
     def rel_or_abs(p):
         p = Path(p)
