@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxseg.data.prepare.common import DatasetInfo, Job, find_dir, need_root, prepare_index
+from ctxseg.data.prepare.common import DatasetInfo, Job, bitmap_palette, find_dir, need_root, paired, prepare_index
 
 SPLITS = {"train": 20210, "val": 2000}
 FOLDERS = {"train": "training", "val": "validation"}
@@ -38,8 +38,6 @@ CLASSES = [
 
 
 def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
-    from ctxseg.data.prepare.common import bitmap_palette
-
     root = need_root(root, "ade20k")
     base = root if (root / "images").is_dir() else find_dir(root, "ADEChallengeData2016", what="ADEChallengeData2016")
     jobs, sources, warnings = [], [], []
@@ -51,11 +49,7 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
             continue
         images = {p.stem: p for p in img_dir.glob("*.jpg")}
         labels = {p.stem: p for p in ann_dir.glob("*.png")}
-        lonely = sorted(set(images) ^ set(labels))
-        if lonely:
-            warnings.append(f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
-                            f"e.g. {', '.join(lonely[:5])}")
-        for stem in sorted(set(images) & set(labels)):
+        for stem in paired(images, labels, split, warnings):
             jobs.append(Job(split, f"images/{folder}/{stem}.jpg", f"annotations/{folder}/{stem}.png"))
             sources += [str(images[stem]), str(labels[stem])]
     info = DatasetInfo("ade20k", CLASSES, bitmap_palette(len(CLASSES) + 1)[1:], 255, True, [], SPLITS,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxseg.data.prepare.common import DatasetInfo, Job, need_root, prepare_index
+from ctxseg.data.prepare.common import DatasetInfo, Job, need_root, paired, prepare_index
 
 SPLITS = {"train": 367, "val": 101, "test": 233}
 CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian", "bicyclist"]
@@ -37,11 +37,7 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
         img_dir, ann_dir = base / split, base / f"{split}annot"
         images = {p.name: p for p in img_dir.glob("*.png")}
         labels = {p.name: p for p in ann_dir.glob("*.png")}
-        lonely = sorted(set(images) ^ set(labels))
-        if lonely:
-            warnings.append(f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
-                            f"e.g. {', '.join(lonely[:5])}")
-        for name in sorted(set(images) & set(labels)):
+        for name in paired(images, labels, split, warnings):
             jobs.append(Job(split, f"{split}/{name}", f"{split}annot/{name}"))
             sources += [str(images[name]), str(labels[name])]
     info = DatasetInfo("camvid", CLASSES, PALETTE, VOID, False, [], SPLITS,

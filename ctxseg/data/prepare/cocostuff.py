@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxseg.data.prepare.common import (DatasetInfo, Job, bitmap_palette, need_root, prepare_index, read_indexed_png,
+from ctxseg.data.prepare.common import (DatasetInfo, Job, bitmap_palette, need_root, paired, prepare_index, read_indexed_png,
                                         read_list, require_scipy)
 from ctxseg.errors import UserError
 
@@ -122,11 +122,7 @@ def prepare_164k(root, out, workers=2, seed=0, progress=None) -> dict:
             raise UserError(f"COCO-Stuff-164k: {img_dir} and {ann_dir} are expected (see docs/datasets.md)")
         images = {p.stem: p for p in img_dir.glob("*.jpg")}
         labels = {p.stem: p for p in ann_dir.glob("*.png") if not p.stem.endswith("_labelTrainIds")}
-        lonely = sorted(set(images) ^ set(labels))
-        if lonely:
-            warnings.append(f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
-                            f"e.g. {', '.join(lonely[:5])}")
-        for stem in sorted(set(images) & set(labels)):
+        for stem in paired(images, labels, split, warnings):
             jobs.append(Job(split, f"images/{folder}/{stem}.jpg", f"annotations/{folder}/{stem}.png", str(labels[stem]), convert_png))
             sources += [str(images[stem]), str(labels[stem])]
     info = DatasetInfo("coco-stuff164k", CLASSES, _palette(), 255, False, [], SPLITS_164K,

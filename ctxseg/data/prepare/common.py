@@ -195,6 +195,15 @@ def _process(task) -> tuple[int, np.ndarray | None, bool]:
     return k, np.bincount(view.ravel(), minlength=num_classes)[:num_classes], skipped
 
 
+def paired(images: dict[str, Path], labels: dict[str, Path], split: str, warnings: list[str]) -> list[str]:
+    """Keys present as both image and annotation, sorted; files without a partner are reported."""
+    lonely = sorted(set(images) ^ set(labels))
+    if lonely:
+        warnings.append(f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
+                        f"e.g. {', '.join(lonely[:5])}")
+    return sorted(set(images) & set(labels))
+
+
 def source_checksum(paths: list[str]) -> str:
     """sha256 of the sorted (path, size) listing of the raw files a prepare read."""
     h = hashlib.sha256()
