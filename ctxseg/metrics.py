@@ -3,6 +3,14 @@
 Per class: IoU = TP / (TP + FP + FN), Acc = TP / (TP + FN). A class with no ground-truth pixels
 and no predicted pixels has IoU 0/0 = NaN and is left out of mIoU (nanmean); a class with no
 ground-truth pixels has Acc NaN and is left out of mAcc. aAcc = sum(TP) / #valid pixels.
+
+Values outside [0, C) follow mmseg's IoUMetric (its histograms simply drop them):
+  * a prediction outside [0, C) (e.g. 255 for a void Cityscapes id) on a pixel of class c is a
+    miss of c (a false negative of c, a false positive of no class);
+  * a ground-truth value outside [0, C) that is not the ignore index is no class's ground truth,
+    but the class predicted there gets a false positive.
+They are counted in an extra "outside" row/column (index C) of the full matrix, so nothing is
+ever binned into another class's cell. `mat` is the C x C part (what training reduces).
 """
 
 from __future__ import annotations
@@ -15,33 +23,57 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # rows: ground truth
+        # rows: ground truth, columns: prediction; index num_classes = "outside [0, C)"
+        self.full = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.int64)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The C x C confusion matrix (a view of `full`)."""
+        return self.full[: self.num_classes, : self.num_classes]
+
+    @staticmethod
+    def compute_full(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+        """(C+1) x (C+1) counts; row/column C collects ground truth/predictions outside [0, C)."""
+        valid = target != ignore_index
+        t = target[valid].long()
+        p = pred[valid].long()
+        t = torch.where((t >= 0) & (t < num_classes), t, num_classes)
+        p = torch.where((p >= 0) & (p < num_classes), p, num_classes)
+        n = num_classes + 1
+        return torch.bincount(t * n + p, minlength=n * n).reshape(n, n).cpu()
 
     @staticmethod
     def compute(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-        valid = target != ignore_index
-        idx = target[valid].long() * num_classes + pred[valid].long()
-        return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes).cpu()
+        return ConfusionMatrix.compute_full(pred, target, num_classes, ignore_index)[:num_classes, :num_classes]
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        m = self.compute(pred, target, self.num_classes, self.ignore_index)
-        self.mat += m
+        """Add one image; returns its C x C matrix (use `update_full` for the outside counts too)."""
+        return self.update_full(pred, target)[: self.num_classes, : self.num_classes]
+
+    def update_full(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != ground-truth shape {tuple(target.shape)}")
+        m = self.compute_full(pred, target, self.num_classes, self.ignore_index)
+        self.full += m
         return m
 
     def summary(self, class_names: list[str] | None = None) -> dict:
-        return summarize(self.mat.numpy(), class_names)
+        return summarize(self.full.numpy(), class_names, outside=True)
 
 
-def summarize(mat: np.ndarray, class_names: list[str] | None = None) -> dict:
-    mat = mat.astype(np.float64)
-    tp = np.diag(mat)
-    gt = mat.sum(1)
-    pred = mat.sum(0)
+def summarize(mat: np.ndarray, class_names: list[str] | None = None, outside: bool = False) -> dict:
+    """Scores from a C x C matrix, or with outside=True from the (C+1) x (C+1) `ConfusionMatrix.full`
+    (last row / column: ground truth / predictions outside [0, C), see the module docstring)."""
+    mat = np.asarray(mat, dtype=np.float64)
+    c = mat.shape[0] - 1 if outside else mat.shape[0]
+    tp = np.diag(mat)[:c]
+    gt = mat[:c].sum(1)  # a class's ground truth, whatever was predicted (outside included)
+    pred = mat[:, :c].sum(0)  # a class's predictions, wherever the ground truth is valid
     union = gt + pred - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = tp / union
         acc = tp / gt
-    names = class_names or [str(i) for i in range(len(tp))]
+    names = class_names or [str(i) for i in range(c)]
     total = gt.sum()
 
     def clean(x):

@@ -24,7 +24,7 @@ def prepare(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where the prepared index goes (default: data/<name>)."),
     workers: int = typer.Option(2, "--workers", help="Parallel worker processes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset."),
-    check: bool = typer.Option(False, "--check", help="Only scan an existing prepared index's labels for out-of-range values."),
+    check: bool = typer.Option(False, "--check", help="Only scan an existing prepared index's labels (each file once) for unreadable files and out-of-range values."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) when split sizes differ from the official counts."),
 ):
     """Turn a dataset into a prepared index (splits/*.txt, meta.json, converted labels).
@@ -47,15 +47,26 @@ def prepare(
 
         bad = check_prepared(target)
         if bad:
-            for path, values in bad[:50]:
-                out.print(f"[red]{path}[/]: values {values}")
-            raise UserError(f"{len(bad)} label file(s) in {target} hold out-of-range values")
+            from rich.markup import escape
+
+            for path, problem in bad:  # every file, once
+                out.print(f"[red]{escape(path)}[/]: {escape(problem)}", soft_wrap=True)
+            raise UserError(f"{len(bad)} label file(s) in {target} are unreadable or hold out-of-range values (listed above)")
         out.print(f"[green]labels OK[/] in {target}")
         return
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"prepare {name}", total=None)
-        meta = preparers[name](root=root, out=target, workers=workers, seed=seed,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from ctxseg.data.prepare.common import BadFilesError
+
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"prepare {name}", total=None)
+            meta = preparers[name](root=root, out=target, workers=workers, seed=seed,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except BadFilesError as e:
+        from rich.markup import escape
+
+        for msg in e.messages:  # one line per bad file, never wrapped inside a path
+            out.print(f"[red]bad file[/]: {escape(msg)}", soft_wrap=True)
+        raise UserError(e.summary) from None
     sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
     out.print(f"[green]prepared[/] {name} -> {target}  ({meta['num_classes']} classes; {sizes})")
     run = meta.get("run")

@@ -39,13 +39,38 @@ PREPARERS = {
 }
 
 
-def check_prepared(root: Path) -> list[tuple[str, list[int]]]:
+def check_prepared(root: Path, workers: int = 4) -> list[tuple[str, str]]:
+    """Every label file of every split, each once (trainval repeats train and val): (path, problem)
+    for files that cannot be read or hold values outside [0, num_classes) and the ignore index.
+    An unreadable file is listed and the scan goes on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ctxseg.data.check import _scan
+
     index = PreparedIndex.open(root)
     m = index.meta
-    bad = []
+    labels: dict[str, object] = {}
     for split in m.get("splits", {}):
-        bad += check_labels(index, split, m["num_classes"], m.get("ignore_index", 255), m.get("reduce_zero_label", False))
-    return bad
+        if not (Path(root) / "splits" / f"{split}.txt").is_file():
+            continue
+        for s in index.samples(split):
+            if s.label is not None:
+                labels.setdefault(str(s.label), s)
+
+    def scan(sample):
+        try:
+            path, bad = _scan(sample, m["num_classes"], m.get("ignore_index", 255), m.get("reduce_zero_label", False))
+        except Exception as e:  # noqa: BLE001 - missing, truncated, corrupt: named, and the scan continues
+            from ctxseg.data.prepare.common import describe_error
+
+            return str(sample.label), describe_error(str(sample.label), e).split(": ", 1)[-1]
+        return str(path), (f"values {bad} outside 0..{m['num_classes'] - 1} and ignore {m.get('ignore_index', 255)}"
+                           if bad else None)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [(p, problem) for p, problem in pool.map(scan, labels.values()) if problem]
+
+
 SUBMISSION_FORMATS: dict = {}  # name -> fn(stem, trainid_pred) -> (file name, array); filled by dataset modules
 
 

@@ -3,8 +3,14 @@
 A preparer lists `Job`s (one per sample: image path, where its label comes from, how to convert
 it) and hands them to `prepare_index`, which
   * converts labels in parallel worker processes (or in-process for workers <= 1),
-  * skips labels that already exist (writes are atomic, so an existing file is complete:
-    re-running an interrupted prepare resumes it),
+  * skips a label only when it exists (writes are atomic, so an existing file is complete) AND
+    its source is unchanged: a per-file fingerprint (path, size, mtime; or the job's own
+    fingerprint) is kept in <out>/.prepare_state.json, so a changed raw label is converted again,
+    and re-running an interrupted prepare resumes it,
+  * decodes every file the index will point at (images and in-place labels included) once;
+    unchanged files already validated are not decoded again,
+  * collects every unreadable / corrupt raw file and fails with one message per file (exit 2)
+    instead of a traceback at the first one,
   * never writes into, moves or copies the raw download (images are referenced in place),
   * counts per-class pixels and per-image class presence on the training split, as training
     sees the labels (after reduce_zero_label, ignore excluded),
@@ -15,7 +21,9 @@ it) and hands them to `prepare_index`, which
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +38,16 @@ from ctxseg.io import read_label, write_json, write_png, write_text
 PRESENCE_FILE = "class_presence.npy"
 
 
+class BadFilesError(UserError):
+    """Raw files that cannot be read: one message per file (the CLI prints each on its own line)."""
+
+    def __init__(self, dataset: str, messages: list[str]):
+        self.messages = messages
+        self.summary = (f"{len(messages)} file(s) of {dataset} could not be read (truncated or corrupt?); nothing was "
+                        f"indexed. Replace them from the download and re-run (finished labels are kept).")
+        super().__init__(self.summary + "\n" + "\n".join(f"  {m}" for m in messages))
+
+
 @dataclass
 class Job:
     split: str
@@ -38,6 +56,7 @@ class Job:
     source: str | None = None  # where a converted label comes from (path, or "zip::member")
     convert: Callable | None = None  # top-level fn(source, *args) -> HxW uint8 label; None: label used in place
     args: tuple = ()
+    fingerprint: str | None = None  # identity of the source when it is not a plain file (default: path, size, mtime)
 
 
 @dataclass
@@ -171,28 +190,135 @@ def _training_view(lab: np.ndarray, reduce_zero: bool) -> np.ndarray:
     return lab
 
 
-def _process(task) -> tuple[int, np.ndarray | None, bool]:
-    """Convert (or reuse) one label; returns (job index, per-class pixel counts or None, skipped)."""
-    k, job, image_root, label_root, num_classes, ignore_index, reduce_zero, want_stats = task
+STATE_FILE = ".prepare_state.json"
+
+
+def file_fingerprint(path: str) -> str | None:
+    """path, size and mtime of a file (None: missing). A zip member: the archive's, plus the member name."""
+    archive, _, member = str(path).partition("::")
+    try:
+        st = os.stat(archive)
+    except OSError:
+        return None
+    return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
+def job_fingerprint(job: Job) -> str | None:
+    """What a converted label depends on: its source (or the job's own fingerprint) and the converter."""
+    src = job.fingerprint if job.fingerprint is not None else file_fingerprint(job.source)
+    if src is None:
+        return None
+    fn = f"{job.convert.__module__}.{job.convert.__qualname__}" if job.convert else "-"
+    return f"{src}\t{fn}"
+
+
+def describe_error(path: str, exc: BaseException) -> str:
+    """One line naming the file and what is wrong with it."""
+    if isinstance(exc, UserError) and str(path) in str(exc):
+        return str(exc)
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{path}: unreadable or corrupt ({type(exc).__name__}: {reason})"
+
+
+def validate_file(path: str | Path) -> None:
+    """Decode an image / label file completely (a truncated JPEG still 'opens' in OpenCV, so PIL
+    decodes it: a missing tail raises). Raises on a missing, truncated or corrupt file."""
+    from PIL import Image, ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally: a truncated file would pass
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    with Image.open(path) as im:
+        if im.format == "JPEG":  # decode at 1/8 scale: every byte of the stream is still parsed, ~5x faster
+            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+        im.load()
+
+
+def _process(task) -> tuple:
+    """Validate the image, convert (or reuse / validate) the label of one job.
+
+    Returns (job index, per-class counts or None, skipped, label fingerprint or None,
+             [(validated path, fingerprint)], [(path, error message)])."""
+    k, job, image_root, label_root, num_classes, ignore_index, reduce_zero, want_stats, known = task
+    errors: list[tuple[str, str]] = []
+    validated: list[tuple[str, str]] = []
+
+    def check(path: Path) -> bool:
+        fp = file_fingerprint(str(path))
+        if fp is not None and known.get(str(path)) == fp:
+            return True
+        try:
+            validate_file(path)
+        except Exception as e:  # noqa: BLE001 - any decoder error is a bad file, named in the message
+            errors.append((str(path), describe_error(str(path), e)))
+            return False
+        validated.append((str(path), fp))
+        return True
+
+    check(Path(image_root) / job.image)
     if job.label is None:
-        return k, None, True
+        return k, None, True, None, validated, errors
     dst = Path(label_root) / job.label
-    skipped = True
-    if job.convert is None:
-        lab = read_label(dst) if want_stats else None
-    elif dst.is_file():  # finished by an earlier run (atomic writes: never a partial file)
-        lab = read_label(dst) if want_stats else None
+    skipped, label_fp, lab = True, None, None
+    if job.convert is None:  # used in place: it must decode
+        if check(dst) and want_stats:
+            lab = _read(dst, errors)
     else:
-        lab = job.convert(job.source, *job.args)
-        if lab.dtype != np.uint8:
-            raise UserError(f"{job.source}: converted label must be uint8, got {lab.dtype}")
-        write_png(dst, lab)
-        skipped = False
+        label_fp = job_fingerprint(job)
+        if dst.is_file() and label_fp is not None and known.get(f"label:{job.label}") == label_fp:
+            lab = _read(dst, errors) if want_stats else None  # finished earlier from the same source
+        else:
+            try:
+                lab = job.convert(job.source, *job.args)
+                if not isinstance(lab, np.ndarray) or lab.ndim != 2:
+                    raise UserError(f"{job.source}: the converted label is not a 2-D array")
+                if lab.dtype != np.uint8:
+                    raise UserError(f"{job.source}: converted label must be uint8, got {lab.dtype}")
+            except Exception as e:  # noqa: BLE001 - a corrupt source: reported with all the others
+                errors.append((str(job.source), describe_error(str(job.source), e)))
+                return k, None, True, None, validated, errors
+            write_png(dst, lab)
+            skipped = False
     if lab is None:
-        return k, None, skipped
+        return k, None, skipped, label_fp, validated, errors
     view = _training_view(lab, reduce_zero)
     view = view[(view != ignore_index) & (view >= 0) & (view < num_classes)]
-    return k, np.bincount(view.ravel(), minlength=num_classes)[:num_classes], skipped
+    return k, np.bincount(view.ravel(), minlength=num_classes)[:num_classes], skipped, label_fp, validated, errors
+
+
+def _read(path: Path, errors: list) -> np.ndarray | None:
+    try:
+        return read_label(path)
+    except Exception as e:  # noqa: BLE001
+        errors.append((str(path), describe_error(str(path), e)))
+        return None
+
+
+class _State:
+    """<out>/.prepare_state.json: fingerprints of converted labels' sources ("label:<rel>") and of
+    files already decoded once (absolute path). Saved atomically now and then, so an interrupted
+    run keeps what it finished."""
+
+    def __init__(self, out: Path):
+        self.path = out / STATE_FILE
+        try:
+            self.data = json.loads(self.path.read_text())
+            assert isinstance(self.data, dict)
+        except (OSError, ValueError, AssertionError):
+            self.data = {}
+        self._saved = time.monotonic()
+
+    def save(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._saved > 5:
+            write_json(self.path, self.data)
+            self._saved = time.monotonic()
+
+
+def _known_for(job: Job, known: dict, image_root: Path, label_root: Path) -> dict:
+    """The part of the saved state one job needs (keeps what is sent to a worker small)."""
+    keys = [str(image_root / job.image)]
+    if job.label is not None:
+        keys.append(f"label:{job.label}" if job.convert is not None else str(label_root / job.label))
+    return {key: known[key] for key in keys if key in known}
 
 
 def paired(images: dict[str, Path], labels: dict[str, Path], split: str, warnings: list[str]) -> list[str]:
@@ -245,36 +371,53 @@ def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Pat
     image_root = Path(image_root).resolve()
     label_root_abs = Path(label_root) if Path(label_root).is_absolute() else out / label_root
     num_classes = len(info.classes)
+    state = _State(out)
+    known = state.data
     tasks = [(k, j, str(image_root), str(label_root_abs), num_classes, info.ignore_index, info.reduce_zero_label,
-              j.split == stats_split) for k, j in enumerate(jobs)]
+              j.split == stats_split, _known_for(j, known, image_root, label_root_abs)) for k, j in enumerate(jobs)]
     counts = np.zeros(num_classes, np.int64)
     train_jobs = [k for k, j in enumerate(jobs) if j.split == stats_split and j.label is not None]
     row_of = {k: r for r, k in enumerate(train_jobs)}
     presence = np.zeros((len(train_jobs), num_classes), bool)
     converted = skipped = 0
+    errors: dict[str, str] = {}
 
     def collect(result):
         nonlocal converted, skipped
-        k, c, was_skipped = result
-        if jobs[k].label is not None and jobs[k].convert is not None:
+        k, c, was_skipped, label_fp, validated, errs = result
+        for path, msg in errs:
+            errors.setdefault(path, msg)
+        for path, fp in validated:
+            if fp is not None:
+                known[path] = fp
+        job = jobs[k]
+        if job.label is not None and job.convert is not None and not errs:
             skipped += was_skipped
             converted += not was_skipped
+            if label_fp is not None:
+                known[f"label:{job.label}"] = label_fp
         if c is not None and k in row_of:
             counts[:] += c
             presence[row_of[k]] = c > 0
+        state.save()
 
     total = len(tasks)
-    if workers <= 1 or total < 2:
-        for i, t in enumerate(tasks):
-            collect(_process(t))
-            if progress:
-                progress(i + 1, total)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, r in enumerate(pool.map(_process, tasks, chunksize=max(1, min(64, total // (workers * 8) or 1)))):
-                collect(r)
+    try:
+        if workers <= 1 or total < 2:
+            for i, t in enumerate(tasks):
+                collect(_process(t))
                 if progress:
                     progress(i + 1, total)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for i, r in enumerate(pool.map(_process, tasks, chunksize=max(1, min(64, total // (workers * 8) or 1)))):
+                    collect(r)
+                    if progress:
+                        progress(i + 1, total)
+    finally:
+        state.save(force=True)
+    if errors:
+        raise BadFilesError(info.name, list(errors.values()))
 
     splits: dict[str, list[str]] = {}
     for j in jobs:
