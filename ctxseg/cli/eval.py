@@ -15,6 +15,7 @@ from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.evaluate import evaluate, inference_settings
 from ctxseg.engine.runs import resolve_checkpoint
+from ctxseg.errors import UserError
 from ctxseg.io import write_json
 
 
@@ -31,6 +32,8 @@ def eval_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/eval)."),
     set: Optional[List[str]] = SetOption,
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N images."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score this folder of prediction PNGs against --data-root's split instead of running a model."),
+    fmt: str = typer.Option("trainid", "--format", help="With --predictions: trainid (the index's class ids) | cityscapes (labelIds, as submitted to the benchmark server)."),
 ):
     """Evaluate a checkpoint: aAcc, mIoU, mAcc and per-class IoU/Acc (confusion matrix, mmseg rules).
 
@@ -41,7 +44,15 @@ def eval_cmd(
       [cyan]ctxseg eval --ms-flip[/]            multi-scale + flip
 
       [cyan]ctxseg eval -c model.safetensors --data-root data/cityscapes --mode slide[/]
+
+      [cyan]ctxseg eval --predictions submit/ --format cityscapes --data-root data/cityscapes[/]   score PNGs, no model
     """
+    if predictions is not None:
+        if checkpoint or run:
+            raise UserError("--predictions scores existing PNGs: leave out --checkpoint / --run")
+        return _score_predictions_cmd(predictions, fmt, data_root, split, out_dir)
+    if fmt != "trainid":
+        raise UserError("--format is only used with --predictions")
     ckpt_path = resolve_checkpoint(checkpoint, run)
     overrides = list(set or [])
     if data_root:
@@ -84,6 +95,48 @@ def eval_cmd(
         line += f"   published {ref:.2f} ({pub.paper} {pub.table})".rstrip()
     out.print(line)
     out.print(f"metrics: {target / 'metrics.json'}" + (f"\npredictions: {pred_dir}" if pred_dir else ""))
+
+
+def _score_predictions_cmd(predictions: Path, fmt: str, data_root: Optional[Path], split: Optional[str],
+                           out_dir: Optional[Path]) -> None:
+    """`ctxseg eval --predictions DIR`: the same metrics.json and table, from PNGs instead of a model."""
+    from ctxseg.engine.score_predictions import score_predictions
+
+    if data_root is None:
+        raise UserError("--predictions needs --data-root: the prepared index whose labels are the ground truth "
+                        "(e.g. --data-root data/cityscapes)")
+    index = PreparedIndex.open(data_root)
+    if split is None:
+        have = index.meta.get("splits", {})
+        split = "val" if "val" in have else None
+        if split is None:
+            raise UserError(f"{data_root} has no 'val' split: pass --split (available: {', '.join(have) or 'none'})")
+    predictions = Path(predictions)
+    target = out_dir or predictions.parent / f"{predictions.resolve().name}_eval"
+    with Progress(transient=True) as bar:
+        task = bar.add_task("score", total=None)
+        cm, per_image, matched = score_predictions(index, split, predictions, fmt,
+                                                   progress=lambda d, t: bar.update(task, completed=d, total=t))
+    summary = cm.summary(index.classes)
+    c = cm.num_classes
+    result = {"aAcc": summary["aAcc"], "mIoU": summary["mIoU"], "mAcc": summary["mAcc"],
+              "IoU": {k: v["IoU"] for k, v in summary["per_class"].items()},
+              "Acc": {k: v["Acc"] for k, v in summary["per_class"].items()},
+              "checkpoint": None, "recipe": None, "data_root": str(data_root), "split": split, "inference": None,
+              "predictions": str(predictions), "format": fmt, "num_images": len(per_image), "per_image_mIoU": per_image,
+              "confusion_matrix": cm.mat.tolist(),
+              # pixels of each class predicted outside [0, C) (misses) and valid-looking ground truth outside [0, C)
+              "predicted_outside_classes": cm.full[:c, c].tolist(), "ground_truth_outside_classes": int(cm.full[c, :].sum()),
+              "prediction_files": matched}
+    write_json(target / "metrics.json", result)
+    out.print(metrics_table(summary, f"predictions {predictions} on {split} ({fmt})"))
+    out.print(f"mIoU [bold]{100 * summary['mIoU']:.2f}[/]")
+    outside = int(cm.full[:c, c].sum())
+    if outside:
+        out.print(f"[yellow]note[/]: {outside} valid pixel(s) predicted outside 0..{c - 1} count as misses"
+                  + (" (--format cityscapes maps labelIds to trainIds; void ids are misses)" if fmt == "cityscapes" else
+                     " (labelIds? try --format cityscapes)" if c == 19 else ""))
+    out.print(f"metrics: {target / 'metrics.json'}")
 
 
 def register(app: typer.Typer) -> None:
