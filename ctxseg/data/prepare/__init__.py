@@ -61,9 +61,8 @@ def check_prepared(root: Path, workers: int = 4) -> list[tuple[str, str]]:
         try:
             path, bad = _scan(sample, m["num_classes"], m.get("ignore_index", 255), m.get("reduce_zero_label", False))
         except Exception as e:  # noqa: BLE001 - missing, truncated, corrupt: named, and the scan continues
-            from ctxseg.data.prepare.common import describe_error
-
-            return str(sample.label), describe_error(str(sample.label), e).split(": ", 1)[-1]
+            reason = str(e).replace(str(sample.label), "this file").strip() or type(e).__name__
+            return str(sample.label), f"unreadable ({reason})"
         return str(path), (f"values {bad} outside 0..{m['num_classes'] - 1} and ignore {m.get('ignore_index', 255)}"
                            if bad else None)
 

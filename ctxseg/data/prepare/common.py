@@ -213,11 +213,13 @@ def job_fingerprint(job: Job) -> str | None:
 
 
 def describe_error(path: str, exc: BaseException) -> str:
-    """One line naming the file and what is wrong with it."""
-    if isinstance(exc, UserError) and str(path) in str(exc):
-        return str(exc)
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{path}: unreadable or corrupt ({type(exc).__name__}: {reason})"
+    """One line, "<path>: <what is wrong>"."""
+    text = str(exc).strip()
+    if isinstance(exc, UserError):
+        reason = " ".join(text.replace(f"{path}: ", "").replace(str(path), "").split()) or "unreadable"
+    else:
+        reason = f"unreadable or corrupt ({type(exc).__name__}: {text.splitlines()[0] if text else 'no detail'})"
+    return f"{path}: {reason}"
 
 
 def validate_file(path: str | Path) -> None:
