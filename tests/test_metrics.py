@@ -50,3 +50,69 @@ def test_matches_torchmetrics_on_random_predictions():
         s = summarize(ref.numpy())
         ref_iou = np.array([ref[i, i] / (ref[i].sum() + ref[:, i].sum() - ref[i, i]) for i in range(c)], dtype=float)
         assert np.isclose(s["mIoU"], ref_iou.mean())
+
+
+def _mmseg_iou_metric(preds, targets, c, ignore):
+    """mmseg IoUMetric.intersect_and_union restated with numpy: its histc(min=0, max=C-1) drops
+    values outside [0, C) from each histogram separately."""
+    inter = np.zeros(c)
+    area_p = np.zeros(c)
+    area_t = np.zeros(c)
+
+    def hist(v):
+        v = v[(v >= 0) & (v < c)]
+        return np.bincount(v, minlength=c)[:c]
+
+    for p, t in zip(preds, targets):
+        keep = t != ignore
+        p, t = p[keep], t[keep]
+        inter += hist(p[p == t])
+        area_p += hist(p)
+        area_t += hist(t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area_p + area_t - inter)
+        acc = inter / area_t
+    return iou, acc, inter.sum() / area_t.sum()
+
+
+def test_predictions_outside_classes_are_misses_never_misbinned():
+    c = 19
+    # a small true class predicted as 255: 0 * 19 + 255 = 255 used to land in cell (13, 8)
+    target = torch.zeros(4, 4, dtype=torch.int64)
+    pred = torch.full((4, 4), 255)
+    cm = ConfusionMatrix(c, 255)
+    cm.update(pred, target)
+    assert int(cm.mat.sum()) == 0 and int(cm.full[0, c]) == 16
+    s = cm.summary([str(i) for i in range(c)])
+    assert s["per_class"]["0"]["IoU"] == 0.0 and s["per_class"]["13"]["IoU"] is None and s["per_class"]["8"]["IoU"] is None
+    assert s["mIoU"] == 0.0 and s["aAcc"] == 0.0
+    # a large true class predicted as 255 used to crash: shape '[19, 19]' is invalid
+    cm = ConfusionMatrix(c, 255)
+    cm.update(torch.full((3, 3), 255), torch.full((3, 3), 18))
+    assert cm.summary()["per_class"]["18"]["IoU"] == 0.0
+
+
+def test_out_of_range_values_follow_mmseg_iou_metric():
+    g = torch.Generator().manual_seed(5)
+    for c in (3, 19, 150):
+        preds, targets = [], []
+        cm = ConfusionMatrix(c, 255)
+        for _ in range(3):
+            t = torch.randint(0, c, (23, 31), generator=g)
+            t[torch.rand(t.shape, generator=g) < 0.1] = 255  # ignored
+            t[torch.rand(t.shape, generator=g) < 0.05] = c + 3  # not a class, not ignored
+            p = torch.randint(0, c, (23, 31), generator=g)
+            p[torch.rand(p.shape, generator=g) < 0.1] = 255
+            p[torch.rand(p.shape, generator=g) < 0.05] = -1
+            p[torch.rand(p.shape, generator=g) < 0.05] = c
+            cm.update(p, t)
+            preds.append(p.numpy())
+            targets.append(t.numpy())
+        iou, acc, aacc = _mmseg_iou_metric(preds, targets, c, 255)
+        s = cm.summary()
+        got = np.array([np.nan if v["IoU"] is None else v["IoU"] for v in s["per_class"].values()])
+        got_acc = np.array([np.nan if v["Acc"] is None else v["Acc"] for v in s["per_class"].values()])
+        np.testing.assert_allclose(got, iou, atol=1e-12)
+        np.testing.assert_allclose(got_acc, acc, atol=1e-12)
+        assert np.isclose(s["mIoU"], np.nanmean(iou)) and np.isclose(s["aAcc"], aacc)
+        assert np.isclose(s["mAcc"], np.nanmean(acc))
