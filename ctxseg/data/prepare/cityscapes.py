@@ -103,9 +103,9 @@ def _gt_sources(root: Path) -> dict[str, str]:
         return found
     archive = root / "gtFine_trainvaltest.zip"
     if archive.is_file():
-        import zipfile
+        from ctxseg.data.prepare.common import open_zip
 
-        with zipfile.ZipFile(archive) as z:
+        with open_zip(archive) as z:
             for m in z.namelist():
                 if m.startswith("gtFine/") and m.endswith("_gtFine_labelIds.png"):
                     split, city, name = m.split("/")[1:4]

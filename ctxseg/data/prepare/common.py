@@ -126,7 +126,7 @@ def read_source_png(source: str) -> np.ndarray:
         import cv2
 
         archive, member = source.split("::", 1)
-        with zipfile.ZipFile(archive) as z:
+        with open_zip(archive) as z:
             data = np.frombuffer(z.read(member), np.uint8)
         lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if lab is None:
@@ -157,12 +157,20 @@ def bitmap_palette(n: int) -> list[list[int]]:
     return pal
 
 
+def open_zip(archive: str | Path) -> zipfile.ZipFile:
+    """A zip archive, or a user error naming it (a truncated download is the usual cause)."""
+    try:
+        return zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{archive}: not a readable zip archive ({e}); download it again") from None
+
+
 def extract_zip(archive: Path, dest: Path, prefix: str, progress=None) -> int:
     """Extract the members of `archive` under `prefix` into dest (skipping complete ones); returns the count.
 
     Only used when the user has the official zips and not the extracted folders: the loader needs
     files, so the archive is unpacked once into the prepared folder (the zip itself is untouched)."""
-    with zipfile.ZipFile(archive) as z:
+    with open_zip(archive) as z:
         members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
         for k, m in enumerate(members):
             target = dest / m.filename
@@ -308,11 +316,15 @@ class _State:
         except (OSError, ValueError, AssertionError):
             self.data = {}
         self._saved = time.monotonic()
+        self._every = 5.0
 
     def save(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._saved > 5:
-            write_json(self.path, self.data)
+        # at most every 5 s, and never more than ~5% of the time (the state of COCO-164k is tens of MB)
+        if force or time.monotonic() - self._saved > self._every:
+            t0 = time.monotonic()
+            write_text(self.path, json.dumps(self.data, separators=(",", ":")))
             self._saved = time.monotonic()
+            self._every = max(5.0, 20 * (self._saved - t0))
 
 
 def _known_for(job: Job, known: dict, image_root: Path, label_root: Path) -> dict:

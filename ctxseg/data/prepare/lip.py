@@ -31,7 +31,7 @@ CLASSES = ["background", "hat", "hair", "glove", "sunglasses", "upper-clothes", 
            "right-shoe"]
 FLIP_PAIRS = [(14, 15), (16, 17), (18, 19)]
 # where <split>_images/ and <split>_segmentations/ may live, relative to --root (first match wins)
-IMAGE_DIRS = ("TrainVal_images", "LIP/TrainVal_images", ".", "LIP")
+IMAGE_DIRS = ("TrainVal_images", "TrainVal_images/TrainVal_images", "LIP/TrainVal_images", ".", "LIP")
 ANN_DIRS = ("TrainVal_parsing_annotations/TrainVal_parsing_annotations", "TrainVal_parsing_annotations",
             "LIP/TrainVal_parsing_annotations/TrainVal_parsing_annotations", "LIP/TrainVal_parsing_annotations", ".", "LIP")
 
@@ -55,7 +55,7 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
         img_dir, ann_dir = images / f"{split}_images", anns / f"{split}_segmentations"
         id_file = next((d / f"{split}_id.txt" for d in (images, anns, root) if (d / f"{split}_id.txt").is_file()), None)
         if id_file is not None:
-            ids = read_list(id_file)
+            ids = [i[:-4] if i.lower().endswith((".jpg", ".png")) else i for i in read_list(id_file)]
             sources.append(str(id_file))
         else:
             ids = sorted(p.stem for p in ann_dir.glob("*.png"))
