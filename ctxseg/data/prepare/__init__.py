@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxseg.data.check import check_labels
+from ctxseg.data.check import check_labels  # noqa: F401 - re-exported
 from ctxseg.data.index import PreparedIndex
 
 

@@ -203,7 +203,7 @@ STATE_FILE = ".prepare_state.json"
 
 def file_fingerprint(path: str) -> str | None:
     """path, size and mtime of a file (None: missing). A zip member: the archive's, plus the member name."""
-    archive, _, member = str(path).partition("::")
+    archive = str(path).partition("::")[0]
     try:
         st = os.stat(archive)
     except OSError:
