@@ -173,3 +173,43 @@ def test_check_lists_every_bad_file_once_and_continues(tmp_path, monkeypatch, ca
     for name in ("100034_483681.png", "100035_11.png", "val_b.png"):
         assert text.count(name) == 1, text
     assert "val_a.png" not in text and "42" in text and "3 label file(s)" in text
+
+
+def test_changed_cityscapes_zips_are_read_again(tmp_path, monkeypatch, capsys):
+    """Official zips: a re-downloaded gtFine zip with one changed label converts again; a changed image in
+    leftImg8bit_trainvaltest.zip (same size) is extracted again."""
+    import time
+    import zipfile
+
+    from tests.test_prepare_cityscapes import make_cityscapes
+
+    staging = tmp_path / "staging"
+    make_cityscapes(staging)
+    root = tmp_path / "raw"
+    root.mkdir()
+
+    def pack():
+        for name, top in (("leftImg8bit_trainvaltest.zip", "leftImg8bit"), ("gtFine_trainvaltest.zip", "gtFine")):
+            with zipfile.ZipFile(root / name, "w") as z:
+                for p in sorted((staging / top).rglob("*")):
+                    if p.is_file():
+                        z.write(p, p.relative_to(staging).as_posix())
+
+    pack()
+    out = tmp_path / "cs"
+    code, text = prepare("cityscapes", root, out, monkeypatch, capsys)
+    assert code == 0 and "4 converted" in text, text
+    lab = staging / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000019_gtFine_labelIds.png"
+    write_gray(lab, np.full((6, 10), 7, np.uint8))  # all road
+    img = staging / "leftImg8bit" / "val" / "frankfurt" / "frankfurt_000000_000019_leftImg8bit.png"
+    write_image(img, 6, 10, seed=99)
+    time.sleep(2.1)  # zip time stamps have 2 s resolution
+    os.utime(img)
+    pack()
+    code, text = prepare("cityscapes", root, out, monkeypatch, capsys)
+    assert code == 0, text
+    meta = json.loads((out / "meta.json").read_text())
+    got = read_back(out, meta, "label_root", "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelTrainIds.png")
+    assert np.all(got == 0)
+    extracted = out / "raw" / "leftImg8bit" / "val" / "frankfurt" / img.name
+    assert extracted.read_bytes() == img.read_bytes()

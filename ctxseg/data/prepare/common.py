@@ -174,12 +174,16 @@ def extract_zip(archive: Path, dest: Path, prefix: str, progress=None) -> int:
         members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
         for k, m in enumerate(members):
             target = dest / m.filename
-            if not (target.is_file() and target.stat().st_size == m.file_size):
+            # the member's time stamp is given to the extracted file (as unzip does): a re-run skips a file
+            # only if size and time stamp still match, so a replaced archive is extracted again
+            stamp = time.mktime(m.date_time + (0, 0, -1))
+            if not (target.is_file() and target.stat().st_size == m.file_size and int(target.stat().st_mtime) == int(stamp)):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.part")
                 with z.open(m) as src, open(tmp, "wb") as dst:
                     while chunk := src.read(1 << 20):
                         dst.write(chunk)
+                os.utime(tmp, (stamp, stamp))
                 os.replace(tmp, target)
             if progress:
                 progress(k + 1, len(members))

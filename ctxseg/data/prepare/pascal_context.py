@@ -131,7 +131,8 @@ def read_detail_json(path: Path) -> dict[str, dict]:
             if ann.get("id") in seen:  # Detail indexes annotations by id: a repeated id is one annotation
                 continue
             seen.add(ann.get("id"))
-            per_image[names[ann["image_id"]]]["anns"].append((int(ann["category_id"]), ann["segmentation"]))
+            if ann["image_id"] in names:  # an annotation of an image the file does not list: nothing to paint
+                per_image[names[ann["image_id"]]]["anns"].append((int(ann["category_id"]), ann["segmentation"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a readable PASCAL in Detail annotation file ({type(e).__name__}: {e})") from None
     return per_image
