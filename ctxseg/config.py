@@ -143,6 +143,9 @@ class EvalConfig(_Section):
     keep_ratio: bool = True
     scales: list[float] = [1.0]
     ms_scales: list[float] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # used by --ms-flip
+    # mode of the --ms-flip protocol when the official config tests it differently from the
+    # single-scale one (ssseg MCIBI HRNet ADE20K: single scale whole, ms+flip slide); None: `mode`
+    ms_mode: Literal["whole", "slide"] | None = None
     flip: bool = False
     batch_size: int = 1
 

@@ -20,7 +20,7 @@ from ctxseg.metrics import ConfusionMatrix
 def inference_settings(recipe: Recipe, ms_flip: bool = False, scales: list[float] | None = None, flip: bool | None = None) -> dict:
     e = recipe.eval
     return {
-        "mode": e.mode,
+        "mode": (e.ms_mode or e.mode) if ms_flip else e.mode,
         "crop": list(e.crop_size),
         "stride": list(e.stride),
         "scales": list(scales or (e.ms_scales if ms_flip else e.scales)),
