@@ -273,3 +273,26 @@ def test_cityscapes_base_tests_whole_images():
     assert "768" not in text
     for name in ("ocrnet-hr48-cityscapes-40k", "deeplabv3-r50-cityscapes-80k", "contrast-hrnet48"):
         assert load_recipe(name).eval.mode == "whole", name
+
+
+def test_eval_cli_compares_with_the_protocol_it_ran(synthetic_small, tmp_path):
+    import json
+
+    from ctxseg.engine.checkpoint import save_weights
+    from ctxseg.models.segmentor import build_segmentor
+    from tests.conftest import run_cli
+
+    recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", "published.miou=11.11", "published.miou_flip=22.22"])
+    save_weights(tmp_path / "m.safetensors", build_segmentor(recipe), recipe, {"step": 0})
+
+    def run(*flags):
+        out = run_cli("eval", "-c", str(tmp_path / "m.safetensors"), "--limit", "1", "--no-save-preds",
+                      "--out", str(tmp_path / "e"), *flags, cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+        return out, json.loads((tmp_path / "e" / "metrics.json").read_text())
+
+    out, m = run()
+    assert m["protocol"] == "ss" and m["published_mIoU"] == 11.11 and "published 11.11" in out
+    out, m = run("--flip")
+    assert m["protocol"] == "flip" and m["published_mIoU"] == 22.22 and "published 22.22" in out
+    out, m = run("--ms-flip")
+    assert m["protocol"] == "ms_flip" and m["published_mIoU"] is None and "no published number for this protocol" in out
