@@ -33,8 +33,9 @@ class Published(_Section):
 
     paper: str = ""
     table: str = ""
-    miou: float | None = None  # single-scale, percent
-    miou_ms: float | None = None  # multi-scale + flip (or flip only, see notes), percent
+    miou: float | None = None  # single scale, no flip, percent
+    miou_flip: float | None = None  # single scale + horizontal flip (the LIP protocol), percent
+    miou_ms: float | None = None  # multi-scale (eval.ms_scales) + flip, percent
     checkpoint: str = ""
     notes: str = ""
 
@@ -50,10 +51,14 @@ class DataConfig(_Section):
     # training pipeline (mmseg semantics): RandomResize(scale, ratio_range, keep_ratio) ->
     # RandomCrop(crop_size, cat_max_ratio) -> RandomFlip -> PhotoMetricDistortion -> Normalize -> Pad
     scale: tuple[int, int] | None = None  # (long, short) edge target; None keeps the image size
+    keep_ratio: bool = True  # false: stretch to scale x ratio (ssseg LIP Resize keep_ratio=False)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: tuple[int, int] = (512, 512)  # (h, w)
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
+    # ssseg RandomRotation after the flip (LIP: 30 degrees at p = 0.6); 0 switches it off
+    rotate_prob: float = 0.0
+    rotate_degree: int = 30
     photometric: bool = True
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -105,6 +110,9 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
+    # The paper's process count: its global batch is processes x data.batch_size (per process).
+    # Launch with this many processes to train at the published batch; None: not a paper setting.
+    processes: int | None = None
     iters: int | None = 1000
     epochs: float | None = None  # converted to iterations from the train split and global batch
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -128,9 +136,16 @@ class EvalConfig(_Section):
     crop_size: tuple[int, int] = (512, 512)  # sliding window (h, w)
     stride: tuple[int, int] = (341, 341)
     window_batch: int = 4  # windows per forward pass in slide mode
-    resize: tuple[int, int] | None = None  # test-time (long, short) keep-ratio resize; None: native
+    # Test-time Resize of the official test pipelines: the image is resized to `resize` ((long, short)
+    # edges with keep_ratio, mmseg Resize(scale, keep_ratio=True); without keep_ratio a plain resize,
+    # ssseg LIP (473, 473)); logits are resized back to the label's size before scoring. None: native.
+    resize: tuple[int, int] | None = None
+    keep_ratio: bool = True
     scales: list[float] = [1.0]
     ms_scales: list[float] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # used by --ms-flip
+    # mode of the --ms-flip protocol when the official config tests it differently from the
+    # single-scale one (ssseg MCIBI HRNet ADE20K: single scale whole, ms+flip slide); None: `mode`
+    ms_mode: Literal["whole", "slide"] | None = None
     flip: bool = False
     batch_size: int = 1
 

@@ -280,7 +280,7 @@ def test_class_weight_options():
 
 
 @pytest.mark.parametrize("name,dataset,num_classes,mode", [
-    ("cityscapes", "cityscapes", 19, "slide"), ("ade20k", "ade20k", 150, "whole"),
+    ("cityscapes", "cityscapes", 19, "whole"), ("ade20k", "ade20k", 150, "whole"),
     ("cocostuff10k", "coco-stuff10k", 171, "whole"), ("cocostuff164k", "coco-stuff164k", 171, "whole"),
     ("voc_aug", "voc-aug", 21, "whole"), ("pascal_context", "pascal-context", 59, "slide"),
     ("pascal_context60", "pascal-context-60", 60, "slide"), ("lip", "lip", 20, "whole"), ("camvid", "camvid", 11, "whole")])
@@ -294,9 +294,7 @@ def test_base_recipes(name, dataset, num_classes, mode):
     data, ev = DataConfig(**raw["data"]), EvalConfig(**raw.get("eval", {}))
     assert data.dataset == dataset and dataset in PREPARERS and data.num_classes == num_classes and ev.mode == mode
     assert ev.ms_scales == ([1.0] if name == "lip" else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
-    if name == "cityscapes":
-        assert ev.crop_size == (512, 1024) and ev.stride == (768, 768)
-    if name == "lip":
-        assert ev.flip and data.flip_pairs is None  # pairs come from meta.json
+    if name == "lip":  # ssseg lip_473x473: stretched test resize; flip is the separate --flip protocol
+        assert not ev.flip and not ev.keep_ratio and ev.resize == (473, 473) and data.flip_pairs is None  # pairs from meta.json
     if name in ("ade20k", "cocostuff10k", "pascal_context"):
         assert data.reduce_zero_label

@@ -13,7 +13,7 @@ from rich.progress import Progress
 from ctxseg.cli.common import SetOption, metrics_table, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import evaluate, inference_settings
+from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, inference_settings, published_for
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.errors import UserError
 from ctxseg.io import write_json
@@ -73,11 +73,12 @@ def eval_cmd(
         cm, per_image = evaluate(model, recipe, index, split, settings, device, pred_dir=pred_dir, limit=limit,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
     summary = cm.summary(index.classes)
+    protocol, ref = published_for(recipe, settings)
     result = {"aAcc": summary["aAcc"], "mIoU": summary["mIoU"], "mAcc": summary["mAcc"],
               "IoU": {k: v["IoU"] for k, v in summary["per_class"].items()},
               "Acc": {k: v["Acc"] for k, v in summary["per_class"].items()},
               "checkpoint": str(ckpt_path), "recipe": recipe.name, "data_root": str(recipe.data.root), "split": split,
-              "inference": settings, "num_images": len(per_image), "per_image_mIoU": per_image,
+              "inference": settings, "protocol": protocol, "published_mIoU": ref, "num_images": len(per_image), "per_image_mIoU": per_image,
               "confusion_matrix": cm.mat.tolist()}
     write_json(target / "metrics.json", result)
     if pred_dir is not None:
@@ -87,12 +88,14 @@ def eval_cmd(
         from ctxseg.viz.sources import set_latest_predictions
 
         set_latest_predictions(target / "predictions.json")
-    out.print(metrics_table(summary, f"{recipe.name} on {split} ({'ms+flip' if ms_flip else settings['mode']})"))
+    out.print(metrics_table(summary, f"{recipe.name} on {split} ({PROTOCOL_NAMES[protocol]}, {settings['mode']})"))
     pub = recipe.published
-    ref = pub.miou_ms if (ms_flip and pub.miou_ms is not None) else pub.miou
-    line = f"mIoU [bold]{100 * summary['mIoU']:.2f}[/]"
+    line = f"mIoU [bold]{100 * summary['mIoU']:.2f}[/] ({PROTOCOL_NAMES[protocol]})"
     if ref is not None:
-        line += f"   published {ref:.2f} ({pub.paper} {pub.table})".rstrip()
+        line += f"   published {ref:.2f} ({PROTOCOL_NAMES[protocol]}; {pub.paper} {pub.table})".rstrip()
+    elif any(v is not None for v in (pub.miou, pub.miou_flip, pub.miou_ms)):
+        known = ", ".join(f"{PROTOCOL_NAMES[p]} {getattr(pub, f):.2f}" for p, f in PROTOCOL_FIELDS.items() if getattr(pub, f) is not None)
+        line += f"   no published number for this protocol (published: {known})"
     out.print(line)
     out.print(f"metrics: {target / 'metrics.json'}" + (f"\npredictions: {pred_dir}" if pred_dir else ""))
 

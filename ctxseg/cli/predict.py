@@ -12,10 +12,8 @@ from rich.progress import Progress
 
 from ctxseg.cli.common import SetOption, out
 from ctxseg.data.index import PreparedIndex
-from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import inference_settings
-from ctxseg.engine.inference import infer
+from ctxseg.engine.evaluate import inference_settings, predict_scores
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.errors import UserError
 from ctxseg.io import read_image, write_json, write_png
@@ -73,9 +71,7 @@ def predict(
         task = bar.add_task("predict", total=len(images))
         for path, stem in images:
             img = read_image(path)
-            x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
-            scores = infer(model, x, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
-                           settings["scales"], settings["flip"], flip_pairs, settings["window_batch"], recipe.model.align_corners)
+            scores = predict_scores(model, recipe, img, settings, flip_pairs, device)
             pred = scores.argmax(1)[0].cpu().numpy()
             name, label = encode(stem, pred)
             write_png(out_dir / name, label)

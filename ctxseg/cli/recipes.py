@@ -21,27 +21,69 @@ def list_cmd(filter: Optional[str] = typer.Argument(None, help="Only names conta
     Example: [cyan]ctxseg recipes list ocrnet[/]
     """
     table = Table(title="ctxseg recipes")
-    for col in ("name", "dataset", "iters", "published mIoU (ss / ms)", "description"):
+    for col in ("name", "dataset", "iters", "published mIoU (ss / flip / ms+flip)", "description"):
         table.add_column(col)
     for name, path in list_recipes().items():
         if filter and filter not in name:
             continue
         r = load_recipe(path)
         pub = r.published
-        score = " / ".join("—" if v is None else f"{v:.2f}" for v in (pub.miou, pub.miou_ms)) if (pub.miou or pub.miou_ms) else ""
+        numbers = (pub.miou, pub.miou_flip, pub.miou_ms)
+        score = " / ".join("—" if v is None else f"{v:.2f}" for v in numbers) if any(v is not None for v in numbers) else ""
         iters = str(r.train.iters) if r.train.epochs is None else f"{r.train.epochs:g} ep"
         table.add_row(name, r.data.dataset, iters, score, r.description)
     out.print(table)
 
 
 @recipes_app.command("show")
-def show_cmd(name: str = typer.Argument(..., help="Recipe name or path to a .toml file."), set: Optional[List[str]] = SetOption):
+def show_cmd(name: str = typer.Argument(..., help="Recipe name or path to a .toml file."), set: Optional[List[str]] = SetOption,
+             provenance: bool = typer.Option(False, "--provenance", help="Each paper setting beside its official value and source.")):
     """Print the fully resolved recipe (extends merged, overrides applied, defaults filled).
 
-    Example: [cyan]ctxseg recipes show demo --set train.optimizer.lr=0.02[/]
+    Examples:
+
+      [cyan]ctxseg recipes show demo --set train.optimizer.lr=0.02[/]
+
+      [cyan]ctxseg recipes show ocrnet-hr48-cityscapes-40k --provenance[/]
     """
     r = load_recipe(name, set)
+    if provenance:
+        _print_provenance(r)
+        return
     out.print(Syntax(to_toml(r.to_dict()), "toml", theme="ansi_dark", background_color="default"))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _print_provenance(r) -> None:
+    from ctxseg.provenance import compare, load_table, own_reason, resolve_row
+
+    table = load_table()
+    reason = own_reason(r.name, table)
+    if reason is not None:
+        out.print(f"[bold]{r.name}[/] is the project's own setting: {reason}")
+        return
+    _, _, row = resolve_row(r.name, table)
+    lines = compare(r, table)
+    t = Table(title=f"{r.name}: settings and their official source", title_justify="left")
+    for col in ("setting", "recipe key", "recipe", "official", "status", "source / reason"):
+        t.add_column(col, overflow="fold")
+    style = {"ok": "green", "deviation": "yellow", "MISMATCH": "bold red"}
+    for line in lines:
+        source = "config (below)" if line.source == row.get("config") else line.source
+        where = source + (f" — {line.note}" if line.note else "")
+        t.add_row(line.key, line.path, _fmt(line.recipe), _fmt(line.official), f"[{style[line.status]}]{line.status}[/]", where)
+    out.print(t)
+    out.print(f"config: {row.get('config', '')}")
+    bad = sum(line.status == "MISMATCH" for line in lines)
+    if bad:
+        out.print(f"[bold red]{bad} setting(s) differ from the official value without a stated reason[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -144,10 +144,8 @@ def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Option
     import torch
 
     from ctxseg.cli.predict import collect_images
-    from ctxseg.data.transforms import normalize
     from ctxseg.engine.checkpoint import load_model
-    from ctxseg.engine.evaluate import inference_settings
-    from ctxseg.engine.inference import infer
+    from ctxseg.engine.evaluate import inference_settings, predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
@@ -161,9 +159,7 @@ def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Option
     written = []
     for path, stem in collect_images([images])[:limit]:
         img = read_image(path)
-        x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
-        scores = infer(model, x, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
-                       window_batch=settings["window_batch"], align_corners=recipe.model.align_corners)
+        scores = predict_scores(model, recipe, img, {**settings, "scales": [1.0], "flip": False}, [], device)
         pred = scores.argmax(1)[0].cpu().numpy()
         dest = target / f"{stem}.png"
         write_png(dest, overlay(img, pred, info.palette, info.classes, info.ignore, alpha))

@@ -45,7 +45,11 @@ class SegDataset(Dataset):
     """Items are indexed by (sample index, augmentation seed) pairs from `TrainBatchSampler`
     during training, or by a plain index for evaluation (no augmentation)."""
 
-    def __init__(self, index: PreparedIndex, split: str, cfg: DataConfig, train: bool):
+    def __init__(self, index: PreparedIndex, split: str, cfg: DataConfig, train: bool,
+                 test_resize: tuple[int, int] | None = None, keep_ratio: bool = True):
+        """`test_resize` (evaluation only): the official test pipeline's Resize, applied to the image
+        (never the label) before normalisation; items then carry `size`, the original (h, w)."""
+        self.test_resize, self.test_keep_ratio = test_resize, keep_ratio
         self.index = index
         self.samples = index.samples(split)
         if not self.samples:
@@ -64,8 +68,11 @@ class SegDataset(Dataset):
         lab = load_label(s, self.cfg, img.shape[:2]) if s.label is not None else None
         if self.train:
             return self._augment(img, lab, np.random.default_rng(seed))
+        size = img.shape[:2]
+        if self.test_resize is not None:
+            img, _ = T.resize_pair(img, None, T.test_size(*size, self.test_resize, self.test_keep_ratio))
         image = T.normalize(img, self.cfg.mean, self.cfg.std)
-        out = {"image": torch.from_numpy(image), "index": i}
+        out = {"image": torch.from_numpy(image), "index": i, "size": tuple(size)}
         if lab is not None:
             out["label"] = torch.from_numpy(lab.astype(np.int64))
         return out
@@ -74,9 +81,11 @@ class SegDataset(Dataset):
         c = self.cfg
         if lab is None:
             raise UserError("Training needs labels, but the training split has none")
-        img, lab = T.random_resize(img, lab, c.scale, c.ratio_range, rng)
+        img, lab = T.random_resize(img, lab, c.scale, c.ratio_range, rng, c.keep_ratio)
         img, lab = T.random_crop(img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng)
         img, lab = T.random_flip(img, lab, c.flip_prob, self.flip_pairs, rng)
+        if c.rotate_prob > 0:
+            img, lab = T.random_rotate(img, lab, c.rotate_prob, c.rotate_degree, c.ignore_index, rng)
         if c.photometric:
             img = T.photometric_distortion(np.ascontiguousarray(img), rng)
         image = T.normalize(np.ascontiguousarray(img), c.mean, c.std)

@@ -26,12 +26,50 @@ def resize_pair(img: np.ndarray, label: np.ndarray | None, size_hw: tuple[int, i
     return img, label
 
 
-def random_resize(img, label, scale, ratio_range, rng: np.random.Generator):
-    """RandomResize(scale, ratio_range, keep_ratio=True); scale None means the image's own size."""
+def stretch_size(h: int, w: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """ssseg Resize(keep_ratio=False): the image's longer side becomes max(scale), the other min(scale)
+    (truncated to integers, as ssseg does); for a square scale this is a plain resize to it."""
+    long_edge, short_edge = int(max(scale)), int(min(scale))
+    return (long_edge, short_edge) if h > w else (short_edge, long_edge)
+
+
+def test_size(h: int, w: int, scale: tuple[int, int], keep_ratio: bool = True) -> tuple[int, int]:
+    """(h, w) the test pipeline resizes an image to: mmseg/ssseg Resize(scale, keep_ratio)."""
+    return rescale_size(h, w, scale) if keep_ratio else stretch_size(h, w, scale)
+
+
+def random_resize(img, label, scale, ratio_range, rng: np.random.Generator, keep_ratio: bool = True):
+    """RandomResize(scale, ratio_range, keep_ratio); scale None means the image's own size.
+
+    keep_ratio=False is ssseg's Resize(keep_ratio=False) of the LIP pipeline: a square (520, 520)
+    scaled by the ratio, the image stretched to it."""
     ratio = rng.uniform(*ratio_range)
     base = scale if scale is not None else (max(img.shape[:2]), min(img.shape[:2]))
-    size = rescale_size(img.shape[0], img.shape[1], (base[0] * ratio, base[1] * ratio))
+    target = (base[0] * ratio, base[1] * ratio)
+    h, w = img.shape[:2]
+    size = rescale_size(h, w, target) if keep_ratio else stretch_size(h, w, target)
     return resize_pair(img, label, size)
+
+
+def random_rotate(img, label, prob: float, max_degree: int, ignore_index: int, rng: np.random.Generator,
+                  image_fill: float = 0.0):
+    """ssseg RandomRotation: with probability `prob`, rotate about the centre by an integer angle
+    drawn from [-max_degree, max_degree) (numpy randint), keeping the size. The image is resampled
+    bicubically (ssseg's default) and filled with `image_fill` (0, black); the label with nearest
+    neighbour, the uncovered corners filled with the ignore index (ssseg fills its ignore id -100)."""
+    if prob <= 0 or rng.random() >= prob:
+        return img, label
+    angle = int(rng.integers(-max_degree, max_degree))
+    h, w = img.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
+    img = cv2.warpAffine(np.ascontiguousarray(img), matrix, (w, h), flags=cv2.INTER_CUBIC,
+                         borderValue=(image_fill, image_fill, image_fill))
+    if label is not None:
+        dtype = label.dtype  # OpenCV warps uint8/uint16 labels directly; wider ids go through float32 (exact)
+        src = label if dtype in (np.uint8, np.uint16) else label.astype(np.float32)
+        label = cv2.warpAffine(np.ascontiguousarray(src), matrix, (w, h), flags=cv2.INTER_NEAREST,
+                               borderValue=float(ignore_index)).astype(dtype)
+    return img, label
 
 
 def _crop_box(h, w, crop_h, crop_w, rng):

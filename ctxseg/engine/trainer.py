@@ -12,6 +12,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,18 @@ _FAULT_AT_STEP = int(os.environ.get("CTXSEG_FAULT_AT_STEP", "0"))
 
 class TrainingDiverged(UserError):
     pass
+
+
+def batch_notice(recipe: Recipe, world: int) -> str | None:
+    """A note when a paper recipe runs at another global batch than its paper: data.batch_size is per
+    process, train.processes the paper's process count (None for the project's own recipes)."""
+    paper = recipe.train.processes
+    if paper is None or paper == world:
+        return None
+    b = recipe.data.batch_size
+    return (f"note: {recipe.name} reproduces a run of {paper} processes x {b} images (global batch {paper * b}); "
+            f"this run has {world} process(es) x {b} = global batch {world * b}. For the paper's batch, launch "
+            f"{paper} processes, or set data.batch_size = {paper * b // world} if it divides (and fits in memory).")
 
 
 def total_iters(recipe: Recipe, num_train: int, world: int) -> int:
@@ -137,6 +150,9 @@ class Trainer:
         self._check_meta()
         self.train_set = SegDataset(self.index, recipe.data.train_split, recipe.data, train=True)
         self.total = total_iters(recipe, len(self.train_set), self.world)
+        notice = batch_notice(recipe, self.world)
+        if notice and self.acc.is_main_process:
+            print(notice, file=sys.stderr)
         self.progress = progress and self.acc.is_main_process
         self.eval_limit = eval_limit
 
