@@ -23,6 +23,7 @@ from ctxseg.models.heads.openseg_deeplab import OpensegDeepLabHead, OpensegDSNHe
 from ctxseg.models.heads.openseg_hrnet import OpensegHRNetHead
 from ctxseg.models.heads.psp import PSPHead
 from ctxseg.models.heads.sep_aspp import SepASPPHead
+from ctxseg.models.heads.ssseg_aux import SssegAuxHeads
 from ctxseg.models.heads.uper import UPerHead
 from ctxseg.models.context.cac import cac
 from ctxseg.models.context.contrast import PixelContrast
@@ -47,6 +48,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "openseg_hrnet": OpensegHRNetHead,
     "openseg_deeplab": OpensegDeepLabHead,
     "openseg_dsn": OpensegDSNHead,
+    "ssseg_aux": SssegAuxHeads,  # auxiliary only: sssegmentation's auxiliary decoders (MCIBI ViT-L: three)
 }
 
 # context plug-ins, filled by their issues: MCIBI memory, pixel contrast, CAC classifier
