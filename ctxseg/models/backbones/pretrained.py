@@ -229,7 +229,7 @@ def print_report(report: PretrainedReport) -> None:
     if _is_main_process():
         from rich.console import Console
 
-        Console(highlight=False).print(report.summary(), markup=False)
+        Console(highlight=False, soft_wrap=True).print(report.summary(), markup=False)
 
 
 def check_timm_source(module: nn.Module, spec: str, key_filter: KeyFilter, timm_name: str | None,
