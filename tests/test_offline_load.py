@@ -14,7 +14,7 @@ import torch
 
 from ctxseg.config import load_recipe
 from ctxseg.engine.checkpoint import load_model, read_checkpoint, save_weights
-from ctxseg.models.offline import build_for_loading
+from ctxseg.models.segmentor import build_segmentor
 from tests.test_pretrained import no_downloads  # noqa: F401 - fixture
 
 SOURCES = ["timm", "timm:resnet18.a1_in1k", "https://example.invalid/weights-0123abcd.pth", "/nowhere/resnet18-imagenet.pth"]
@@ -22,7 +22,7 @@ SOURCES = ["timm", "timm:resnet18.a1_in1k", "https://example.invalid/weights-012
 
 def _checkpoint(tmp_path: Path, pretrained: str, extra: list[str] | None = None) -> tuple[Path, dict]:
     recipe = load_recipe("demo", [f"model.backbone.pretrained='{pretrained}'", "data.num_classes=7", *(extra or [])])
-    model = build_for_loading(recipe)
+    model = build_segmentor(load_recipe("demo", ["data.num_classes=7", *(extra or [])]))  # trained weights stand-in
     path = tmp_path / "model.safetensors"
     save_weights(path, model, recipe)
     return path, model.state_dict()
@@ -76,7 +76,7 @@ def test_resume_never_fetches(tmp_path, synthetic_small, no_downloads):  # noqa:
     ckpt = sorted((trainer.run_dir / "checkpoints").glob("iter_*.safetensors"))[-1]
     state, recipe, extra = read_checkpoint(ckpt)
     # the same run as if it had started from timm's ImageNet weights
-    trained = build_for_loading(recipe)
+    trained = build_segmentor(recipe)
     trained.load_state_dict(state)
     as_pretrained = load_recipe("demo", [*over, "train.iters=3", "model.backbone.pretrained='timm'"])
     save_weights(ckpt, trained, as_pretrained, extra)
