@@ -48,7 +48,12 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "openseg_hrnet": OpensegHRNetHead,
     "openseg_deeplab": OpensegDeepLabHead,
     "openseg_dsn": OpensegDSNHead,
-    "ssseg_aux": SssegAuxHeads,  # auxiliary only: sssegmentation's auxiliary decoders (MCIBI ViT-L: three)
+}
+
+# `model.aux_head`: any head, or one that is only ever auxiliary (its logits are a list)
+AUX_HEADS: dict[str, Callable[..., nn.Module]] = {
+    **HEADS,
+    "ssseg_aux": SssegAuxHeads,  # sssegmentation's auxiliary decoders (MCIBI ViT-L: three)
 }
 
 # context plug-ins, filled by their issues: MCIBI memory, pixel contrast, CAC classifier
@@ -56,7 +61,7 @@ MEMORIES: dict[str, Callable[..., nn.Module]] = {"mcibi": mcibi}
 CONTRASTS: dict[str, Callable[..., nn.Module]] = {"pixel_contrast": PixelContrast}
 CACS: dict[str, Callable[..., nn.Module]] = {"cac": cac}
 
-_KINDS = {"backbone": BACKBONES, "head": HEADS, "memory": MEMORIES, "contrast": CONTRASTS, "cac": CACS}
+_KINDS = {"backbone": BACKBONES, "head": HEADS, "aux_head": AUX_HEADS, "memory": MEMORIES, "contrast": CONTRASTS, "cac": CACS}
 
 
 def component_builder(kind: str, type_name: str) -> tuple[Callable | None, list[str]]:
