@@ -376,7 +376,7 @@ def validate_component(kind: str, cfg: dict[str, Any], where: str) -> None:
         raise UserError(f"Invalid recipe:\n{_format_errors(e, model, where + '.')}") from None
 
 
-COMPONENT_KINDS = {"backbone": "backbone", "head": "head", "aux_head": "head", "memory": "memory", "contrast": "contrast", "cac": "cac"}
+COMPONENT_KINDS = {"backbone": "backbone", "head": "head", "aux_head": "aux_head", "memory": "memory", "contrast": "contrast", "cac": "cac"}
 
 
 def validate_recipe(raw: dict) -> Recipe:

@@ -61,6 +61,11 @@ def train(
         raise UserError("Give --recipe NAME (see `ctxseg recipes list`) or --resume")
     else:
         rec = load_recipe(recipe, set)
+        from ctxseg.models.backbones.pretrained import check_recipe_pretrained
+
+        # before any data is scanned: a missing weights file stops here; the fit is checked when
+        # the backbone is built, before the first step (and, for timm, before downloading)
+        out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
     trainer = Trainer(rec, runs_dir, resume=resume_path, mixed_precision=mixed_precision, progress=not no_progress)
     result = trainer.train()
     if trainer.acc.is_main_process:

@@ -23,6 +23,8 @@ Key table (source -> ctxseg):
   memory_module.self_attention_ms / bottleneck_ms -> plugins.memory.self_attention_ms / bottleneck_ms
   decoder_stageN.{0,1,4}                          -> plugins.memory.decoder_stageN.{bottleneck.conv, bottleneck.bn, conv_seg}
   auxiliary_decoder.{0,1,4}                       -> auxiliary_head.{convs.0.conv, convs.0.bn, conv_seg}
+  auxiliary_decoder.i.{0,1,4,5,9}  (ViT: three)   -> auxiliary_head.decoders.i.{convs.0.conv, convs.0.bn, convs.1.conv,
+                                                     convs.1.bn, conv_seg}   (aux_head type "ssseg_aux")
   downsample_backbone.{0,1}                       -> backbone.downsample.{0,1}   (HRNet concat_downsample > 1)
 
 COCO-Stuff-10k: ssseg trains 182 classes (label = 1-based COCO-Stuff id - 1, 0 -> 255), ctxseg 171
@@ -158,6 +160,17 @@ def _backbone_keymap(recipe: Recipe) -> KeyMap:
     raise UserError(f"convert ssseg: no key table for backbone type '{kind}' (resnet, resnest, hrnet, vit)")
 
 
+def _aux_decoders_rules(cfg: dict) -> list[tuple[str, str]]:
+    """ssseg's list of DefaultAuxiliaryDecoders (Sequentials: per conv [conv, norm, act, (upsample)],
+    then dropout, classifier) -> ctxseg's ssseg_aux head."""
+    n = cfg.get("num_convs", 2)
+    step = 4 if cfg.get("upsample", 4) > 1 else 3
+    rules = [(rf"auxiliary_decoder\.(\d+)\.{step * j + o}\.(.+)", rf"auxiliary_head.decoders.\1.convs.{j}.{name}.\2")
+             for j in range(n) for o, name in ((0, "conv"), (1, "bn"))]
+    rules.append((rf"auxiliary_decoder\.(\d+)\.{step * n + 1}\.(.+)", r"auxiliary_head.decoders.\1.conv_seg.\2"))
+    return rules
+
+
 def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     m = recipe.model
     if m.memory is None or m.memory.get("type") != "mcibi":
@@ -193,7 +206,9 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     rules += _conv_module(r"memory_module\.bottleneck_ms", f"{_MEM}.bottleneck_ms")
     rules += _stage_decoder(r"decoder_stage1", f"{_MEM}.decoder_stage1")
     rules += _stage_decoder(r"decoder_stage2", f"{_MEM}.decoder_stage2")
-    if m.aux_head is not None:
+    if m.aux_head is not None and m.aux_head["type"] == "ssseg_aux":
+        rules += _aux_decoders_rules(m.aux_head)
+    elif m.aux_head is not None:
         rules += _conv_module(r"auxiliary_decoder", "auxiliary_head.convs.0")
         rules.append((r"auxiliary_decoder\.4\.(.+)", r"auxiliary_head.conv_seg.\1"))
     else:  # training-only head; reported as ignored

@@ -46,14 +46,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Recipe, 
 
 
 def load_model(path: str | Path, overrides: list[str] | None = None):
-    """Build the model a checkpoint describes and load its weights (strict)."""
+    """Build the model a checkpoint describes and load its weights (strict). Never fetches pretrained
+    backbone weights (ctxseg.models.offline)."""
     from ctxseg.config import apply_overrides, validate_recipe
-    from ctxseg.models.segmentor import build_segmentor
+    from ctxseg.models.offline import build_for_loading
 
     state, recipe, extra = read_checkpoint(path)
     if overrides:
         recipe = validate_recipe(apply_overrides(recipe.to_dict(), overrides))
-    model = build_segmentor(recipe)
+    model = build_for_loading(recipe)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{path} does not match its recipe: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -33,6 +33,8 @@ from ctxseg.errors import UserError
 from ctxseg.io import write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
+from ctxseg.models.norm import convert_sync_batchnorm
+from ctxseg.models.offline import build_for_loading
 from ctxseg.models.segmentor import build_segmentor
 
 
@@ -156,11 +158,12 @@ class Trainer:
         self.progress = progress and self.acc.is_main_process
         self.eval_limit = eval_limit
 
-        model = build_segmentor(recipe)
+        # a resumed run loads all weights from its checkpoint: no pretrained fetch (ctxseg.models.offline)
+        model = build_segmentor(recipe) if resume is None else build_for_loading(recipe)
         # SyncBN only where it can run: several processes on GPUs. A one-process run (where SyncBN
         # crashes) and CPU/gloo runs (torch's SyncBN is GPU-only) keep plain per-process BatchNorm.
         if recipe.model.norm == "SyncBN" and self.world > 1 and self.acc.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)  # backbones flagged keep_plain_bn stay BN
         self.step = 0
         resume_state = None
         if resume is not None:

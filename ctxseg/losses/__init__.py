@@ -43,7 +43,12 @@ class Criterion(nn.Module):
     def forward(self, model: nn.Module, outputs: dict, target: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         terms = {"loss_ce": self.cfg.decode_weight * self.ce(outputs["logits"], target, ohem=True)}
         if "aux_logits" in outputs and self.cfg.aux_weight > 0:
-            terms["loss_aux"] = self.cfg.aux_weight * self.ce(outputs["aux_logits"], target, ohem=True)
+            aux = outputs["aux_logits"]
+            if isinstance(aux, (list, tuple)):  # several auxiliary decoders (ssseg_aux): one term each
+                for i, logits in enumerate(aux):
+                    terms[f"loss_aux{i + 1}"] = self.cfg.aux_weight * self.ce(logits, target, ohem=True)
+            else:
+                terms["loss_aux"] = self.cfg.aux_weight * self.ce(aux, target, ohem=True)
         core = model.module if hasattr(model, "module") else model
         terms.update(core.plugin_losses(outputs, target, step))
         # `stat_*` terms are statistics (e.g. contrast steps skipped): logged, never summed

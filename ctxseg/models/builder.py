@@ -23,6 +23,7 @@ from ctxseg.models.heads.openseg_deeplab import OpensegDeepLabHead, OpensegDSNHe
 from ctxseg.models.heads.openseg_hrnet import OpensegHRNetHead
 from ctxseg.models.heads.psp import PSPHead
 from ctxseg.models.heads.sep_aspp import SepASPPHead
+from ctxseg.models.heads.ssseg_aux import SssegAuxHeads
 from ctxseg.models.heads.uper import UPerHead
 from ctxseg.models.context.cac import cac
 from ctxseg.models.context.contrast import PixelContrast
@@ -49,12 +50,18 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "openseg_dsn": OpensegDSNHead,
 }
 
+# `model.aux_head`: any head, or one that is only ever auxiliary (its logits are a list)
+AUX_HEADS: dict[str, Callable[..., nn.Module]] = {
+    **HEADS,
+    "ssseg_aux": SssegAuxHeads,  # sssegmentation's auxiliary decoders (MCIBI ViT-L: three)
+}
+
 # context plug-ins, filled by their issues: MCIBI memory, pixel contrast, CAC classifier
 MEMORIES: dict[str, Callable[..., nn.Module]] = {"mcibi": mcibi}
 CONTRASTS: dict[str, Callable[..., nn.Module]] = {"pixel_contrast": PixelContrast}
 CACS: dict[str, Callable[..., nn.Module]] = {"cac": cac}
 
-_KINDS = {"backbone": BACKBONES, "head": HEADS, "memory": MEMORIES, "contrast": CONTRASTS, "cac": CACS}
+_KINDS = {"backbone": BACKBONES, "head": HEADS, "aux_head": AUX_HEADS, "memory": MEMORIES, "contrast": CONTRASTS, "cac": CACS}
 
 
 def component_builder(kind: str, type_name: str) -> tuple[Callable | None, list[str]]:

@@ -70,7 +70,7 @@ def build_segmentor(recipe: Recipe) -> Segmentor:
     channels = backbone.out_channels
     common = dict(in_channels=channels, num_classes=num_classes, align_corners=m.align_corners)
     head = build_component("head", m.head, **common)
-    aux = build_component("head", m.aux_head, **common) if m.aux_head else None
+    aux = build_component("aux_head", m.aux_head, **common) if m.aux_head else None
     plugins = {}
     # each plug-in sees the module that currently owns the final classifier (`conv_seg`, fed by
     # outputs["feats"]): the decode head, or a plug-in that replaced it (MCIBI's stage-2 decoder),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ctxseg.models.backbones.pretrained import load_pretrained
+from ctxseg.models.backbones.pretrained import Mapped, load_pretrained, rename
 from ctxseg.models.layers import resize
 
 # (num_modules, num_blocks, num_channels) for stages 1..4; stage 1 uses Bottleneck, the rest BasicBlock
@@ -236,14 +236,27 @@ class HRNet(nn.Module):
         return ys
 
 
+# the HRNet ImageNet classifier (timm / original HRNet-Image-Classification), not part of HRNetV2p
+_HRNET_SKIP = [(r"(incre_modules|downsamp_modules|final_layer|classifier)\..+", "ImageNet classification head")]
+
+
+def hrnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
+    """timm / original HRNet ImageNet weights (or an mmseg checkpoint's `backbone.`) -> ctxseg HRNet (same names).
+    MCIBI's `downsample` (concat_downsample > 1) has no ImageNet counterpart."""
+    mapped = rename(src, [], _HRNET_SKIP, "HRNet (timm / original names)")
+    mapped.kept_init[r"downsample\..+"] = "MCIBI's downsample_backbone, not in ImageNet weights"
+    return mapped
+
+
 def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
           fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
-          concat_downsample: int = 1) -> HRNet:
+          concat_downsample: int = 1, pretrained_strict: bool = True) -> HRNet:
     """HRNetV2p backbone; `stages` (4 dicts of num_modules/num_blocks/num_channels) overrides `arch`.
 
     fuse_upsample="mmseg" reproduces mmseg's double bilinear resize in the fuse layers (default,
     needed for mmseg checkpoints to give mmseg's outputs); "direct" resizes once to the target;
     "openseg" resizes once with align_corners=True (openseg.pytorch / ContrastiveSeg checkpoints).
+    pretrained_strict: false loads what fits and lists the rest instead of stopping.
     pretrained: a local file with mmseg/HRNet key names, "timm" (ImageNet weights of timm's
     matching hrnet) or "timm:NAME.TAG".
     concat_downsample: 1 (default) returns the four branches. s > 1 returns ONE map (out_channels
@@ -260,5 +273,5 @@ def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[st
         stages = ARCHS[arch]
     model = HRNet(stages, fuse_upsample, concat_downsample)
     if pretrained:
-        load_pretrained(model, pretrained, timm_name=_TIMM_NAMES.get(arch))
+        load_pretrained(model, pretrained, hrnet_key_filter, timm_name=_TIMM_NAMES.get(arch), strict=pretrained_strict)
     return model

@@ -7,12 +7,29 @@ dilation on its depthwise 3x3 (padding = dilation). ReLU6; the projection 1x1 ha
 residual only when stride 1 and in == out. D8: strides (1,2,2,1,1,1,1), dilations
 (1,1,1,2,2,4,4), out_indices (1,2,4,6) -> channels (24, 32, 96, 320) at strides 4, 8, 8, 8.
 timm's MobileNetV2 (EfficientNet builder) has other module boundaries, so this one is our own.
+
+Pretrained ImageNet weights (`mobilenetv2_key_filter`), two layouts told apart by their keys:
+- mmcls / mmpretrain (`backbone.conv1.conv`, `backbone.layerN.M.conv.K.{conv,bn}`, the official
+  weights of mmseg's and CAC's MobileNetV2 configs, mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth):
+  the `backbone.` prefix is removed as mmcv's `mmcls://` loader does; the classifier's last
+  1x1 conv (`conv2`, 320 -> 1280) and `head.fc` are skipped (mmseg's MobileNetV2 stops at layer7).
+- timm (`mobilenetv2_100`: `conv_stem`, `bn1`, `blocks.i.j.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}`):
+  the same architecture block for block (blocks.i = layer{i+1}); another training (RandAugment,
+  timm's `ra_in1k`), so not the CAC/mmseg weights. `conv_head`/`bn2`/`classifier` are skipped.
+
+Norm: mmseg's MobileNetV2 defaults to plain BN (norm_cfg=dict(type='BN')); the CAC / mmseg FCN
+configs replace the backbone (`_delete_=True`) without giving it the heads' SyncBN. `norm = "BN"`
+keeps this backbone's BatchNorms per process when the rest of the model is converted to SyncBN.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+from ctxseg.models.backbones.pretrained import Mapped, load_pretrained, rename
 
 ARCH = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
 
@@ -78,19 +95,44 @@ class MobileNetV2(nn.Module):
         return outs
 
 
+_MMCLS_SKIP = [(r"conv2\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
+               (r"head\..+", "ImageNet classifier")]
+_TIMM_SKIP = [(r"(conv_head|bn2)\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
+              (r"classifier\..+", "ImageNet classifier")]
+
+
+def _timm_rules() -> list[tuple[str, str]]:
+    rules = [(r"conv_stem\.(.+)", r"conv1.conv.\1"), (r"bn1\.(.+)", r"conv1.bn.\1"),
+             # stage 0 is timm's depthwise-separable block (dw, pw) = mmseg's expand_ratio-1 block (conv.0, conv.1)
+             (r"blocks\.0\.(\d+)\.conv_dw\.(.+)", r"layer1.\1.conv.0.conv.\2"), (r"blocks\.0\.(\d+)\.bn1\.(.+)", r"layer1.\1.conv.0.bn.\2"),
+             (r"blocks\.0\.(\d+)\.conv_pw\.(.+)", r"layer1.\1.conv.1.conv.\2"), (r"blocks\.0\.(\d+)\.bn2\.(.+)", r"layer1.\1.conv.1.bn.\2")]
+    for i in range(1, 7):
+        b, layer = rf"blocks\.{i}\.(\d+)\.", f"layer{i + 1}"
+        rules += [(b + r"conv_pw\.(.+)", layer + r".\1.conv.0.conv.\2"), (b + r"bn1\.(.+)", layer + r".\1.conv.0.bn.\2"),
+                  (b + r"conv_dw\.(.+)", layer + r".\1.conv.1.conv.\2"), (b + r"bn2\.(.+)", layer + r".\1.conv.1.bn.\2"),
+                  (b + r"conv_pwl\.(.+)", layer + r".\1.conv.2.conv.\2"), (b + r"bn3\.(.+)", layer + r".\1.conv.2.bn.\2")]
+    return rules
+
+
+def mobilenetv2_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
+    """mmcls/mmpretrain or timm MobileNetV2 ImageNet weights -> mmseg's MobileNetV2 names (module docstring)."""
+    if "conv_stem.weight" in src:
+        return rename(src, _timm_rules(), _TIMM_SKIP, "timm MobileNetV2 (mobilenetv2_100)")
+    return rename(src, [], _MMCLS_SKIP, "mmcls MobileNetV2")
+
+
 def mobilenetv2(widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
                 dilations: list[int] = (1, 1, 1, 2, 2, 4, 4), out_indices: list[int] = (1, 2, 4, 6),
-                pretrained: str | None = None) -> MobileNetV2:
-    """MobileNetV2-D8 (mmseg). `pretrained`: a local file in mmseg/mmcls naming (e.g. mmcls'
-    mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth, `backbone.` prefix stripped)."""
+                norm: Literal["model", "BN"] = "model", pretrained: str | None = None,
+                pretrained_strict: bool = True) -> MobileNetV2:
+    """MobileNetV2-D8 (mmseg). `pretrained`: the official mmcls file or its URL
+    (https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth,
+    mmseg's `mmcls://mobilenet_v2`), "timm" (mobilenetv2_100, another training) or "timm:NAME.TAG".
+    norm: "model" follows model.norm; "BN" keeps plain per-process BatchNorm under SyncBN (mmseg's
+    default for this backbone). pretrained_strict: false loads what fits and lists the rest."""
     model = MobileNetV2(widen_factor, tuple(strides), tuple(dilations), tuple(out_indices))
+    model.keep_plain_bn = norm == "BN"  # read by ctxseg.models.norm.convert_sync_batchnorm
     if pretrained:
-        from ctxseg.models.backbones.pretrained import read_state_dict
-        from ctxseg.errors import UserError
-
-        src = read_state_dict(pretrained)
-        src = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in src.items()}
-        missing, _ = model.load_state_dict({k: v for k, v in src.items() if k in model.state_dict()}, strict=False)
-        if missing:
-            raise UserError(f"Pretrained weights '{pretrained}' miss {len(missing)} MobileNetV2 keys, e.g. {missing[:3]}")
+        load_pretrained(model, pretrained, mobilenetv2_key_filter,
+                        timm_name="mobilenetv2_100" if widen_factor == 1.0 else None, strict=pretrained_strict)
     return model

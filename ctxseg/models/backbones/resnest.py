@@ -47,15 +47,17 @@ class ResNeStD8(nn.Module):
 
 
 def resnest(depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
-            pretrained: str | None = None) -> ResNeStD8:
-    """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG` or a local file in timm naming."""
+            pretrained: str | None = None, pretrained_strict: bool = True) -> ResNeStD8:
+    """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG`, a URL or a local file in
+    timm naming (the classifier `fc` is skipped). pretrained_strict: false loads what fits."""
     if depth not in _DEPTHS:
         from ctxseg.errors import UserError
 
         raise UserError(f"ResNeSt depth must be one of {sorted(_DEPTHS)}, got {depth}")
     model = ResNeStD8(depth, output_stride, radix, drop_path_rate)
     if pretrained:
-        from ctxseg.models.backbones.pretrained import load_pretrained
+        from ctxseg.models.backbones.pretrained import load_pretrained, same_names
 
-        load_pretrained(model.net, pretrained, timm_name=f"resnest{depth}e")
+        key_filter = same_names([(r"fc\.(weight|bias)", "ImageNet classifier")], "timm ResNeSt")
+        load_pretrained(model.net, pretrained, key_filter, timm_name=f"resnest{depth}e", strict=pretrained_strict)
     return model

@@ -4,15 +4,26 @@ timm's ResNet with `stem_type="deep"` and `output_stride=8` is numerically mmseg
 three 3x3 stem convs (stem_width, stem_width, 2*stem_width), stride on the 3x3 conv of the
 bottleneck, conv1x1+BN downsample, and the first block of each dilated stage using the previous
 dilation (mmseg's `contract_dilation=True`). Only the key names differ (see convert/mmseg.py).
+
+Pretrained ImageNet weights (`pretrained`, see ctxseg.models.backbones.pretrained) come in two
+layouts, told apart by their keys (`resnet_key_filter`):
+- timm (`conv1.{0,1,3,4,6}`, `bn1`, `layerN`, `fc`): timm's resnet*c / resnet*d; the classifier
+  `fc` is skipped. timm's deep stems are 32-32-64 (stem_channels 64).
+- openseg deep-base (ContrastiveSeg's `resnet101-imagenet.pth`, CSAIL's layout): stem
+  `conv1, bn1, conv2, bn2, conv3, bn3` (64-64-128, stem_channels 128; optionally under
+  `resinit.`, as openseg's own model names them), `layerN`, `fc` (skipped). openseg's stem
+  max-pool rounds up (`ceil_mode=True`): `stem_pool_ceil = true` reproduces it.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from ctxseg.models.backbones.pretrained import load_pretrained
+from ctxseg.models.backbones.pretrained import Mapped, load_pretrained, rename
 
 _DEPTHS = {
     18: (BasicBlock, (2, 2, 2, 2)),
@@ -33,12 +44,29 @@ def timm_resnet_stages(net: ResNet, x: torch.Tensor, out_indices) -> list[torch.
     return [outs[i] for i in out_indices]
 
 
+_CLASSIFIER = [(r"fc\.(weight|bias)", "ImageNet classifier")]
+# openseg / CSAIL deep-base stem -> timm's deep stem Sequential (conv, bn, act, conv, bn, act, conv) + bn1
+_DEEPBASE_STEM = [
+    (r"(?:resinit\.)?conv1\.(.+)", r"conv1.0.\1"), (r"(?:resinit\.)?bn1\.(.+)", r"conv1.1.\1"),
+    (r"(?:resinit\.)?conv2\.(.+)", r"conv1.3.\1"), (r"(?:resinit\.)?bn2\.(.+)", r"conv1.4.\1"),
+    (r"(?:resinit\.)?conv3\.(.+)", r"conv1.6.\1"), (r"(?:resinit\.)?bn3\.(.+)", r"bn1.\1"),
+]
+
+
+def resnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
+    """ImageNet ResNet weights (timm or openseg deep-base layout, told apart by the stem keys) -> timm ResNet."""
+    if any(re.fullmatch(r"(backbone\.)?(resinit\.)?conv3\.weight", k) for k in src):  # a 3-conv stem
+        return rename(src, _DEEPBASE_STEM, _CLASSIFIER, "openseg deep-base ResNet (conv1-3/bn1-3 stem)")
+    return rename(src, [], _CLASSIFIER, "timm ResNet")
+
+
 class ResNetD8(nn.Module):
     """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8)."""
 
     def __init__(self, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
                  deep_stem: bool = True, avg_down: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 pretrained: str | None = None, drop_path_rate: float = 0.0):
+                 pretrained: str | None = None, drop_path_rate: float = 0.0, stem_pool_ceil: bool = False,
+                 pretrained_strict: bool = True):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
@@ -53,12 +81,14 @@ class ResNetD8(nn.Module):
             for layer in (self.net.layer3, self.net.layer4):
                 for blk in layer:
                     blk.conv2.dilation, blk.conv2.padding = (1, 1), (1, 1)
+        if stem_pool_ceil:  # openseg's deep-base ResNet: MaxPool2d(3, 2, 1, ceil_mode=True)
+            self.net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
         expansion = block.expansion
         self.out_indices = tuple(out_indices)
         self.out_channels = [base_channels * 2**i * expansion for i in range(4)]
         if pretrained:
             timm_name = f"resnet{depth}{'d' if avg_down else 'c' if deep_stem else ''}"
-            load_pretrained(self.net, pretrained, timm_name=timm_name)
+            load_pretrained(self.net, pretrained, resnet_key_filter, timm_name=timm_name, strict=pretrained_strict)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return timm_resnet_stages(self.net, x, self.out_indices)
@@ -66,7 +96,12 @@ class ResNetD8(nn.Module):
 
 def resnet(depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
            deep_stem: bool = True, avg_down: bool = False, pretrained: str | None = None,
-           drop_path_rate: float = 0.0) -> ResNetD8:
-    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1))."""
+           drop_path_rate: float = 0.0, stem_pool_ceil: bool = False, pretrained_strict: bool = True) -> ResNetD8:
+    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)).
+
+    pretrained: "timm" (timm's resnet{depth}c / d), "timm:NAME.TAG", a URL or a local file in timm
+    or openseg deep-base layout (module docstring). stem_pool_ceil: openseg's ceil-mode stem pool.
+    pretrained_strict: false loads what fits and lists the rest instead of stopping."""
     return ResNetD8(depth, stem_channels, base_channels, output_stride, deep_stem, avg_down,
-                    pretrained=pretrained, drop_path_rate=drop_path_rate)
+                    pretrained=pretrained, drop_path_rate=drop_path_rate, stem_pool_ceil=stem_pool_ceil,
+                    pretrained_strict=pretrained_strict)
