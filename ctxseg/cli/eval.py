@@ -15,7 +15,19 @@ from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.evaluate import evaluate, inference_settings
 from ctxseg.engine.runs import resolve_checkpoint
+from ctxseg.errors import UserError
 from ctxseg.io import write_json
+
+
+def parse_scales(text: str) -> list[float]:
+    """`--scales 0.75,1.0,1.25` -> [0.75, 1.0, 1.25]; anything else is one clear error."""
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or not all(0 < s <= 16 and s == s for s in scales):
+        raise UserError(f"--scales expects comma-separated numbers in (0, 16], e.g. 0.75,1.0,1.25; got '{text}'")
+    return scales
 
 
 def eval_cmd(
@@ -53,7 +65,7 @@ def eval_cmd(
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
-    settings = inference_settings(recipe, ms_flip, [float(s) for s in scales.split(",")] if scales else None, flip)
+    settings = inference_settings(recipe, ms_flip, parse_scales(scales) if scales else None, flip)
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None
