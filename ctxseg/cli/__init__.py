@@ -64,7 +64,7 @@ def main() -> None:
     try:
         app(args=argv, prog_name="ctxseg", standalone_mode=False)
     except UserError as e:
-        console.print(f"[bold red]error:[/] {_escape(str(e))}")
+        console.print(f"[bold red]error:[/] {_escape(str(e))}", soft_wrap=True)  # paths stay whole
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -54,6 +54,7 @@ def eval_cmd(
 
       [cyan]ctxseg eval -c model.safetensors --data-root data/cityscapes --mode slide[/]
     """
+    scale_list = parse_scales(scales) if scales else None  # before any slow step
     ckpt_path = resolve_checkpoint(checkpoint, run)
     overrides = list(set or [])
     if data_root:
@@ -65,7 +66,7 @@ def eval_cmd(
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
-    settings = inference_settings(recipe, ms_flip, parse_scales(scales) if scales else None, flip)
+    settings = inference_settings(recipe, ms_flip, scale_list, flip)
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None
