@@ -22,6 +22,9 @@ import numpy as np
 from ctxseg.errors import UserError
 
 TEMP_MARK = ".ctxseg-tmp-"
+# unreadable files are reported as one UserError naming the file; OpenCV's own log lines about
+# the same failure (one per decode attempt, from every loader worker) would only bury it
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _umask_lock = threading.Lock()
 
 

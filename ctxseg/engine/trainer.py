@@ -237,7 +237,7 @@ class Trainer:
         if not ckpts:
             return f"no checkpoint was written before it (run folder {self.run_dir})"
         step = int(ckpts[-1].stem.split("_")[-1])
-        return f"the last good checkpoint is {ckpts[-1]} (step {step}); resume from it with --resume {self.run_dir}"
+        return f"the last good checkpoint is {ckpts[-1]} (step {step})"
 
     def _ensure_finite(self, step: int) -> None:
         """Weights are only ever written when every parameter and buffer is finite."""
