@@ -28,9 +28,14 @@ def data(synthetic_small: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(synthetic_small, tmp_path / "data", ignore=shutil.ignore_patterns(".ctxseg-check-cache.json")))
 
 
-def _train(data: Path, tmp_path: Path, *extra: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+# one thread per process: on a small, busy machine OpenMP threads spinning against each other
+# make a step 30x slower
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _train(data: Path, tmp_path: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
     return run_cli("train", *TINY, "--set", f"data.root='{data}'", *extra, "--runs-dir", str(tmp_path / "runs"),
-                   cwd=tmp_path, check=False, env=env, **kw)
+                   cwd=tmp_path, check=False, env=ENV, **kw)
 
 
 def _one_clear_error(proc: subprocess.CompletedProcess) -> str:
@@ -138,7 +143,7 @@ def test_unwritable_runs_folder_is_one_clear_error(data: Path, tmp_path: Path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     proc = run_cli("train", *TINY, "--set", f"data.root='{data}'", "--set", "train.iters=1", "--runs-dir", str(blocker / "runs"),
-                   cwd=tmp_path, check=False)
+                   cwd=tmp_path, check=False, env=ENV)
     assert "Cannot create a run folder" in _one_clear_error(proc)
 
 
@@ -148,8 +153,8 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error(data: Path, tmp_path: 
 
     cmd = [sys.executable, "-m", "ctxseg", "train", *TINY, "--set", f"data.root='{data}'", "--set", "train.iters=1",
            "--set", "train.check_labels=false", "--runs-dir", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=600, preexec_fn=limit_file_size)
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600, preexec_fn=limit_file_size)
     err = _one_clear_error(proc)
     assert "Could not write" in err and "File too large" in err
     run = (tmp_path / "runs" / "latest").resolve()
@@ -168,3 +173,39 @@ def test_launch_that_asked_for_more_processes_warns(data: Path, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 process on cpu, mixed precision no" in proc.stdout
     assert "asked for 2 processes but 1 is running" in " ".join(proc.stderr.split())
+
+
+# ---- item 12 ---------------------------------------------------------------------------------------
+
+def test_grad_scaler_state_is_saved_and_restored_on_resume(synthetic_small: Path, tmp_path: Path, monkeypatch):
+    """fp16 runs on GPUs keep a loss scale that changes during training; resume must restore it.
+    (On this CPU machine Accelerate makes no scaler, so one is given to the trainer.)"""
+    import torch
+
+    from ctxseg.config import load_recipe
+    from ctxseg.engine.checkpoint import load_state
+    from ctxseg.engine.trainer import Trainer
+
+    monkeypatch.setenv("CTXSEG_RUNS", str(tmp_path / "runs"))
+    recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", "model.backbone.stem_channels=8",
+                                  "model.backbone.base_channels=8", "model.head.channels=16", "model.aux_head.channels=8",
+                                  "train.iters=2", "train.check_labels=false"])
+    trainer = Trainer(recipe, tmp_path / "runs", progress=False)
+    trainer.acc.scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=5)
+    trainer.save(1)
+    path = trainer.run_dir / "checkpoints" / "iter_0000001.safetensors"
+    state = load_state(path.with_suffix(".state.pt"))
+    assert state["scaler"]["scale"] == 256.0 and state["scaler"]["growth_interval"] == 5
+
+    import accelerate
+
+    real_prepare = accelerate.Accelerator.prepare
+
+    def prepare_with_scaler(self, *args, **kw):  # what Accelerate does for fp16 on a GPU
+        self.scaler = torch.amp.GradScaler("cpu")
+        return real_prepare(self, *args, **kw)
+
+    monkeypatch.setattr(accelerate.Accelerator, "prepare", prepare_with_scaler)
+    resumed = Trainer(recipe, tmp_path / "runs", resume=path, progress=False)
+    assert resumed.acc.scaler.get_scale() == 256.0 and resumed.acc.scaler.get_growth_interval() == 5
+    assert resumed.step == 1 and resumed.run_dir == trainer.run_dir

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,22 @@ def launch_warning(world: int) -> str | None:
         return (f"the launch asked for {asked} processes but {world} {'is' if world == 1 else 'are'} running "
                 f"(with `accelerate launch --cpu`, add --multi_cpu; or use `torchrun --nproc_per_node {asked}`)")
     return None
+
+
+@contextmanager
+def _without_autocast(model: nn.Module):
+    """Run `model` in full precision for a while: Accelerate's mixed precision patches the model's
+    forward with autocast; periodic evaluation uses the original forward, as `ctxseg eval` does,
+    so the logged val mIoU is the one `ctxseg eval` reports for the saved weights."""
+    patched, original = model.__dict__.get("forward"), model.__dict__.get("_original_forward")
+    if patched is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
 
 
 @dataclass
@@ -387,8 +404,9 @@ class Trainer:
         settings = inference_settings(self.recipe)
         error, cm = None, None
         try:
-            cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
-                             self.rank, self.world, limit=self.eval_limit)
+            with _without_autocast(model):
+                cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
+                                 self.rank, self.world, limit=self.eval_limit)
         except UserError as e:
             error = e
         self._agree(error)
@@ -400,7 +418,7 @@ class Trainer:
         miou = summary["mIoU"]
         # eval_weights: which weights were evaluated (process 0's, the ones written to checkpoints)
         self.log({"step": step, "val/mIoU": miou, "val/aAcc": summary["aAcc"], "val/mAcc": summary["mAcc"],
-                  "eval_weights": "process 0 (saved)" if self.world > 1 else "saved"})
+                  "eval_weights": "process 0 (saved)" if self.world > 1 else "saved", "eval_precision": "fp32"})
         error = None
         if self.acc.is_main_process and (self.best is None or miou > self.best):
             self.best = miou
