@@ -243,9 +243,11 @@ class Trainer:
         mine = None if error is None else (type(error).__name__ if isinstance(error, BaseException) else "UserError", str(error))
         gathered: list = [None] * self.world
         torch.distributed.all_gather_object(gathered, mine)
+        if isinstance(error, BaseException):
+            raise error  # a process that saw a fault keeps its own exception (a bug keeps its traceback)
+        if error is not None:
+            raise UserError(error)
         rank, (kind, message) = next((r, g) for r, g in enumerate(gathered) if g is not None)
-        if isinstance(error, BaseException) and rank == self.rank:
-            raise error  # the process that saw it keeps its own exception (a bug keeps its traceback)
         cls = TrainingDiverged if kind == "TrainingDiverged" else UserError
         raise cls(f"{message} (seen by process {rank} of {self.world})")
 
