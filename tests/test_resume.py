@@ -5,6 +5,7 @@ in bf16; the resumed run leaves no temp files of the killed one and logs each st
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -59,5 +60,11 @@ def test_killed_and_resumed_run_matches_uninterrupted(synthetic_tiny: Path, tmp_
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
     assert not stale.exists()
+    # the run's recipe.toml reads back as the recipe it trained (keys quoted as TOML needs)
+    from ctxseg.config import validate_recipe
+    from ctxseg.engine.checkpoint import read_checkpoint
+
+    _, trained, _ = read_checkpoint(run_b / "final.safetensors")
+    assert validate_recipe(tomllib.loads((run_b / "recipe.toml").read_text())).to_dict() == trained.to_dict()
     steps = [r["step"] for r in map(json.loads, (run_b / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]

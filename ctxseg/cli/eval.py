@@ -25,7 +25,7 @@ def parse_scales(text: str) -> list[float]:
         scales = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         scales = []
-    if not scales or not all(0 < s <= 16 and s == s for s in scales):
+    if not scales or not all(0 < s <= 16 for s in scales):  # (NaN fails every comparison)
         raise UserError(f"--scales expects comma-separated numbers in (0, 16], e.g. 0.75,1.0,1.25; got '{text}'")
     return scales
 

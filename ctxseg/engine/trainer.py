@@ -260,8 +260,9 @@ class Trainer:
 
     def _ensure_finite(self, step: int) -> None:
         """Weights are only ever written when every parameter and buffer is finite."""
-        core = self.acc.unwrap_model(self.model)
-        bad = [k for k, t in core.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        state = {k: t for k, t in self.acc.unwrap_model(self.model).state_dict().items() if t.is_floating_point()}
+        flags = torch.stack([torch.isfinite(t).all() for t in state.values()]) if state else torch.ones(1, dtype=torch.bool)
+        bad = [] if bool(flags.all()) else [k for k, ok in zip(state, flags.tolist()) if not ok]  # one device sync
         error = None
         if bad:
             error = TrainingDiverged(
