@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError, create_model
 
 from ctxseg.errors import UserError
 
@@ -57,8 +57,8 @@ class DataConfig(_Section):
     photometric: bool = True
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    batch_size: int = 2  # per process
-    num_workers: int = 2
+    batch_size: PositiveInt = 2  # per process
+    num_workers: NonNegativeInt = 2
     flip_pairs: list[tuple[int, int]] | None = None  # None: take them from meta.json (LIP)
     sampler: Literal["uniform", "repeat_factor", "class_balanced"] = "uniform"
     repeat_thresh: float = 0.1  # repeat-factor sampling threshold (LVIS-style, on class image frequency)

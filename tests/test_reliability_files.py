@@ -200,7 +200,8 @@ def test_recipes_show_redirected_to_a_file_is_valid_toml(tmp_path: Path):
 
 # ---- item 8: bad settings are one message, exit 2 -------------------------------------------------
 
-@pytest.mark.parametrize("key", ["train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.grad_accum"])
+@pytest.mark.parametrize("key", ["train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.grad_accum",
+                                 "train.keep_checkpoints", "data.batch_size"])
 def test_zero_intervals_are_rejected_when_the_recipe_loads(key: str):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_recipe("demo", [f"{key}=0"])

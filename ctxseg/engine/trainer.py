@@ -346,13 +346,16 @@ class Trainer:
                           persistent_workers=d.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def log(self, record: dict) -> None:
+        """Every process calls this at the same points; process 0 writes."""
+        error = None
         if self.acc.is_main_process:
             path = self.run_dir / "log.jsonl"
             try:
                 with open(path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             except OSError as e:
-                raise write_error(path, e) from None
+                error = write_error(path, e)
+        self._agree(error)
         if self.recipe.train.tensorboard:
             self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
