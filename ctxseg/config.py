@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError, create_model
 
 from ctxseg.errors import UserError
 
@@ -62,8 +62,8 @@ class DataConfig(_Section):
     photometric: bool = True
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    batch_size: int = 2  # per process
-    num_workers: int = 2
+    batch_size: PositiveInt = 2  # per process
+    num_workers: NonNegativeInt = 2
     flip_pairs: list[tuple[int, int]] | None = None  # None: take them from meta.json (LIP)
     sampler: Literal["uniform", "repeat_factor", "class_balanced"] = "uniform"
     repeat_thresh: float = 0.1  # repeat-factor sampling threshold (LVIS-style, on class image frequency)
@@ -118,17 +118,17 @@ class TrainConfig(_Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     loss: LossConfig = LossConfig()
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     grad_clip: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     deterministic: bool = False
-    log_interval: int = 10
-    eval_interval: int = 500
-    checkpoint_interval: int = 500
-    keep_checkpoints: int = 2
+    log_interval: PositiveInt = 10
+    eval_interval: PositiveInt = 500
+    checkpoint_interval: PositiveInt = 500
+    keep_checkpoints: PositiveInt = 2
     tensorboard: bool = False
-    check_labels: bool = True  # scan labels for out-of-range values before training
+    check_labels: bool = True  # read every image and label of the run's splits before training (sizes, values)
 
 
 class EvalConfig(_Section):
@@ -393,33 +393,19 @@ def validate_recipe(raw: dict) -> Recipe:
     return recipe
 
 
-def to_toml(d: dict, _prefix: str = "") -> str:
-    """Render a resolved recipe dict as TOML (tables after scalars), for `recipes show` and runs."""
-    scalars, tables = [], []
-    for k, v in d.items():
-        if v is None:
-            continue
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            scalars.append(f"{k} = {_toml_value(v)}")
-    out = "\n".join(scalars)
-    for k, v in tables:
-        name = f"{_prefix}{k}"
-        body = to_toml(v, name + ".")
-        out += f"\n\n[{name}]\n{body}" if body and not body.startswith("\n\n[") else f"\n\n[{name}]{body}"
-    return out.strip("\n") if not _prefix else out
+def to_toml(d: dict) -> str:
+    """Render a resolved recipe dict as TOML (tables after scalars), for `recipes show` and runs.
+
+    Written by tomli-w, so any key (e.g. `custom_keys."decode_head.conv_seg"`) is quoted as
+    needed and the text reads back with tomllib to the same dict; None (TOML has no null) is left out."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(d)).strip("\n")
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+def _drop_none(v: Any) -> Any:
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
-    raise TypeError(f"cannot render {type(v)} as TOML")
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_drop_none(x) for x in v]
+    return v

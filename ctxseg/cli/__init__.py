@@ -32,8 +32,20 @@ def _register() -> None:
         from ctxseg.cli import bench
 
         bench.register(app)
-    except ImportError:
-        pass
+    except ImportError as e:
+        # keep `ctxseg bench` listed: invoking it explains what failed to import instead of
+        # the command silently disappearing ("No such command")
+        _register_unavailable("bench", e)
+
+
+def _register_unavailable(name: str, err: ImportError) -> None:
+    reason = f"{type(err).__name__}: {err}"
+
+    @app.command(name, help=f"(unavailable: {reason})",
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+    def _unavailable() -> None:
+        raise UserError(f"`ctxseg {name}` is unavailable: importing it failed ({reason}). "
+                        "Reinstall ctxseg with its dependencies (pip install -e .).")
 
 
 def _expand_bare_resume(argv: list[str]) -> list[str]:
@@ -52,7 +64,7 @@ def main() -> None:
     try:
         app(args=argv, prog_name="ctxseg", standalone_mode=False)
     except UserError as e:
-        console.print(f"[bold red]error:[/] {_escape(str(e))}")
+        console.print(f"[bold red]error:[/] {_escape(str(e))}", soft_wrap=True)  # paths stay whole
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -19,6 +19,17 @@ from ctxseg.errors import UserError
 from ctxseg.io import write_json
 
 
+def parse_scales(text: str) -> list[float]:
+    """`--scales 0.75,1.0,1.25` -> [0.75, 1.0, 1.25]; anything else is one clear error."""
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or not all(0 < s <= 16 for s in scales):  # (NaN fails every comparison)
+        raise UserError(f"--scales expects comma-separated numbers in (0, 16], e.g. 0.75,1.0,1.25; got '{text}'")
+    return scales
+
+
 def eval_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="A .safetensors checkpoint (default: best of runs/latest)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run folder whose best checkpoint to use."),
@@ -47,6 +58,7 @@ def eval_cmd(
 
       [cyan]ctxseg eval --predictions submit/ --format cityscapes --data-root data/cityscapes[/]   score PNGs, no model
     """
+    scale_list = parse_scales(scales) if scales else None  # before any slow step
     if predictions is not None:
         if checkpoint or run:
             raise UserError("--predictions scores existing PNGs: leave out --checkpoint / --run")
@@ -64,7 +76,7 @@ def eval_cmd(
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
-    settings = inference_settings(recipe, ms_flip, [float(s) for s in scales.split(",")] if scales else None, flip)
+    settings = inference_settings(recipe, ms_flip, scale_list, flip)
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None

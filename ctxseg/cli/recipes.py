@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional
 
 import typer
@@ -50,7 +51,11 @@ def show_cmd(name: str = typer.Argument(..., help="Recipe name or path to a .tom
     if provenance:
         _print_provenance(r)
         return
-    out.print(Syntax(to_toml(r.to_dict()), "toml", theme="ansi_dark", background_color="default"))
+    text = to_toml(r.to_dict())
+    if out.is_terminal:  # colours for a reader; soft_wrap: a long line is never split into two
+        out.print(Syntax(text, "toml", theme="ansi_dark", background_color="default"), soft_wrap=True)
+    else:  # piped or redirected (`> my.toml`): the exact TOML text, nothing wrapped or styled
+        sys.stdout.write(text + "\n")
 
 
 def _fmt(v) -> str:

@@ -6,16 +6,23 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
 
 from ctxseg.cli.common import SetOption, out, runs_dir_option
 from ctxseg.config import load_recipe
 from ctxseg.engine.runs import iteration_checkpoints, latest_run
 from ctxseg.errors import UserError
 
+err = Console(stderr=True)
+
 
 def _resume_path(resume: str, runs_dir: Path) -> Path:
     """`latest`/a run folder -> its newest checkpoint that has a resume state; or a .safetensors file."""
-    p = latest_run(runs_dir) if resume == "latest" else Path(resume)
+    # resolved once, here: `runs/latest` (or any symlink) may be re-pointed by a run started while
+    # this one resumes, and everything this run writes is derived from the resolved folder
+    p = latest_run(runs_dir) if resume == "latest" else Path(resume).resolve()
+    if not p.exists():
+        raise UserError(f"Nothing to resume at {resume}: no such run folder or checkpoint")
     if p.is_dir():
         ckpts = [c for c in iteration_checkpoints(p) if c.with_suffix(".state.pt").is_file()]
         if not ckpts:
@@ -46,7 +53,7 @@ def train(
 
       [cyan]accelerate launch --multi_gpu --num_processes 8 -m ctxseg train --recipe ocrnet-hr48-cityscapes-80k[/]
     """
-    from ctxseg.engine.trainer import Trainer
+    from ctxseg.engine.trainer import Trainer, launch_warning
 
     if mixed_precision not in (None, "no", "fp16", "bf16"):
         raise UserError(f"--mixed-precision must be no, fp16 or bf16, got '{mixed_precision}'")
@@ -67,10 +74,15 @@ def train(
         # the backbone is built, before the first step (and, for timm, before downloading)
         out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
     trainer = Trainer(rec, runs_dir, resume=resume_path, mixed_precision=mixed_precision, progress=not no_progress)
+    if trainer.acc.is_main_process:
+        out.print(f"[bold]train[/] {trainer.describe()}", soft_wrap=True)
+        warning = launch_warning(trainer.world)
+        if warning:
+            err.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
     result = trainer.train()
     if trainer.acc.is_main_process:
         best = f"{100 * result.best_miou:.2f}" if result.best_miou is not None else "—"
-        out.print(f"[green]done[/] {result.final_step} iterations; best val mIoU {best}; run folder {result.run_dir}")
+        out.print(f"[green]done[/] {result.final_step} iterations; best val mIoU {best}; run folder {result.run_dir}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -62,6 +62,17 @@ class SegDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key):
+        if not self.train:
+            return self._load(key)
+        try:
+            return self._load(key)
+        except UserError as e:
+            # Raised inside a DataLoader worker, the error would reach the trainer re-wrapped with
+            # the worker's whole traceback as its message; an error item carries the message alone
+            # (the trainer stops all processes with it, see Trainer._next_batch).
+            return {"error": str(e)}
+
+    def _load(self, key):
         i, seed = key if isinstance(key, tuple) else (key, None)
         s = self.samples[i]
         img = read_image(s.image)
@@ -157,6 +168,9 @@ class TrainBatchSampler:
 
 
 def collate(items: list[dict]) -> dict:
+    errors = [it["error"] for it in items if "error" in it]
+    if errors:
+        return {"error": errors[0]}
     out = {"image": torch.stack([it["image"] for it in items])}
     if "label" in items[0]:
         out["label"] = torch.stack([it["label"] for it in items])

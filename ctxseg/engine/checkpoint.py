@@ -1,7 +1,8 @@
 """Checkpoints: model weights as .safetensors with the resolved recipe in the metadata.
 
-The resume state (optimizer, scheduler, step, RNG states, data position) is a separate
-`<name>.state.pt` written next to it; both are written atomically (temp file + rename).
+The resume state (optimizer, grad scaler, step, RNG states as tensors) is a separate
+`<name>.state.pt` written next to it and read with `torch.load(weights_only=True)`; both are
+written atomically (temp file + fsync + rename).
 """
 
 from __future__ import annotations
@@ -62,10 +63,20 @@ def load_model(path: str | Path, overrides: list[str] | None = None):
 
 
 def save_state(path: str | Path, state: dict) -> None:
+    """The resume state must hold only tensors, numbers, strings, lists and dicts (RNG states are
+    stored as tensors): it is read back with `weights_only=True`, which refuses anything else."""
     with atomic_path(path, ".pt") as tmp:
         torch.save(state, tmp)
 
 
 def load_state(path: str | Path) -> dict:
-    # our own file: optimizer state holds only tensors/numbers, RNG states are tensors/tuples
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only=True: a resume state from a shared run folder cannot execute code on load
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"Resume state not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable ctxseg resume state ({first[:300]}). It may be truncated, "
+                        "or hold objects other than tensors and numbers (refused for safety).") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -21,26 +22,47 @@ from ctxseg.errors import UserError
 RUNS_DIR = Path(os.environ.get("CTXSEG_RUNS", "runs"))
 
 
+def safe_run_name(name: str) -> str:
+    """A recipe name as a single folder name: no path separators, no `..`, no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
+    return cleaned[:100]
+
+
 def new_run_dir(name: str, runs_dir: Path | None = None) -> Path:
-    runs_dir = runs_dir or RUNS_DIR
+    """Create `<runs>/<name>-<timestamp>[-k]/checkpoints` atomically under a name no one else holds.
+
+    `mkdir` either creates the folder or fails because it exists, so two runs started in the
+    same second (or on two machines sharing the folder) each get their own folder."""
+    runs_dir = Path(runs_dir or RUNS_DIR)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = runs_dir / f"{name}-{stamp}"
-    k = 1
-    while path.exists():
-        k += 1
-        path = runs_dir / f"{name}-{stamp}-{k}"
-    (path / "checkpoints").mkdir(parents=True)
-    return path
+    base = f"{safe_run_name(name)}-{stamp}"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 10_000):
+            path = runs_dir / (base if k == 1 else f"{base}-{k}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            (path / "checkpoints").mkdir()
+            return path
+    except OSError as e:
+        raise UserError(f"Cannot create a run folder in {runs_dir}: {e.strerror or e}. "
+                        "Choose a writable folder with --runs-dir.") from None
+    raise UserError(f"Cannot create a run folder in {runs_dir}: every name {base}-k is taken")
 
 
 def set_latest(run_dir: Path) -> None:
     """Atomically point runs/latest at run_dir (a relative symlink)."""
     latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(run_dir.name, tmp)
-    os.replace(tmp, latest)
+    tmp = run_dir.parent / f".latest.{os.getpid()}.{threading.get_ident()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, latest)
+    except OSError as e:
+        raise UserError(f"Cannot update {latest}: {e.strerror or e}") from None
 
 
 def latest_run(runs_dir: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ctxseg.config import Recipe, to_toml
-from ctxseg.data.check import check_labels
+from ctxseg.data.check import check_data
 from ctxseg.data.dataset import SegDataset, TrainBatchSampler, collate
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine import checkpoint as ckpt
 from ctxseg.engine.evaluate import evaluate, inference_settings
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
 from ctxseg.errors import UserError
-from ctxseg.io import write_text
+from ctxseg.io import remove_stale_temp_files, write_error, write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
 from ctxseg.models.norm import convert_sync_batchnorm
@@ -111,7 +112,16 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain numbers, so the resume state loads with weights_only=True."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -119,10 +129,50 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def launch_warning(world: int) -> str | None:
+    """Warn when the launcher asked for more processes than joined (e.g. `accelerate launch
+    --num_processes 2 --cpu`, which starts one process unless --multi_cpu is given)."""
+    asked = int(os.environ.get("WORLD_SIZE", "0") or 0)
+    try:  # the launcher is our parent: read what it was asked for
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        argv = []
+    if any("accelerate" in a or "torchrun" in a or "torch.distributed.run" in a for a in argv[:3]):
+        for i, a in enumerate(argv):
+            for flag in ("--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node"):
+                value = a.split("=", 1)[1] if a.startswith(flag + "=") else (argv[i + 1] if a == flag and i + 1 < len(argv) else None)
+                if value and value.isdigit():
+                    asked = max(asked, int(value))
+    if world == 1 and asked <= 1 and os.environ.get("MASTER_PORT") and not os.environ.get("WORLD_SIZE"):
+        asked = 2  # the launcher prepared a process group (MASTER_PORT) but only this process runs
+    if asked > world:
+        return (f"the launch asked for {asked} processes but {world} {'is' if world == 1 else 'are'} running "
+                f"(with `accelerate launch --cpu`, add --multi_cpu; or use `torchrun --nproc_per_node {asked}`)")
+    return None
+
+
+@contextmanager
+def _without_autocast(model: nn.Module):
+    """Run `model` in full precision for a while: Accelerate's mixed precision patches the model's
+    forward with autocast; periodic evaluation uses the original forward, as `ctxseg eval` does,
+    so the logged val mIoU is the one `ctxseg eval` reports for the saved weights."""
+    patched, original = model.__dict__.get("forward"), model.__dict__.get("_original_forward")
+    if patched is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
 
 
 @dataclass
@@ -140,6 +190,11 @@ class Trainer:
 
         self.recipe = recipe
         tr = recipe.train
+        # resolved once: `runs/latest` may be re-pointed by a run started meanwhile
+        resume = Path(resume).resolve() if resume is not None else None
+        resume_state = ckpt.load_state(resume.with_suffix(".state.pt")) if resume is not None else None
+        if resume_state is not None and mixed_precision is None:
+            mixed_precision = resume_state.get("mixed_precision")  # resume in the precision the run used
         log_with = ["tensorboard"] if tr.tensorboard else None
         self.acc = Accelerator(mixed_precision=mixed_precision or tr.mixed_precision, gradient_accumulation_steps=tr.grad_accum,
                                cpu=not torch.cuda.is_available(), log_with=log_with,
@@ -165,14 +220,13 @@ class Trainer:
         if recipe.model.norm == "SyncBN" and self.world > 1 and self.acc.device.type == "cuda":
             model = convert_sync_batchnorm(model)  # backbones flagged keep_plain_bn stay BN
         self.step = 0
-        resume_state = None
         if resume is not None:
             weights, _, extra = ckpt.read_checkpoint(resume)
             model.load_state_dict(weights)
-            resume_state = ckpt.load_state(resume.with_suffix(".state.pt"))
             self.step = int(resume_state["step"])
             self.run_dir = resume.parent.parent
             self.best = resume_state.get("best_miou")
+            self._clean_resumed_run()
         else:
             self.run_dir = self._new_run(runs_dir)
             self.best = None
@@ -180,10 +234,61 @@ class Trainer:
         if resume_state is not None:
             optimizer.load_state_dict(resume_state["optimizer"])
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        if resume_state is not None and resume_state.get("scaler") is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(resume_state["scaler"])  # fp16: the loss scale and its growth tracker
         self.criterion = Criterion(recipe, self.index.meta.get("class_pixel_counts")).to(self.acc.device)
         self._resume_rng = resume_state["rng"][min(self.rank, len(resume_state["rng"]) - 1)] if resume_state else None
         if log_with:
             self.acc.init_trackers(self.run_dir.name)
+
+    def describe(self) -> str:
+        """One line for the start of a run: how many processes, on what, in which precision."""
+        return (f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
+                f"mixed precision {self.acc.mixed_precision}, {self.total} iterations, run folder {self.run_dir}")
+
+    # ---------------------------------------------------------------------------------------
+    # faults: every process reaches the same decision, so none waits forever in a collective
+
+    def _agree(self, error: BaseException | str | None) -> None:
+        """Called by every process at the same point. If any process hit a fault, all stop with its message."""
+        if self.world == 1:
+            if error is None:
+                return
+            raise error if isinstance(error, BaseException) else UserError(error)
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.acc.device)
+        torch.distributed.all_reduce(flag)
+        if flag.item() == 0:
+            return
+        mine = None if error is None else (type(error).__name__ if isinstance(error, BaseException) else "UserError", str(error))
+        gathered: list = [None] * self.world
+        torch.distributed.all_gather_object(gathered, mine)
+        if isinstance(error, BaseException):
+            raise error  # a process that saw a fault keeps its own exception (a bug keeps its traceback)
+        if error is not None:
+            raise UserError(error)
+        rank, (kind, message) = next((r, g) for r, g in enumerate(gathered) if g is not None)
+        cls = TrainingDiverged if kind == "TrainingDiverged" else UserError
+        raise cls(f"{message} (seen by process {rank} of {self.world})")
+
+    def _last_good(self) -> str:
+        ckpts = iteration_checkpoints(self.run_dir)
+        if not ckpts:
+            return f"no checkpoint was written before it (run folder {self.run_dir})"
+        step = int(ckpts[-1].stem.split("_")[-1])
+        return f"the last good checkpoint is {ckpts[-1]} (step {step})"
+
+    def _ensure_finite(self, step: int) -> None:
+        """Weights are only ever written when every parameter and buffer is finite."""
+        state = {k: t for k, t in self.acc.unwrap_model(self.model).state_dict().items() if t.is_floating_point()}
+        flags = torch.stack([torch.isfinite(t).all() for t in state.values()]) if state else torch.ones(1, dtype=torch.bool)
+        bad = [] if bool(flags.all()) else [k for k, ok in zip(state, flags.tolist()) if not ok]  # one device sync
+        error = None
+        if bad:
+            error = TrainingDiverged(
+                f"Weights became non-finite (inf/NaN) at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                f"they were not saved and training stopped: {self._last_good()}. Lower train.optimizer.lr, set "
+                f"train.grad_clip, or use --mixed-precision bf16 instead of fp16.")
+        self._agree(error)
 
     # ---------------------------------------------------------------------------------------
     def _check_meta(self) -> None:
@@ -191,24 +296,61 @@ class Trainer:
         if "num_classes" in meta and meta["num_classes"] != d.num_classes:
             raise UserError(f"Recipe has data.num_classes={d.num_classes} but {self.index.root} holds "
                             f"{meta['num_classes']} classes (set --set data.num_classes={meta['num_classes']})")
-        if self.recipe.train.check_labels and self.acc.is_main_process:
-            bad = check_labels(self.index, d.train_split, d.num_classes, d.ignore_index, d.reduce_zero_label)
-            if bad:
-                listing = "\n".join(f"  {p}: values {v[:8]}" for p, v in bad[:10])
-                raise UserError(f"{len(bad)} training label file(s) hold values outside [0, {d.num_classes}) and the "
-                                f"ignore index {d.ignore_index}:\n{listing}")
+        # every split the run will read, checked before the first step (each process checks its share)
+        error = None
+        try:
+            problems = check_data(self.index, [d.train_split, d.val_split], d, full=self.recipe.train.check_labels,
+                                  rank=self.rank, world=self.world, gather=self._gather_objects)
+            if problems:
+                listing = "\n".join(f"  {p}" for p in problems[:10])
+                more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+                error = UserError(f"{len(problems)} problem(s) in the data this run needs (splits "
+                                  f"'{d.train_split}' and '{d.val_split}' of {self.index.root}):\n{listing}{more}\n"
+                                  f"Fix or remove these files (`ctxseg prepare --check`); nothing was trained.")
+        except UserError as e:
+            error = e
+        self._agree(error)
+
+    def _gather_objects(self, obj):
+        if self.world == 1:
+            return [obj]
+        gathered = [None] * self.world
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
 
     def _new_run(self, runs_dir: Path) -> Path:
+        result: list = [None]
         if self.acc.is_main_process:
-            run_dir = new_run_dir(self.recipe.name or "run", runs_dir)
-            write_text(run_dir / "recipe.toml", to_toml(self.recipe.to_dict()) + "\n")
-            set_latest(run_dir)
-            name = [str(run_dir)]
-        else:
-            name = [None]
+            try:
+                run_dir = new_run_dir(self.recipe.name or "run", runs_dir)
+                write_text(run_dir / "recipe.toml", to_toml(self.recipe.to_dict()) + "\n")
+                set_latest(run_dir)
+                result = [str(run_dir)]
+            except UserError as e:
+                result = [e]
         if self.world > 1:
-            torch.distributed.broadcast_object_list(name, src=0)
-        return Path(name[0])
+            torch.distributed.broadcast_object_list(result, src=0)
+        if isinstance(result[0], BaseException):
+            raise UserError(str(result[0]))
+        return Path(result[0])
+
+    def _clean_resumed_run(self) -> None:
+        """Before resuming: drop temp files a killed write left, and log lines past the resumed step
+        (the killed run logged them; the resumed run logs them again)."""
+        if not self.acc.is_main_process:
+            return
+        remove_stale_temp_files(self.run_dir)
+        log = self.run_dir / "log.jsonl"
+        if log.is_file():
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line the kill cut short
+                if int(record.get("step", 0)) <= self.step:
+                    kept.append(line)
+            write_text(log, "".join(k + "\n" for k in kept))
 
     def _loader(self) -> DataLoader:
         d = self.recipe.data
@@ -223,9 +365,16 @@ class Trainer:
                           persistent_workers=d.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def log(self, record: dict) -> None:
+        """Every process calls this at the same points; process 0 writes."""
+        error = None
         if self.acc.is_main_process:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.run_dir / "log.jsonl"
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                error = write_error(path, e)
+        self._agree(error)
         if self.recipe.train.tensorboard:
             self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
@@ -237,50 +386,82 @@ class Trainer:
             return
         digest = [float(t.double().sum()) for k, t in core.state_dict().items()
                   if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))]
-        gathered = [None] * self.world
-        torch.distributed.all_gather_object(gathered, digest)
+        gathered = self._gather_objects(digest)
         identical = all(g == gathered[0] for g in gathered)
         self.log({"step": self.step, "replicas": self.world, "replicas_identical": identical})
         if not identical:
             raise UserError("Replicas diverged: processes hold different weights/buffers at the end of training")
 
+    def _sync_buffers_from_main(self) -> None:
+        """Give every process process 0's buffers (BatchNorm running statistics differ per process
+        between DDP's broadcasts), so evaluation uses exactly the weights that are saved."""
+        if self.world == 1:
+            return
+        for buf in self.acc.unwrap_model(self.model).buffers():
+            torch.distributed.broadcast(buf.data, src=0)
+
     # ---------------------------------------------------------------------------------------
     def save(self, step: int) -> None:
-        self.acc.wait_for_everyone()
+        self._ensure_finite(step)
         model = self.acc.unwrap_model(self.model)
-        rngs = [rng_state()]
-        if self.world > 1:
-            gathered = [None] * self.world
-            torch.distributed.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+        rngs = self._gather_objects(rng_state())
+        error = None
         if self.acc.is_main_process:
             path = self.run_dir / "checkpoints" / f"iter_{step:07d}.safetensors"
-            # the state file is written first: a weights file without its state is never picked for resume
-            ckpt.save_state(path.with_suffix(".state.pt"), {"step": step, "optimizer": self.optimizer.state_dict(),
-                                                            "rng": rngs, "best_miou": self.best})
-            ckpt.save_weights(path, model, self.recipe, {"step": step})
-            for old in iteration_checkpoints(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-                old.with_suffix(".state.pt").unlink(missing_ok=True)
-        self.acc.wait_for_everyone()
+            try:
+                # the state file is written first: a weights file without its state is never picked for resume
+                ckpt.save_state(path.with_suffix(".state.pt"), {
+                    "step": step, "optimizer": self.optimizer.state_dict(), "rng": rngs, "best_miou": self.best,
+                    "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                    "mixed_precision": str(self.acc.mixed_precision)})
+                ckpt.save_weights(path, model, self.recipe, {"step": step})
+                for old in iteration_checkpoints(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
+                    old.unlink(missing_ok=True)
+                    old.with_suffix(".state.pt").unlink(missing_ok=True)
+            except UserError as e:
+                error = e
+        self._agree(error)
 
     def run_eval(self, step: int) -> float:
+        self._ensure_finite(step)
+        self._sync_buffers_from_main()
         model = self.acc.unwrap_model(self.model)
         settings = inference_settings(self.recipe)
-        cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
-                         self.rank, self.world, limit=self.eval_limit)
+        error, cm = None, None
+        try:
+            with _without_autocast(model):
+                cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
+                                 self.rank, self.world, limit=self.eval_limit)
+        except UserError as e:
+            error = e
+        self._agree(error)
         mat = cm.mat.to(self.acc.device)
         if self.world > 1:
             mat = self.acc.reduce(mat, reduction="sum")
         summary = summarize(mat.cpu().numpy(), self.index.classes)
         self.model.train()
         miou = summary["mIoU"]
-        self.log({"step": step, "val/mIoU": miou, "val/aAcc": summary["aAcc"], "val/mAcc": summary["mAcc"]})
+        # eval_weights: which weights were evaluated (process 0's, the ones written to checkpoints)
+        self.log({"step": step, "val/mIoU": miou, "val/aAcc": summary["aAcc"], "val/mAcc": summary["mAcc"],
+                  "eval_weights": "process 0 (saved)" if self.world > 1 else "saved", "eval_precision": "fp32"})
+        error = None
         if self.acc.is_main_process and (self.best is None or miou > self.best):
             self.best = miou
-            ckpt.save_weights(self.run_dir / "best.safetensors", model, self.recipe, {"step": step, "mIoU": miou})
-        self.acc.wait_for_everyone()
+            try:
+                ckpt.save_weights(self.run_dir / "best.safetensors", model, self.recipe, {"step": step, "mIoU": miou})
+            except UserError as e:
+                error = e
+        self._agree(error)
         return miou
+
+    def _next_batch(self, loader) -> tuple[dict | None, BaseException | None]:
+        try:
+            batch = next(loader)
+        except UserError as e:
+            return None, e
+        if "error" in batch:  # a data fault inside a loader worker (see SegDataset)
+            return None, UserError(batch["error"])
+        return batch, None
 
     def train(self) -> TrainResult:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -310,17 +491,22 @@ class Trainer:
                     m.before_train_step(self.step, lr, iters_per_epoch)
                 terms_sum: dict[str, float] = {}
                 for _ in range(tr.grad_accum):
-                    batch = next(loader)
+                    # two agreements per micro-batch (data, then loss) so that no process enters
+                    # DDP's collectives while another has stopped
+                    batch, error = self._next_batch(loader)
+                    self._agree(error)
                     images = batch["image"].to(self.acc.device, non_blocking=True)
                     labels = batch["label"].to(self.acc.device, non_blocking=True)
                     with self.acc.accumulate(self.model), self.acc.autocast():
                         outputs = self.model(images, labels)
                         loss, terms = self.criterion(self.model, outputs, labels, self.step)
-                        if not torch.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"Loss became {float(loss)} at step {self.step} (terms: {terms}). Training stopped; the last "
-                                f"good checkpoint is kept in {self.run_dir}. Lower train.optimizer.lr, check labels "
+                        error = None
+                        if not bool(torch.isfinite(loss)):
+                            error = TrainingDiverged(
+                                f"Loss became {float(loss)} at step {self.step + 1} (terms: {terms}). Training stopped; "
+                                f"{self._last_good()}. Lower train.optimizer.lr, check labels "
                                 f"(`ctxseg prepare --check`), or try --mixed-precision bf16 instead of fp16.")
+                        self._agree(error)
                         self.acc.backward(loss)
                         if tr.grad_clip and self.acc.sync_gradients:
                             self.acc.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
@@ -345,8 +531,13 @@ class Trainer:
                     if _FAULT_AT_STEP == self.step:  # test hook: die like a killed job, right after a checkpoint
                         os.kill(os.getpid(), signal.SIGKILL)
         self._check_replicas(core)
+        self._ensure_finite(self.step)
+        error = None
         if self.acc.is_main_process:
-            ckpt.save_weights(self.run_dir / "final.safetensors", core, self.recipe, {"step": self.step})
-        self.acc.wait_for_everyone()
+            try:
+                ckpt.save_weights(self.run_dir / "final.safetensors", core, self.recipe, {"step": self.step})
+            except UserError as e:
+                error = e
+        self._agree(error)
         self.acc.end_training()
         return TrainResult(self.run_dir, self.best, self.step)

@@ -314,8 +314,10 @@ class MCIBIMemory(nn.Module):
         """Update from features at any resolution (upsampled to the labels band by band) and labels."""
         # through `.data`, as ssseg: the aggregation's saved view of the memory then holds the UPDATED
         # values when the backward runs (ssseg's gradient into decoder_stage1; official_aggregation_grad)
-        update_memory(self.memory.data, features, labels, self.momentum(), self.strategy, self.ignore_index,
-                      self.align_corners, self.update_max_elements)
+        # mixed precision: the memory stays fp32, so the update runs in fp32 outside autocast
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            update_memory(self.memory.data, features.to(self.memory.dtype), labels, self.momentum(), self.strategy,
+                          self.ignore_index, self.align_corners, self.update_max_elements)
         average_across_processes(self.memory.data)
 
     def memory_loss(self) -> torch.Tensor:
