@@ -274,8 +274,6 @@ class Trainer:
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
-        # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
-        schedule_hooks = [m for m in core.modules() if hasattr(m, "before_train_step")]
         iters_per_epoch = max(1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
         bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress)
@@ -287,8 +285,8 @@ class Trainer:
                 lr = lr_at(self.step, self.total, self.recipe)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_mult", 1.0)
-                for m in schedule_hooks:
-                    m.before_train_step(self.step, lr, iters_per_epoch)
+                # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
+                core.before_train_step(self.step, lr, iters_per_epoch)
                 terms_sum: dict[str, float] = {}
                 for _ in range(tr.grad_accum):
                     batch = next(loader)
@@ -307,7 +305,7 @@ class Trainer:
                             self.acc.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    core.after_train_step(outputs, labels, self.step, lr, self.acc)
+                    core.after_train_step(outputs, labels, self.step, lr)
                     for k, v in terms.items():
                         terms_sum[k] = terms_sum.get(k, 0.0) + v / tr.grad_accum
                 self.step += 1
