@@ -150,6 +150,10 @@ class ModelConfig(_Section):
     # (e.g. mcibi -> cac -> pixel_contrast); validated against their constructors like the components
     plugins: list[dict[str, Any]] = []
 
+    def plugin(self, type_name: str) -> dict[str, Any] | None:
+        """The first `[[model.plugins]]` entry of this type, or None."""
+        return next((p for p in self.plugins if p.get("type") == type_name), None)
+
 
 class Recipe(_Section):
     name: str = ""

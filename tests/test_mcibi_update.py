@@ -103,6 +103,9 @@ def _worker(rank: int, world: int, port: int, results) -> None:
     # RANK / WORLD_SIZE as torchrun sets them: Accelerate's state (used by plug-ins) reads them
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # what the trainer's Accelerator sets up on CPU
     torch.set_num_threads(1)
     memory, features, labels = random_case(100 + rank, 1, 4, 6, 6, 4, 1, zero_rows=(0,))
     memory = torch.ones(4, 1, 4) * (rank + 1)

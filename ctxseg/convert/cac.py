@@ -34,9 +34,9 @@ def cac_rules(recipe: Recipe) -> list[tuple[str, str]]:
 
 def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     has_cac_keys = any(".apd_proj." in k for k in src)
-    if recipe.model.cac is None:
+    if recipe.model.plugin("cac") is None:
         if has_cac_keys:
-            raise UserError(f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [model.cac]; "
+            raise UserError(f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [[model.plugins]] type = 'cac'; "
                             "use a *-cac-* recipe (ctxseg recipes list)")
     elif not has_cac_keys:
         raise UserError(f"Recipe '{recipe.name}' uses CAC but the checkpoint has no CAC projector weights "

@@ -20,7 +20,7 @@ The key table (source pattern -> ctxseg name):
   segment_queue(_ptr), pixel_queue(_ptr)     -> plugins.contrast.*  (memory variant)
 
 Training-only parts the recipe does not build (projection head and queues without a
-`model.contrast`, the DSN branch without an aux head) are ignored and listed in the report.
+`pixel_contrast` plug-in, the DSN branch without an aux head) are ignored and listed in the report.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
         rules += _DSN
     else:
         ignore.append(_P + r"decoder\.layer_dsn\..+")
-    if m.contrast is not None:
+    contrast = m.plugin("pixel_contrast")
+    if contrast is not None:
         rules += _PROJ
-        if m.contrast.get("use_queue", False):
+        if contrast.get("use_queue", False):
             rules += _QUEUES
         else:
             ignore.append(r"(segment|pixel)_queue(_ptr)?")

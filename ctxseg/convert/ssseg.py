@@ -160,8 +160,9 @@ def _backbone_keymap(recipe: Recipe) -> KeyMap:
 
 def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     m = recipe.model
-    if m.memory is None or m.memory.get("type") != "mcibi":
-        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([model.memory] type = \"mcibi\")")
+    memory = m.plugin("mcibi")
+    if memory is None:
+        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([[model.plugins]] type = \"mcibi\")")
     bb = _backbone_keymap(recipe)
     rules, ignore, fixups = list(bb.rules), list(bb.ignore), list(bb.fixups)
     head = m.head["type"]
@@ -176,12 +177,12 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
         rules += [(rf"{_CTX}\.branches\.(\d+)\.1\.(.+)", r"decode_head.psp_modules.\1.1.conv.\2"),
                   (rf"{_CTX}\.branches\.(\d+)\.2\.(.+)", r"decode_head.psp_modules.\1.1.bn.\2")]
         rules += _conv_module(rf"{_CTX}\.bottleneck", "decode_head.bottleneck")
-    elif head == "fcn" and not m.memory.get("use_context_within_image", True):
+    elif head == "fcn" and not memory.get("use_context_within_image", True):
         # no within-image context: ssseg's memory-input bottleneck is the FCN head's single conv
         rules += _conv_module(r"bottleneck", "decode_head.convs.0")
     else:
         raise UserError(f"convert ssseg: head type '{head}' has no ssseg counterpart (aspp, psp, or fcn without context)")
-    if m.memory.get("use_context_within_image", True):
+    if memory.get("use_context_within_image", True):
         rules += _conv_module(r"bottleneck", f"{_MEM}.bottleneck")
     rules.append((r"memory_module\.memory", f"{_MEM}.memory"))
     rules += _attention(r"memory_module\.self_attention", f"{_MEM}.self_attentions.0")

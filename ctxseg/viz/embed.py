@@ -49,7 +49,8 @@ class EmbedSample:
 def embedding_map(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, str]:
     """[1, D, h, w] L2-normalised pixel embedding of a normalised image batch, and its source."""
     plugins = getattr(model, "plugins", None)
-    plugin = plugins["contrast"] if plugins is not None and "contrast" in plugins else None
+    # the first plug-in that can emit an `embed` output in eval (pixel contrast's projection)
+    plugin = next((p for p in plugins.values() if hasattr(p, "with_embed")), None) if plugins is not None else None
     use_embed = plugin is not None and hasattr(plugin, "with_embed")
     if use_embed:
         plugin.with_embed = True

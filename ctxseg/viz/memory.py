@@ -23,7 +23,7 @@ def memory_from_checkpoint(path: Path) -> tuple[torch.Tensor, list[str]]:
     state, recipe, _ = read_checkpoint(path)
     keys = [k for k in state if k.endswith("memory.memory") or k == "memory"]
     if not keys:
-        raise UserError(f"{path} holds no MCIBI memory (recipe without [model.memory] type = \"mcibi\")")
+        raise UserError(f"{path} holds no MCIBI memory (recipe without [[model.plugins]] type = \"mcibi\")")
     memory = state[keys[0]].float()
     names = [str(i) for i in range(memory.shape[0])]
     try:

@@ -49,7 +49,7 @@ class ClassifierSlot:
 
     @property
     def in_channels(self) -> int | None:
-        return getattr(self.module, "in_channels", None)
+        return getattr(getattr(self.owner, self.attr, None), "in_channels", None)
 
     def is_linear(self) -> bool:
         """A 1x1 convolution: a per-pixel linear classifier with a weight matrix."""
