@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.inference import infer
+from ctxseg.engine.settings import InferenceSettings
 from tests.conftest import REPO, golden, run_cli
 
 CASES = ["ocrnet-hrnet", "ocrnet-resnet", "fcn-resnet", "pspnet-resnet", "deeplabv3-resnet"]
@@ -71,7 +72,7 @@ def _run(model, recipe, x):
     with torch.no_grad():
         feats = model.backbone(x)
         out = model(x)
-        up = infer(model, x, recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners)
+        up = infer(model, x, InferenceSettings(recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners))
     res = {f"backbone.{i}": f for i, f in enumerate(feats)}
     res.update({k: out[k] for k in ("logits", "feats", "aux_logits")})
     res["logits_upsampled"] = up
@@ -252,7 +253,7 @@ def test_quirk_exact_size_final_resize(converted):
     g = load_file(str(golden("mmseg-ocrnet-resnet", "io_odd.safetensors")))
     h, w = g["input"].shape[2:]
     with torch.no_grad():
-        up = infer(model, g["input"], recipe.data.num_classes)
+        up = infer(model, g["input"], InferenceSettings(recipe.data.num_classes))
     _close(up, g["logits_upsampled"], "logits_upsampled")
     # what a stride-based upsampling would do: x8 then crop to the image; or align_corners=True
     by_stride = F.interpolate(g["logits"], scale_factor=8, mode="bilinear", align_corners=False)[:, :, :h, :w]

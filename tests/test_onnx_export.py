@@ -162,6 +162,7 @@ def test_cli_export_records_normalisation(tmp_path, synthetic_small):
     from ctxseg.config import load_recipe
     from ctxseg.engine.checkpoint import save_weights
     from ctxseg.engine.inference import infer
+    from ctxseg.engine.settings import InferenceSettings
 
     recipe = load_recipe("demo", [f"data.root='{synthetic_small}'"])
     torch.manual_seed(0)
@@ -177,6 +178,6 @@ def test_cli_export_records_normalisation(tmp_path, synthetic_small):
     assert json.loads(meta["ctxseg.classes"])[: 1] and int(meta["ctxseg.num_classes"]) == recipe.data.num_classes
     # the graph equals the one inference function (whole mode) on a normalised image
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
-    ref = infer(model, x, recipe.data.num_classes, "whole", align_corners=recipe.model.align_corners).numpy()
+    ref = infer(model, x, InferenceSettings(recipe.data.num_classes, align_corners=recipe.model.align_corners)).numpy()
     got = _run(out, x)
     assert np.abs(got - ref).max() <= TOL * np.abs(ref).max()

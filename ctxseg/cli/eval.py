@@ -13,7 +13,8 @@ from rich.progress import Progress
 from ctxseg.cli.common import SetOption, metrics_table, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import evaluate, inference_settings
+from ctxseg.engine.evaluate import evaluate
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.io import write_json
 
@@ -53,7 +54,8 @@ def eval_cmd(
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
-    settings = inference_settings(recipe, ms_flip, [float(s) for s in scales.split(",")] if scales else None, flip)
+    settings = InferenceSettings.from_recipe(recipe, ms_flip, [float(s) for s in scales.split(",")] if scales else None, flip,
+                                             flip_pairs=index.flip_pairs)
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None
@@ -66,7 +68,7 @@ def eval_cmd(
               "IoU": {k: v["IoU"] for k, v in summary["per_class"].items()},
               "Acc": {k: v["Acc"] for k, v in summary["per_class"].items()},
               "checkpoint": str(ckpt_path), "recipe": recipe.name, "data_root": str(recipe.data.root), "split": split,
-              "inference": settings, "num_images": len(per_image), "per_image_mIoU": per_image,
+              "inference": settings.to_dict(), "num_images": len(per_image), "per_image_mIoU": per_image,
               "confusion_matrix": cm.mat.tolist()}
     write_json(target / "metrics.json", result)
     if pred_dir is not None:
@@ -76,7 +78,7 @@ def eval_cmd(
         from ctxseg.viz.sources import set_latest_predictions
 
         set_latest_predictions(target / "predictions.json")
-    out.print(metrics_table(summary, f"{recipe.name} on {split} ({'ms+flip' if ms_flip else settings['mode']})"))
+    out.print(metrics_table(summary, f"{recipe.name} on {split} ({'ms+flip' if ms_flip else settings.mode})"))
     pub = recipe.published
     ref = pub.miou_ms if (ms_flip and pub.miou_ms is not None) else pub.miou
     line = f"mIoU [bold]{100 * summary['mIoU']:.2f}[/]"

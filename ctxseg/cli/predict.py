@@ -14,7 +14,7 @@ from ctxseg.cli.common import SetOption, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import inference_settings
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.inference import infer
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.errors import UserError
@@ -60,12 +60,12 @@ def predict(
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    settings = inference_settings(recipe, ms_flip)
     try:
         index = PreparedIndex.open(recipe.data.root)
         palette, flip_pairs = index.palette, index.flip_pairs
     except UserError:  # predicting without the prepared dataset: a generated palette
         palette, flip_pairs = None, []
+    settings = InferenceSettings.from_recipe(recipe, ms_flip, flip_pairs=flip_pairs)
     encode = _encoder(fmt)
     images = collect_images(inputs)
     manifest = {}
@@ -74,8 +74,7 @@ def predict(
         for path, stem in images:
             img = read_image(path)
             x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
-            scores = infer(model, x, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
-                           settings["scales"], settings["flip"], flip_pairs, settings["window_batch"], recipe.model.align_corners)
+            scores = infer(model, x, settings)
             pred = scores.argmax(1)[0].cpu().numpy()
             name, label = encode(stem, pred)
             write_png(out_dir / name, label)

@@ -146,24 +146,29 @@ def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Option
     from ctxseg.cli.predict import collect_images
     from ctxseg.data.transforms import normalize
     from ctxseg.engine.checkpoint import load_model
-    from ctxseg.engine.evaluate import inference_settings
+    from ctxseg.data.index import PreparedIndex
     from ctxseg.engine.inference import infer
     from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
 
     ckpt = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     info = DatasetInfo(recipe.data.root, recipe.data.num_classes)
-    settings = inference_settings(recipe)
+    try:  # LIP's left/right class pairs for the flip, from the prepared dataset when there is one
+        flip_pairs = PreparedIndex.open(recipe.data.root).flip_pairs
+    except UserError:
+        flip_pairs = []
+    # the recipe's full eval settings (scales, flip, flip pairs), the same as `ctxseg eval` and predict
+    settings = InferenceSettings.from_recipe(recipe, flip_pairs=flip_pairs)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     target = out_dir or run_dir / "viz" / "overlays"
     written = []
     for path, stem in collect_images([images])[:limit]:
         img = read_image(path)
         x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
-        scores = infer(model, x, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
-                       window_batch=settings["window_batch"], align_corners=recipe.model.align_corners)
+        scores = infer(model, x, settings)
         pred = scores.argmax(1)[0].cpu().numpy()
         dest = target / f"{stem}.png"
         write_png(dest, overlay(img, pred, info.palette, info.classes, info.ignore, alpha))

@@ -12,24 +12,13 @@ from ctxseg.config import Recipe
 from ctxseg.data.dataset import SegDataset
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.inference import infer
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.io import write_png
 from ctxseg.metrics import ConfusionMatrix
 
 
-def inference_settings(recipe: Recipe, ms_flip: bool = False, scales: list[float] | None = None, flip: bool | None = None) -> dict:
-    e = recipe.eval
-    return {
-        "mode": e.mode,
-        "crop": list(e.crop_size),
-        "stride": list(e.stride),
-        "scales": list(scales or (e.ms_scales if ms_flip else e.scales)),
-        "flip": bool(flip if flip is not None else (ms_flip or e.flip)),
-        "window_batch": e.window_batch,
-    }
-
-
 @torch.no_grad()
-def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: dict, device: torch.device,
+def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: InferenceSettings, device: torch.device,
              rank: int = 0, world: int = 1, pred_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
              limit: int | None = None) -> tuple[ConfusionMatrix, dict]:
     """Returns this process's confusion matrix (caller reduces across processes) and per-image stats."""
@@ -37,13 +26,11 @@ def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: 
     idx = list(range(len(ds)))[: limit or None][rank::world]
     cm = ConfusionMatrix(recipe.data.num_classes, recipe.data.ignore_index)
     per_image = {}
-    flip_pairs = ds.flip_pairs
     model.eval()
     for k, i in enumerate(idx):
         item = ds[i]
         image = item["image"].unsqueeze(0).to(device)
-        scores = infer(model, image, recipe.data.num_classes, settings["mode"], settings["crop"], settings["stride"],
-                       settings["scales"], settings["flip"], flip_pairs, settings["window_batch"], recipe.model.align_corners)
+        scores = infer(model, image, settings)
         pred = scores.argmax(1)[0].cpu()
         if "label" in item:
             m = cm.update(pred, item["label"])

@@ -26,7 +26,8 @@ from ctxseg.data.check import check_labels
 from ctxseg.data.dataset import SegDataset, TrainBatchSampler, collate
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine import checkpoint as ckpt
-from ctxseg.engine.evaluate import evaluate, inference_settings
+from ctxseg.engine.evaluate import evaluate
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
 from ctxseg.errors import UserError
 from ctxseg.io import write_text
@@ -247,7 +248,7 @@ class Trainer:
 
     def run_eval(self, step: int) -> float:
         model = self.acc.unwrap_model(self.model)
-        settings = inference_settings(self.recipe)
+        settings = InferenceSettings.from_recipe(self.recipe, flip_pairs=self.index.flip_pairs)
         cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
                          self.rank, self.world, limit=self.eval_limit)
         mat = cm.mat.to(self.acc.device)
