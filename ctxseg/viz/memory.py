@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import typer
 
 from ctxseg.errors import UserError
 
@@ -86,21 +85,3 @@ def plot_memory(memory: torch.Tensor, names: list[str], out_dir: Path) -> tuple[
     plt.close(fig)
     unused = [names[i] for i in range(k) if i not in used]
     return [heat, pca], unused
-
-
-def memory_cmd(
-    checkpoint: Path = typer.Argument(..., help="ctxseg checkpoint of an MCIBI model (.safetensors)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."),
-):
-    """Pictures of the MCIBI memory bank: class-to-class cosine similarity and a PCA projection.
-
-    Example: [cyan]ctxseg viz memory runs/latest/best.safetensors[/]
-    """
-    from ctxseg.cli.common import out
-
-    memory, names = memory_from_checkpoint(checkpoint)
-    paths, unused = plot_memory(memory, names, out_dir or checkpoint.parent / "memory")
-    if unused:
-        out.print(f"{len(unused)} class(es) never updated (all-zero memory, left out): {', '.join(unused[:20])}")
-    for p in paths:
-        out.print(f"[green]wrote[/] {p}")

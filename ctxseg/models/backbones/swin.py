@@ -290,7 +290,7 @@ def swin(arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: i
         always_shift, mask_padding, merge_order,
     )
     if pretrained:
-        from ctxseg.convert.mmseg_swin import load_swin_pretrained
+        from ctxseg.models.backbones.swin_keys import load_swin_pretrained
 
         load_swin_pretrained(model, pretrained)
     return model
