@@ -350,8 +350,7 @@ def check_legacy_plugins(raw: dict, where: str) -> None:
         f"{where}: [model.{k}] is the old plug-in syntax. Context plug-ins are now an ordered list, one table "
         f"per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = \"{LEGACY_PLUGIN_SECTIONS[k]}\"\n"
         f"  # ...the keys of [model.{k}] (without ignore_index: it is data.ignore_index)\n\n"
-        f"The old order was memory -> cac -> contrast. To convert a folder of recipes (comments kept): "
-        f"python migrate_plugins.py RECIPES_DIR (see docs/architecture.md).")
+        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins').")
 
 
 def upgrade_legacy_plugins(raw: dict) -> dict:
