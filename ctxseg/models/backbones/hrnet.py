@@ -236,7 +236,7 @@ class HRNet(nn.Module):
         return ys
 
 
-def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
+def hrnet(*, arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
           fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
           concat_downsample: int = 1) -> HRNet:
     """HRNetV2p backbone; `stages` (4 dicts of num_modules/num_blocks/num_channels) overrides `arch`.

@@ -78,7 +78,7 @@ class MobileNetV2(nn.Module):
         return outs
 
 
-def mobilenetv2(widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
+def mobilenetv2(*, widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
                 dilations: list[int] = (1, 1, 1, 2, 2, 4, 4), out_indices: list[int] = (1, 2, 4, 6),
                 pretrained: str | None = None) -> MobileNetV2:
     """MobileNetV2-D8 (mmseg). `pretrained`: a local file in mmseg/mmcls naming (e.g. mmcls'

@@ -46,7 +46,7 @@ class ResNeStD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnest(depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
+def resnest(*, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
             pretrained: str | None = None) -> ResNeStD8:
     """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG` or a local file in timm naming."""
     if depth not in _DEPTHS:

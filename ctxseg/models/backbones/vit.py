@@ -70,7 +70,7 @@ class ViTBackbone(nn.Module):
         return res
 
 
-def vit(arch: str = "large", img_size: int = 512, patch_size: int = 16, embed_dim: int | None = None,
+def vit(*, arch: str = "large", img_size: int = 512, patch_size: int = 16, embed_dim: int | None = None,
         depth: int | None = None, num_heads: int | None = None, out_indices: list[int] = (9, 14, 19, 23),
         drop_path_rate: float = 0.0, out_norm: bool = True, pretrained: str | None = None) -> ViTBackbone:
     """ViT-L/16 (MCIBI). `pretrained`: `timm:vit_large_patch16_384.augreg_in21k_ft_in1k` (pos embed
