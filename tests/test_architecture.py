@@ -99,3 +99,19 @@ def test_no_import_cycles_at_module_level():
         if n not in state:
             dfs(n, [n])
     assert cycles == []
+
+
+def test_registered_components_take_keyword_arguments_only():
+    """A recipe table becomes keyword arguments; a positional parameter could silently take another's value."""
+    import inspect
+
+    from ctxseg.models import builder
+
+    positional = []
+    for kind, table in builder.KINDS.items():
+        for name, ctor in table.items():
+            if not ctor.__module__.startswith("ctxseg."):
+                continue  # toy plug-ins registered by other test files
+            params = [p for p in inspect.signature(ctor).parameters.values() if p.name != "self"]
+            positional += [f"{kind} {name}: {p.name}" for p in params if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+    assert positional == []

@@ -187,3 +187,32 @@ def test_toy_plugin_trains_evaluates_and_exports_through_the_cli(synthetic_small
     proc = run_cli("convert", "onnx", "--checkpoint", str(run / "final.safetensors"), "-o", str(tmp_path / "toy.onnx"),
                    "--height", "64", "--width", "64", cwd=tmp_path)
     assert (tmp_path / "toy.onnx").stat().st_size > 0, proc.stdout
+
+
+def test_checkpoint_written_by_ctxseg_0_1_still_loads(tmp_path: Path):
+    """0.1 stored `model.memory` / `model.cac` / `model.contrast` in the checkpoint's recipe: it is
+    upgraded on load to the same plug-ins, in the old order, with the same state-dict keys."""
+    from safetensors.torch import save_file
+
+    from ctxseg.engine.checkpoint import load_model, save_weights
+
+    recipe = load_recipe(REPO / "tests" / "recipes" / "compose_all.toml")
+    torch.manual_seed(0)
+    model = build_segmentor(recipe)
+    path = save_weights(tmp_path / "new.safetensors", model, recipe)
+    old = recipe.to_dict()
+    old.pop("imports")
+    plugins = old["model"].pop("plugins")
+    for section, entry in zip(("memory", "cac", "contrast"), plugins):
+        old["model"][section] = {**entry, "ignore_index": old["data"]["ignore_index"]}
+    meta = {"format": "ctxseg", "recipe": json.dumps(old)}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta["format"] = f.metadata()["format"]
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded, upgraded, _ = load_model(tmp_path / "old.safetensors")
+    assert [p["type"] for p in upgraded.model.plugins] == ["mcibi", "cac", "pixel_contrast"]
+    assert list(loaded.plugins) == ["memory", "cac", "contrast"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k

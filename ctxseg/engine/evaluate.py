@@ -14,7 +14,7 @@ from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.inference import infer
 from ctxseg.engine.settings import InferenceSettings
 from ctxseg.io import write_png
-from ctxseg.metrics import ConfusionMatrix
+from ctxseg.metrics import ConfusionMatrix, image_miou
 
 
 @torch.no_grad()
@@ -33,11 +33,7 @@ def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: 
         scores = infer(model, image, settings)
         pred = scores.argmax(1)[0].cpu()
         if "label" in item:
-            m = cm.update(pred, item["label"])
-            tp = torch.diag(m).double()
-            union = m.sum(0) + m.sum(1) - torch.diag(m)
-            present = union > 0
-            per_image[ds.samples[i].name] = float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+            per_image[ds.samples[i].name] = image_miou(cm.update(pred, item["label"]))
         if pred_dir is not None:
             write_png(pred_dir / f"{ds.samples[i].name}.png", pred.numpy().astype(np.uint8 if recipe.data.num_classes < 256 else np.uint16))
         if progress:
