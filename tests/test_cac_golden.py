@@ -23,14 +23,22 @@ from ctxseg.losses import Criterion
 from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.layers import resize
 from ctxseg.models.segmentor import Segmentor
-from tests.conftest import golden
+from tests.conftest import GOLDEN, golden
 
-HEADS = ["fcn", "aspp", "uper", "ocr"]
+# every cac/<kind>-cac folder with a config.json is a case; its head type is read from config.json
+HEADS = sorted(p.parent.name.removesuffix("-cac") for p in (GOLDEN / "cac").glob("*-cac/config.json"))
+HEAD_TYPES = {"FCNHeadCAC": "fcn", "DepthwiseSeparableASPPHeadCAC": "aspp", "UPerHeadCAC": "uper", "OCRHeadCAC": "ocr"}
 
 
-def _head(kind: str, cfg: dict) -> tuple[nn.Module, str]:
+def test_cases_are_discovered():
+    assert {"fcn", "aspp", "uper", "ocr"} <= set(HEADS)
+
+
+def _head(case: str, cfg: dict) -> tuple[nn.Module, str]:
     hc = cfg["head_cfg"]
     n = hc["num_classes"]
+    assert hc["type"] in HEAD_TYPES, f"{case}: no ctxseg head for {hc['type']} (extend HEAD_TYPES and _head)"
+    kind = HEAD_TYPES[hc["type"]]
     if kind == "fcn":
         from ctxseg.models.heads.fcn import FCNHead
 
