@@ -315,11 +315,10 @@ def test_quirk_exact_size_final_resize(converted):
 def test_ocr_cascade_training_losses():
     """Training: the region (FCN) logits are supervised with weight 0.4, the OCR logits with 1.0,
     gradients reach every parameter (prev_output is not detached, as in mmseg)."""
-    from ctxseg.config import load_recipe
     from ctxseg.losses import Criterion, cross_entropy
     from ctxseg.models.segmentor import build_segmentor
 
-    recipe = load_recipe(_recipe("ocrnet-hrnet"))
+    recipe = validate_recipe(mmseg_recipe("mmseg-ocrnet-hrnet"))
     torch.manual_seed(0)
     model = build_segmentor(recipe).train()
     x = torch.randn(2, 3, 64, 96)

@@ -12,6 +12,7 @@ CLI exits with code 2 without writing anything.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch

@@ -34,7 +34,7 @@ rows are printed as ignored. A recipe with num_classes = 182 converts without th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import re
 

@@ -151,7 +151,7 @@ def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: in
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.after_train_step(outputs, labels, step, lr, None)
+        model.after_train_step(outputs, labels, step, lr)
 
     times = timed(train_step, repeats, warmup, device)
     t = statistics.median(times)

@@ -8,7 +8,6 @@ Classes whose memory is still all zeros (never seen in training) are left out an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
