@@ -216,3 +216,15 @@ def test_checkpoint_written_by_ctxseg_0_1_still_loads(tmp_path: Path):
     assert list(loaded.plugins) == ["memory", "cac", "contrast"]
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_resolved_recipe_round_trips_through_toml():
+    """Runs store the resolved recipe as TOML (`recipes show` prints it): [[model.plugins]] survive, in order."""
+    import tomllib
+
+    from ctxseg.config import to_toml
+
+    recipe = load_recipe(REPO / "tests" / "recipes" / "compose_all.toml")
+    text = to_toml(recipe.to_dict())
+    assert text.count("[[model.plugins]]") == 3
+    assert validate_recipe(tomllib.loads(text)).to_dict() == recipe.to_dict()
