@@ -1,23 +1,26 @@
 """Recipe schema, TOML loading with `extends`, and `--set` overrides.
 
 A recipe is data. Its fixed sections (data, train, eval, published) are pydantic models with
-`extra="forbid"`; the model components (backbone, heads, context plug-ins) are validated against
-the signature of the builder their `type` names, so adding a component never means editing a
-schema by hand. Every error names the dotted key and, for typos, the closest valid key.
+`extra="forbid"`; the model components (backbone, heads, and the ordered `[[model.plugins]]`
+list of context plug-ins) are validated against the signature of the constructor their `type`
+names (ctxseg.models.builder, which owns component validation), so adding a component never
+means editing a schema. Every error names the dotted key and, for typos, the closest valid key.
+
+`imports = ["my_package.plugins", "./my_plugin.py"]` (top level) imports modules that register
+components defined outside ctxseg before the recipe is validated; it is stored with the recipe
+in runs and checkpoints, so eval, predict and export find the same components (ctxseg.extensions).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import inspect
 import json
 import tomllib
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from ctxseg.errors import UserError
 
@@ -158,15 +161,19 @@ class ModelConfig(_Section):
     aux_head: dict[str, Any] | None = None
     align_corners: bool = False
     norm: Literal["BN", "SyncBN"] = "BN"  # SyncBN falls back to BN when one process runs
-    # context plug-ins (each optional): validated against their builders like the components
-    memory: dict[str, Any] | None = None  # MCIBI dataset-level memory
-    contrast: dict[str, Any] | None = None  # ContrastiveSeg projection + pixel contrast
-    cac: dict[str, Any] | None = None  # CAC context-aware classifier
+    # context plug-ins, `[[model.plugins]]` tables with a `type`, composed in the order listed
+    # (e.g. mcibi -> cac -> pixel_contrast); validated against their constructors like the components
+    plugins: list[dict[str, Any]] = []
+
+    def plugin(self, type_name: str) -> dict[str, Any] | None:
+        """The first `[[model.plugins]]` entry of this type, or None."""
+        return next((p for p in self.plugins if p.get("type") == type_name), None)
 
 
 class Recipe(_Section):
     name: str = ""
     description: str = ""
+    imports: list[str] = []  # modules registering components defined outside ctxseg
     published: Published = Published()
     data: DataConfig = DataConfig()
     model: ModelConfig
@@ -216,11 +223,41 @@ def find_recipe(name_or_path: str | Path) -> Path:
 # loading
 
 
+def plugin_key(entry: dict) -> str:
+    """Identity of a `[[model.plugins]]` entry across `extends` and `--set`: its name, else its type."""
+    return str(entry.get("name") or entry.get("type", ""))
+
+
+def merge_plugin_lists(base: list, override: list) -> list:
+    """An extending recipe's plug-in list merges into its base's entry by entry: an entry with the
+    same name (else type) is deep-merged in place (`_remove = true` drops it), others are appended.
+    So `[[model.plugins]] type = "mcibi"  base_lr = 0.004` overrides one key of the base's MCIBI."""
+    out = [copy.deepcopy(e) for e in base]
+    for entry in override:
+        if not isinstance(entry, dict):
+            raise UserError(f"model.plugins entries must be tables, got {entry!r}")
+        key = plugin_key(entry)
+        at = next((i for i, e in enumerate(out) if isinstance(e, dict) and plugin_key(e) == key), None)
+        if entry.get("_remove", False):
+            if at is not None:
+                out.pop(at)
+            continue
+        if at is None:
+            out.append(copy.deepcopy(entry))
+        else:
+            out[at] = deep_merge(out[at], entry)
+    return out
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and not v.get("_replace", False):
             out[k] = deep_merge(out[k], v)
+        elif k == "plugins" and isinstance(v, list) and isinstance(out.get(k), list):
+            out[k] = merge_plugin_lists(out[k], v)
+        elif k == "imports" and isinstance(v, list) and isinstance(out.get(k), list):
+            out[k] = out[k] + [x for x in v if x not in out[k]]
         else:
             out[k] = copy.deepcopy({kk: vv for kk, vv in v.items() if kk != "_replace"} if isinstance(v, dict) else v)
     return out
@@ -242,6 +279,10 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     if path in _chain:
         raise UserError(f"Recipe `extends` cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
     raw = _read_toml(path)
+    check_legacy_plugins(raw, path.name)
+    if isinstance(raw.get("imports"), list):  # plug-in files relative to the recipe that names them
+        raw["imports"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x.endswith(".py") else x
+                          for x in raw["imports"]]
     extends = raw.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -266,15 +307,29 @@ def parse_override(expr: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
+def _list_item(items: list, k: str, expr: str) -> Any:
+    """`model.plugins.0` (position) or `model.plugins.mcibi` (name, else type) in a --set key."""
+    if k.lstrip("-").isdigit() and -len(items) <= int(k) < len(items):
+        return items[int(k)]
+    found = [e for e in items if isinstance(e, dict) and k in (e.get("name"), e.get("type"))]
+    if len(found) != 1:
+        have = ", ".join(plugin_key(e) for e in items if isinstance(e, dict)) or "none"
+        why = "is ambiguous" if found else "matches no entry"
+        raise UserError(f"--set {expr}: '{k}' {why} (entries: {have}; or use a position 0..{len(items) - 1})")
+    return found[0]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for expr in overrides:
         keys, value = parse_override(expr)
         node = raw
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
+            node = _list_item(node, k, expr) if isinstance(node, list) else node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
                 raise UserError(f"--set {expr}: '{k}' is not a table")
+        if isinstance(node, list):
+            raise UserError(f"--set {expr}: '{keys[-2]}' is a list; name one entry (e.g. {'.'.join(keys)}.KEY=VALUE)")
         node[keys[-1]] = value
     return raw
 
@@ -288,7 +343,55 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 
 def recipe_from_json(text: str) -> Recipe:
-    return validate_recipe(json.loads(text))
+    """A recipe stored in a run or checkpoint; one written before `[[model.plugins]]` is upgraded."""
+    return validate_recipe(upgrade_legacy_plugins(json.loads(text)))
+
+
+# --------------------------------------------------------------------------------------------
+# plug-in sections of ctxseg 0.1 ([model.memory], [model.cac], [model.contrast])
+
+# old section -> the type it held; the order is the fixed composition order of 0.1
+LEGACY_PLUGIN_SECTIONS = {"memory": "mcibi", "cac": "cac", "contrast": "pixel_contrast"}
+
+
+def check_legacy_plugins(raw: dict, where: str) -> None:
+    """A hand-written recipe with 0.1's plug-in sections gets one clear error naming the new syntax."""
+    model = raw.get("model")
+    old = [k for k in LEGACY_PLUGIN_SECTIONS if isinstance(model, dict) and k in model]
+    if not old:
+        return
+    k = old[0]
+    raise UserError(
+        f"{where}: [model.{k}] is the old plug-in syntax. Context plug-ins are now an ordered list, one table "
+        f"per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = \"{LEGACY_PLUGIN_SECTIONS[k]}\"\n"
+        f"  # ...the keys of [model.{k}] (without ignore_index: it is data.ignore_index)\n\n"
+        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins').")
+
+
+def upgrade_legacy_plugins(raw: dict) -> dict:
+    """0.1 recipe dict (resolved, as stored in checkpoints) -> `model.plugins`, same model and state keys."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not any(model.get(k) is not None for k in LEGACY_PLUGIN_SECTIONS):
+        if isinstance(model, dict):
+            for k in LEGACY_PLUGIN_SECTIONS:
+                model.pop(k, None)  # explicit nulls of 0.1's schema
+        return raw
+    raw = copy.deepcopy(raw)
+    model = raw["model"]
+    ignore = raw.get("data", {}).get("ignore_index", 255)
+    plugins = list(model.get("plugins") or [])
+    for section in LEGACY_PLUGIN_SECTIONS:
+        cfg = model.pop(section, None)
+        if cfg is None:
+            continue
+        cfg = dict(cfg)
+        own = cfg.pop("ignore_index", ignore)
+        if own != ignore:
+            raise UserError(f"model.{section}.ignore_index = {own} differs from data.ignore_index = {ignore}; "
+                            "plug-ins now take data.ignore_index")
+        plugins.append(cfg)
+    model["plugins"] = plugins
+    return raw
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,51 +446,32 @@ def _format_errors(e: ValidationError, model: type[BaseModel], prefix: str = "")
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=None)
-def _signature_model(fn) -> type[BaseModel]:
-    """A pydantic model with one field per keyword argument of a component builder."""
-    fields: dict[str, Any] = {}
-    for name, p in inspect.signature(fn).parameters.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("self", "in_channels", "num_classes", "align_corners", "head"):
-            continue
-        ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any
-        default = p.default if p.default is not inspect.Parameter.empty else ...
-        fields[name] = (ann, default)
-    return create_model(
-        f"{getattr(fn, '__name__', 'component')}_args", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
-    )
+COMPONENT_KINDS = {"backbone": "backbone", "head": "head", "aux_head": "aux_head"}
 
 
-def validate_component(kind: str, cfg: dict[str, Any], where: str) -> None:
-    from ctxseg.models.builder import component_builder  # local: models import this module
+def validate_components(recipe: Recipe) -> None:
+    """Component tables are checked by the components' own module (signatures live with them)."""
+    # imported here: the recipe layer sits above the models (which never import it), and loading
+    # the model zoo is not needed to list or show recipes
+    from ctxseg.models.builder import validate_component, validate_plugins
 
-    if "type" not in cfg:
-        raise UserError(f"'{where}' needs a 'type' key")
-    builder, choices = component_builder(kind, cfg["type"])
-    if builder is None:
-        close = difflib.get_close_matches(str(cfg["type"]), choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; choose one of: {', '.join(sorted(choices))}"
-        raise UserError(f"'{where}.type' = '{cfg['type']}' is not a known {kind}{hint}")
-    model = _signature_model(builder)
-    args = {k: v for k, v in cfg.items() if k != "type"}
-    try:
-        model.model_validate(args)
-    except ValidationError as e:
-        raise UserError(f"Invalid recipe:\n{_format_errors(e, model, where + '.')}") from None
-
-
-COMPONENT_KINDS = {"backbone": "backbone", "head": "head", "aux_head": "aux_head", "memory": "memory", "contrast": "contrast", "cac": "cac"}
+    for field, kind in COMPONENT_KINDS.items():
+        cfg = getattr(recipe.model, field)
+        if cfg is not None:
+            validate_component(kind, cfg, f"model.{field}", _format_errors)
+    validate_plugins(recipe.model.plugins, _format_errors)
 
 
 def validate_recipe(raw: dict) -> Recipe:
+    from ctxseg.extensions import load_extensions
+
+    check_legacy_plugins(raw, f"recipe '{raw.get('name', '?')}'")
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise UserError(f"Invalid recipe '{raw.get('name', '?')}':\n{_format_errors(e, Recipe)}") from None
-    for field, kind in COMPONENT_KINDS.items():
-        cfg = getattr(recipe.model, field)
-        if cfg is not None:
-            validate_component(kind, cfg, f"model.{field}")
+    load_extensions(recipe.imports)
+    validate_components(recipe)
     if recipe.train.iters is None and recipe.train.epochs is None:
         raise UserError("Invalid recipe: set 'train.iters' or 'train.epochs'")
     return recipe

@@ -85,3 +85,14 @@ def summarize(mat: np.ndarray, class_names: list[str] | None = None, outside: bo
         "mAcc": float(np.nanmean(acc)) if np.any(~np.isnan(acc)) else 0.0,
         "per_class": {n: {"IoU": clean(i), "Acc": clean(a)} for n, i, a in zip(names, iou, acc)},
     }
+
+
+def image_miou(mat) -> float:
+    """mIoU of ONE image's confusion matrix (torch or numpy): the mean IoU over the classes present
+    in its ground truth or prediction (union > 0); NaN when there are none. Used by `ctxseg eval`
+    (per_image_mIoU in metrics.json) and `viz compare`, so both rank images the same way."""
+    m = np.asarray(mat.cpu() if isinstance(mat, torch.Tensor) else mat, dtype=np.float64)
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")

@@ -50,12 +50,13 @@ def test_meta_device_flops_equal_a_real_count_and_flops_only_mode():
     from ctxseg.config import load_recipe
     from ctxseg.engine import bench
     from ctxseg.engine.inference import infer
+    from ctxseg.engine.settings import InferenceSettings
     from ctxseg.models.segmentor import build_segmentor
 
     recipe = load_recipe("demo")
     model = build_segmentor(recipe).eval()
     with FlopCounterMode(display=False) as fc:
-        infer(model, torch.zeros(1, 3, 48, 64), recipe.data.num_classes, "whole")
+        infer(model, torch.zeros(1, 3, 48, 64), InferenceSettings(recipe.data.num_classes))
     assert bench.inference_flops_meta(recipe, 48, 64) == fc.get_total_flops() > 0
     r = bench.run_bench(recipe, 48, 64, phases=())
     assert r["flops"] == {"inference_per_image": fc.get_total_flops(), "train_per_image": None}

@@ -71,8 +71,8 @@ def test_cli_rejects_non_cac_recipe_and_missing_keys(tiny_cac_pth, tmp_path):
     src, state = tiny_cac_pth
     out = tmp_path / "x.safetensors"
     plain = load_recipe(TINY)
-    plain.model.cac = None
-    with pytest.raises(UserError, match="no \\[model.cac\\]"):
+    plain.model.plugins = []
+    with pytest.raises(UserError, match="no \\[\\[model.plugins\\]\\] type = 'cac'"):
         keymap_for(plain, state)
     broken = tmp_path / "broken.pth"
     torch.save({"state_dict": {k: v for k, v in state.items() if "proj.0" not in k}}, broken)

@@ -20,34 +20,42 @@ from ctxseg.config import validate_recipe
 from ctxseg.convert.base import convert_state_dict, load_foreign
 from ctxseg.convert.cac import keymap_for
 from ctxseg.losses import Criterion
-from ctxseg.models.context.cac import cac
+from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.layers import resize
 from ctxseg.models.segmentor import Segmentor
-from tests.conftest import golden
+from tests.conftest import GOLDEN, golden
 
-HEADS = ["fcn", "aspp", "uper", "ocr"]
+# every cac/<kind>-cac folder with a config.json is a case; its head type is read from config.json
+HEADS = sorted(p.parent.name.removesuffix("-cac") for p in (GOLDEN / "cac").glob("*-cac/config.json"))
+HEAD_TYPES = {"FCNHeadCAC": "fcn", "DepthwiseSeparableASPPHeadCAC": "aspp", "UPerHeadCAC": "uper", "OCRHeadCAC": "ocr"}
 
 
-def _head(kind: str, cfg: dict) -> tuple[nn.Module, str]:
+def test_cases_are_discovered():
+    assert {"fcn", "aspp", "uper", "ocr"} <= set(HEADS)
+
+
+def _head(case: str, cfg: dict) -> tuple[nn.Module, str]:
     hc = cfg["head_cfg"]
     n = hc["num_classes"]
+    assert hc["type"] in HEAD_TYPES, f"{case}: no ctxseg head for {hc['type']} (extend HEAD_TYPES and _head)"
+    kind = HEAD_TYPES[hc["type"]]
     if kind == "fcn":
         from ctxseg.models.heads.fcn import FCNHead
 
         chans = [1, 1, 1, hc["in_channels"]]
-        return FCNHead(chans, n, channels=hc["channels"], num_convs=hc["num_convs"], concat_input=hc["concat_input"],
+        return FCNHead(in_channels=chans, num_classes=n, channels=hc["channels"], num_convs=hc["num_convs"], concat_input=hc["concat_input"],
                        in_index=hc["in_index"], dropout_ratio=hc["dropout_ratio"]), "fcn"
     if kind == "aspp":
         from ctxseg.models.heads.sep_aspp import SepASPPHead
 
         chans = [hc["c1_in_channels"], 1, 1, hc["in_channels"]]
-        return SepASPPHead(chans, n, channels=hc["channels"], dilations=tuple(hc["dilations"]),
+        return SepASPPHead(in_channels=chans, num_classes=n, channels=hc["channels"], dilations=tuple(hc["dilations"]),
                            c1_in_channels=hc["c1_in_channels"], c1_channels=hc["c1_channels"], in_index=hc["in_index"],
                            dropout_ratio=hc["dropout_ratio"]), "sep_aspp"
     if kind == "uper":
         from ctxseg.models.heads.uper import UPerHead
 
-        return UPerHead(hc["in_channels"], n, channels=hc["channels"], pool_scales=tuple(hc["pool_scales"]),
+        return UPerHead(in_channels=hc["in_channels"], num_classes=n, channels=hc["channels"], pool_scales=tuple(hc["pool_scales"]),
                         in_index=hc["in_index"], dropout_ratio=hc["dropout_ratio"]), "uper"
     from ctxseg.models.heads.ocr import OCRHead
 
@@ -55,7 +63,7 @@ def _head(kind: str, cfg: dict) -> tuple[nn.Module, str]:
     region = dict(channels=pc["channels"], kernel_size=pc["kernel_size"], num_convs=pc["num_convs"],
                   concat_input=pc["concat_input"], dropout_ratio=pc["dropout_ratio"], in_index=pc["in_index"],
                   input_transform=pc["input_transform"])
-    return OCRHead(hc["in_channels"], n, channels=hc["channels"], ocr_channels=hc["ocr_channels"], in_index=hc["in_index"],
+    return OCRHead(in_channels=hc["in_channels"], num_classes=n, channels=hc["channels"], ocr_channels=hc["ocr_channels"], in_index=hc["in_index"],
                    input_transform=hc["input_transform"], dropout_ratio=hc["dropout_ratio"], region_head=region), "ocr"
 
 
@@ -66,11 +74,11 @@ class Loaded:
         self.io = load_file(str(folder / "io.safetensors"))
         self.n = self.cfg["head_cfg"]["num_classes"]
         head, head_type = _head(kind, self.cfg)
-        self.model = Segmentor(nn.Identity(), head, None, {"cac": cac(head, self.n)}, self.n, False)
+        self.model = Segmentor(nn.Identity(), head, None, {"cac": ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=self.n)}, self.n, False)
         self.recipe = validate_recipe({
             "name": f"golden-{kind}",
             "data": {"num_classes": self.n},
-            "model": {"backbone": {"type": "resnet"}, "head": {"type": head_type}, "cac": {"type": "cac"}},
+            "model": {"backbone": {"type": "resnet"}, "head": {"type": head_type}, "plugins": [{"type": "cac"}]},
         })
         src = load_foreign(folder / "checkpoint.pth")
         state, self.report = convert_state_dict(src, self.model, keymap_for(self.recipe, src))

@@ -8,15 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxseg.models.context.cac import cac
+from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.heads.fcn import FCNHead
 from ctxseg.models.segmentor import Segmentor
 
 
 def _model(c_in=12, ch=10, n=9, dropout=0.0, seed=0, **cac_kw):
     torch.manual_seed(seed)
-    head = FCNHead([c_in], n, channels=ch, num_convs=1, concat_input=False, in_index=0, dropout_ratio=dropout)
-    return Segmentor(nn.Identity(), head, None, {"cac": cac(head, n, **cac_kw)}, n, False)
+    head = FCNHead(in_channels=[c_in], num_classes=n, channels=ch, num_convs=1, concat_input=False, in_index=0,
+                   dropout_ratio=dropout)
+    plugin = ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=n, **cac_kw)
+    return Segmentor(nn.Identity(), head, None, {"cac": plugin}, n, False)
 
 
 def _labels(b, h, w, n, seed, ignore_frac=0.1):
@@ -186,7 +188,7 @@ def test_recipe_builds_segmentor_with_cac():
     recipe = validate_recipe({"data": {"num_classes": 5}, "model": {
         "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 8},
         "head": {"type": "sep_aspp", "in_index": 3, "channels": 16, "c1_in_channels": 8, "c1_channels": 4, "dilations": [1, 2, 3]},
-        "cac": {"type": "cac", "kl_weight": 0.5}}})
+        "plugins": [{"type": "cac", "kl_weight": 0.5}]}})
     model = build_segmentor(recipe).eval()
     assert model.plugins["cac"].weights["kl"] == 0.5
     with torch.no_grad():

@@ -20,7 +20,7 @@ def test_all_plugins_train_together_and_every_parameter_learns():
     recipe = load_recipe(RECIPE)
     model = build_segmentor(recipe).train()
     # CAC adapts the classifier that is final after MCIBI (its stage-2 decoder), not the head's
-    assert model.plugins["cac"]._head is model.plugins["memory"].decoder_stage2
+    assert model.plugins["cac"].classifier.owner is model.plugins["memory"].decoder_stage2
     x = torch.randn(2, 3, 64, 64)
     y = torch.randint(0, 7, (2, 64, 64))
     y[:, :6] = 255

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from ctxseg.tools.bench_contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
 from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, queue_contrast_set, sample_anchors
+from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
 from tests.conftest import golden
 
@@ -97,7 +98,7 @@ def test_contrast_ce(case):
     c = case["contrast"]
     seg, embed, target = T[p + "seg"], T[p + "embed"], T[p + "target"]
     mem = c.get("with_memory", False)
-    plugin = PixelContrast(_Head(), 19, True, proj_dim=c["proj_dim"], temperature=c["temperature"],
+    plugin = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=19, align_corners=True, proj_dim=c["proj_dim"], temperature=c["temperature"],
                            base_temperature=c["base_temperature"], max_samples=c["max_samples"], max_views=c["max_views"],
                            ignore_index=-1, loss_weight=c["loss_weight"], warmup=c["warmup_iters"], use_queue=mem,
                            memory_size=T[p + "segment_queue"].shape[1] if mem else 5000)
@@ -176,7 +177,7 @@ def test_queue_without_class0_skip_is_plain_supervised_contrast():
 
 
 def _plugin(**kw):
-    return PixelContrast(_Head(), 3, False, proj_dim=4, proj="linear", max_views=5, ignore_index=255, warmup=0, **kw)
+    return PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=3, align_corners=False, proj_dim=4, proj="linear", max_views=5, ignore_index=255, warmup=0, **kw)
 
 
 @pytest.mark.parametrize("kind", ["no_class", "single_class_v1", "all_ignore"])

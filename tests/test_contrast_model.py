@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
 from tests.conftest import REPO, golden, run_cli
 
@@ -25,7 +26,7 @@ class _Head(torch.nn.Module):
 @pytest.mark.parametrize("case", QMETA["queue"], ids=lambda c: c["name"])
 def test_official_queue_update(case):
     p = f"queue/{case['name']}/"
-    m = PixelContrast(_Head(), case["C"], proj_dim=case["D"], use_queue=True, memory_size=case["M"],
+    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=case["C"], proj_dim=case["D"], use_queue=True, memory_size=case["M"],
                       pixel_update_freq=case["K"], official_queue_update=True, network_stride=case["stride"], ignore_index=-1)
     m.random_sampling = False  # identity permutation, as the golden
     for k in STATE:
@@ -41,7 +42,7 @@ def test_official_queue_update(case):
 
 
 def test_intended_queue_update_is_a_ring_buffer():
-    m = PixelContrast(_Head(), 3, proj_dim=4, use_queue=True, memory_size=5, pixel_update_freq=2, ignore_index=255)
+    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=3, proj_dim=4, use_queue=True, memory_size=5, pixel_update_freq=2, ignore_index=255)
     keys = F.normalize(torch.randn(1, 4, 2, 2), dim=1)
     labels = torch.tensor([[[1, 1, 2, 2], [1, 1, 2, 2], [255, 255, 1, 1], [255, 255, 1, 1]]])  # 4x4 -> 2x2 grid [[1,2],[255,1]]
     m.random_sampling = False
@@ -57,7 +58,7 @@ def test_intended_queue_update_is_a_ring_buffer():
 
 
 def test_plugin_outputs_only_while_training():
-    m = PixelContrast(_Head(), 3, proj_dim=4, proj="convmlp")
+    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=3, proj_dim=4, proj="convmlp")
     outs = {"feats": torch.randn(2, 8, 5, 5), "logits": torch.randn(2, 3, 5, 5)}
     m.train()
     e = m(outs, [], None)["embed"]

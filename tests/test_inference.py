@@ -7,6 +7,7 @@ from torch import nn
 
 from ctxseg.config import load_recipe
 from ctxseg.engine.inference import flip_scores, infer, slide_logits
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.models.segmentor import build_segmentor
 
 
@@ -25,7 +26,7 @@ def test_slide_equals_whole_for_pixelwise_model_and_batching_does_not_matter():
     torch.manual_seed(0)
     m = PixelModel().eval()
     x = torch.randn(2, 3, 37, 53)
-    whole = infer(m, x, 4)
+    whole = infer(m, x, InferenceSettings(4))
     for wb in (1, 3, 16):
         s = slide_logits(m, x, 4, crop=(16, 20), stride=(11, 13), window_batch=wb)
         assert torch.allclose(s, whole, atol=1e-6)
@@ -49,7 +50,7 @@ def test_flip_tta_and_scales_return_probabilities_at_input_size():
     recipe = load_recipe("demo")
     model = build_segmentor(recipe).eval()
     x = torch.randn(1, 3, 45, 70)
-    out = infer(model, x, 7, scales=(0.75, 1.0), flip=True)
+    out = infer(model, x, InferenceSettings(7, scales=(0.75, 1.0), flip=True))
     assert out.shape == (1, 7, 45, 70)
     assert torch.allclose(out.sum(1), torch.ones(1, 45, 70), atol=1e-5)
 

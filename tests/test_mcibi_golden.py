@@ -1,5 +1,8 @@
 """MCIBI against sssegmentation's golden data: CLI conversion, eval forward, memory update for both
-strategies, memory loss, one training step (losses, updated memory, gradients)."""
+strategies, memory loss, one training step (losses, updated memory, gradients).
+
+Driven by the data: every `ssseg-mcibi-*` folder with a config.json is a case; its model is
+built from that config.json (tests/golden_cases.py) and its tolerances are its README's table."""
 
 from __future__ import annotations
 
@@ -8,27 +11,38 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ctxseg.config import load_recipe
+from ctxseg.config import to_toml, validate_recipe
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.losses import Criterion
 from ctxseg.models.context.memory import update_memory
-from tests.conftest import REPO, golden, run_cli
+from tests.conftest import golden, run_cli
+from tests.golden_cases import case_folders, readme_file_tolerances, ssseg_mcibi_recipe
 
-VARIANTS = {
-    # golden folder: (test recipe, io tolerance, train-step tolerance)
-    "ssseg-mcibi-deeplabv3": ("tests/recipes/mcibi_golden_r18.toml", 5e-4, 5e-5),
-    "ssseg-mcibi-multifeat": ("tests/recipes/mcibi_golden_r50.toml", 2e-3, 2e-4),
-}
-UPDATE_TOL = dict(atol=1e-5, rtol=1e-4)
+FOLDERS = case_folders("ssseg-mcibi-")
+
+
+def tolerances(folder: str) -> dict[str, tuple[float, float]]:
+    """io / update / train_step -> (atol, rtol), from the case README's table."""
+    return {name.removesuffix(".safetensors"): tol for name, tol in readme_file_tolerances(golden(folder)).items()}
+
+
+def recipe_of(folder: str):
+    return validate_recipe(ssseg_mcibi_recipe(folder))
+
+
+def test_cases_are_discovered():
+    assert {"ssseg-mcibi-deeplabv3", "ssseg-mcibi-multifeat"} <= set(FOLDERS)
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("mcibi")
     paths = {}
-    for folder, (recipe, _, _) in VARIANTS.items():
+    for folder in FOLDERS:
         dst = out / f"{folder}.safetensors"
-        proc = run_cli("convert", "ssseg", str(golden(folder, "checkpoint.pth")), "--recipe", str(REPO / recipe), "-o", str(dst), cwd=out)
+        recipe = out / f"{folder}.toml"
+        recipe.write_text(to_toml(ssseg_mcibi_recipe(folder)) + "\n")
+        proc = run_cli("convert", "ssseg", str(golden(folder, "checkpoint.pth")), "--recipe", str(recipe), "-o", str(dst), cwd=out)
         assert "wrote" in proc.stdout
         paths[folder] = str(dst)
     return paths
@@ -38,9 +52,9 @@ def close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 1e-4) -> 
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("folder", list(VARIANTS))
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_eval_forward_matches_golden(converted, folder):
-    _, atol, _ = VARIANTS[folder]
+    atol, _ = tolerances(folder)["io"]
     model, _, _ = load_model(converted[folder])
     io = load_file(str(golden(folder, "io.safetensors")))
     plugin = model.plugins["memory"]
@@ -79,8 +93,10 @@ def test_eval_forward_matches_golden(converted, folder):
     close(model.decode_head.features(feats), io["feats_ms"], atol)
 
 
-@pytest.mark.parametrize("folder", list(VARIANTS))
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_memory_update_matches_golden(converted, folder):
+    atol, rtol = tolerances(folder)["update"]
+    UPDATE_TOL = dict(atol=atol, rtol=rtol)
     up = load_file(str(golden(folder, "update.safetensors")))
     model, _, _ = load_model(converted[folder])
     plugin = model.plugins["memory"]
@@ -99,8 +115,10 @@ def test_memory_update_matches_golden(converted, folder):
         close(mem, up[f"memory_after.{strategy}"], **UPDATE_TOL)
 
 
-@pytest.mark.parametrize("folder", list(VARIANTS))
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_memory_loss_matches_golden(converted, folder):
+    atol, rtol = tolerances(folder)["update"]
+    UPDATE_TOL = dict(atol=atol, rtol=rtol)
     up = load_file(str(golden(folder, "update.safetensors")))
     model, _, _ = load_model(converted[folder])
     plugin = model.plugins["memory"]
@@ -114,6 +132,8 @@ def test_memory_loss_matches_golden(converted, folder):
         close(plugin.memory_loss(), up["memory_loss.loss_bn_eval"], **UPDATE_TOL)
         plugin.decoder_stage2.train()
         plugin.decoder_stage2.dropout.p = 0.0
+        logits_train = plugin.decoder_stage2(plugin.memory.reshape(k * s, c, 1, 1)).reshape(k * s, -1)
+        close(logits_train, up["memory_loss.logits_bn_train"], **UPDATE_TOL)
         close(plugin.memory_loss(), up["memory_loss.loss_bn_train"], **UPDATE_TOL)
 
 
@@ -128,10 +148,10 @@ def _train_model(path: str, bn_train: bool):
     return model
 
 
-@pytest.mark.parametrize("folder", list(VARIANTS))
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_train_step_matches_golden(converted, folder):
-    recipe_path, _, atol = VARIANTS[folder]
-    recipe = load_recipe(REPO / recipe_path)
+    atol, _ = tolerances(folder)["train_step"]
+    recipe = recipe_of(folder)
     io = load_file(str(golden(folder, "io.safetensors")))
     ts = load_file(str(golden(folder, "train_step.safetensors")))
     lr = float(ts["learning_rate"])
@@ -157,6 +177,8 @@ def test_train_step_matches_golden(converted, folder):
     for ours, theirs in names.items():
         assert terms[ours] == pytest.approx(float(ts[f"losses.{theirs}"]), abs=atol, rel=1e-4), ours
     close(loss.detach(), ts["loss"], atol)
+    # ssseg's logged total is the sum of its logged terms: ours too
+    assert float(loss.detach()) == pytest.approx(float(ts["losses.loss_total"]), abs=atol, rel=1e-4)
     # the memory loss reads the memory AFTER this step's update (not the one the forward used)
     assert abs(terms["loss_memory"] - float(ts["loss_memory_if_computed_on_memory_before"])) > 10 * atol
     loss.backward()
@@ -167,11 +189,14 @@ def test_train_step_matches_golden(converted, folder):
     _, _, loss1, terms1 = step(False, step_of_epoch - 1)
     assert "loss_memory" not in terms1
     close(loss1.detach(), ts["epoch1.loss"], atol)
+    assert float(loss1.detach()) == pytest.approx(float(ts["epoch1.loss_total"]), abs=atol, rel=1e-4)
 
     # BN in train mode (batch statistics), as during official training
     _, _, loss_bt, terms_bt = step(True, step_of_epoch)
     for ours, theirs in names.items():
         assert terms_bt[ours] == pytest.approx(float(ts[f"bn_train.losses.{theirs}"]), abs=atol, rel=1e-4), ours
+    total_bt = sum(v for k, v in terms_bt.items() if not k.startswith("stat_"))
+    assert total_bt == pytest.approx(float(ts["bn_train.losses.loss_total"]), abs=atol, rel=1e-4)
 
 
 def test_viz_memory_writes_pictures(converted, tmp_path):

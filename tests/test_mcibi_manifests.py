@@ -111,7 +111,7 @@ def test_hrnet_concat_downsample_is_ssseg_downsample_backbone():
     from ctxseg.models.backbones.hrnet import hrnet
 
     torch.manual_seed(0)
-    plain, down = hrnet("w18_small").eval(), hrnet("w18_small", concat_downsample=2).eval()
+    plain, down = hrnet(arch="w18_small").eval(), hrnet(arch="w18_small", concat_downsample=2).eval()
     assert down.out_channels == [270] and plain.out_channels == [18, 36, 72, 144]
     assert set(down.state_dict()) - set(plain.state_dict()) == {
         "downsample.0.weight", "downsample.1.weight", "downsample.1.bias", "downsample.1.running_mean",

@@ -11,7 +11,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from ctxseg.models.context.memory import average_across_processes, update_memory
+from ctxseg.models.context.base import mean_across_processes
+from ctxseg.models.context.memory import update_memory
 
 
 def naive_update(memory, features, labels, momentum, strategy, ignore_index):
@@ -99,15 +100,19 @@ def test_low_resolution_features_are_upsampled_band_by_band(align_corners):
 def _worker(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # RANK / WORLD_SIZE as torchrun sets them: Accelerate's state (used by plug-ins) reads them
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # what the trainer's Accelerator sets up on CPU
     torch.set_num_threads(1)
     memory, features, labels = random_case(100 + rank, 1, 4, 6, 6, 4, 1, zero_rows=(0,))
     memory = torch.ones(4, 1, 4) * (rank + 1)
     memory[0] = 0
     labels[:] = 0 if rank == 0 else 1  # class 0 initialised on rank 0 only
     update_memory(memory, features, labels, 0.5, "mean", ignore_index=-1)
-    average_across_processes(memory)
+    memory.copy_(mean_across_processes(memory))  # MCIBIMemory.synchronise_state
     results[rank] = memory
     dist.destroy_process_group()
 

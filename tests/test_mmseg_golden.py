@@ -1,7 +1,7 @@
-"""mmseg goldens: convert each tiny mmseg 1.2.2 checkpoint through the real CLI, run it, compare.
-
-Every expected tensor of io.safetensors and io_odd.safetensors is checked within the README
-tolerance (max |ours - ref| <= 1e-4 * max(1, max |ref|)), plus one test per documented quirk.
+"""mmseg goldens, driven by the data: every `mmseg-*` folder with a config.json is a case. Its
+model is built from its own config.json (tests/golden_cases.py), converted through the real CLI,
+run, and EVERY tensor of its io*.safetensors files is compared within the tolerance its README
+states (max |ours - ref| <= T * max(1, max |ref|)); plus one test per documented quirk.
 """
 
 from __future__ import annotations
@@ -14,36 +14,52 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ctxseg.config import to_toml, validate_recipe
 from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.inference import infer
-from tests.conftest import REPO, golden, run_cli
+from ctxseg.engine.settings import InferenceSettings
+from tests.conftest import GOLDEN, golden, run_cli
+from tests.golden_cases import case_folders, config, mmseg_recipe, readme_tolerance
 
-CASES = ["ocrnet-hrnet", "ocrnet-resnet", "fcn-resnet", "pspnet-resnet", "deeplabv3-resnet"]
+FOLDERS = case_folders("mmseg-")
+CASES = [f[len("mmseg-"):] for f in FOLDERS]
 IOS = ["io", "io_odd"]
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
-def _recipe(case: str) -> str:
-    return str(REPO / "tests" / "recipes" / f"mmseg_{case.replace('-', '_')}.toml")
+def _io_files(case: str) -> list[str]:
+    return sorted(p.stem for p in (GOLDEN / f"mmseg-{case}").glob("io*.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> dict[str, str]:
-    """case -> converted .safetensors, each made by `ctxseg convert mmseg` (a subprocess)."""
+    """case -> converted .safetensors, each made by `ctxseg convert mmseg` (a subprocess) with a
+    recipe written from the case's own config.json."""
     from concurrent.futures import ThreadPoolExecutor
 
     out_dir = tmp_path_factory.mktemp("mmseg")
     paths = {case: out_dir / f"{case}.safetensors" for case in CASES}
+    recipes = {}
+    for case in CASES:
+        raw = mmseg_recipe(f"mmseg-{case}")
+        validate_recipe(raw)  # a clear failure here names the key the translation got wrong
+        recipes[case] = out_dir / f"{case}.toml"
+        recipes[case].write_text(to_toml(raw) + "\n")
 
     def convert(case):
-        return run_cli("convert", "mmseg", str(golden(f"mmseg-{case}", "checkpoint.pth")), "--recipe", _recipe(case), "-o", str(paths[case]))
+        return run_cli("convert", "mmseg", str(golden(f"mmseg-{case}", "checkpoint.pth")), "--recipe", str(recipes[case]),
+                       "-o", str(paths[case]))
 
     with ThreadPoolExecutor(2) as pool:  # two subprocesses at a time
         procs = list(pool.map(convert, CASES))
     for case, proc in zip(CASES, procs):
         assert "mapped" in proc.stdout and paths[case].is_file(), case
     return {case: str(p) for case, p in paths.items()}
+
+
+def test_cases_are_discovered():
+    assert {"ocrnet-hrnet", "ocrnet-resnet", "fcn-resnet", "pspnet-resnet", "deeplabv3-resnet", "upernet-swin"} <= set(CASES)
 
 
 def _model(converted, case):
@@ -53,9 +69,9 @@ def _model(converted, case):
     return model, recipe
 
 
-def _close(ours: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+def _close(ours: torch.Tensor, ref: torch.Tensor, name: str, rel: float = 1e-4) -> None:
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
-    tol = 1e-4 * max(1.0, ref.abs().max().item())
+    tol = rel * max(1.0, ref.abs().max().item())
     err = (ours.float() - ref.float()).abs().max().item()
     assert err <= tol, f"{name}: max abs err {err:.3g} > {tol:.3g}"
 
@@ -67,34 +83,66 @@ def _store(seen: dict, name: str, use_input: bool = False):
     return hook
 
 
+def _ocr_hooks(head, seen: dict) -> list:
+    """Intermediates of the OCR stage under their golden names (heads without them add none)."""
+    if not hasattr(head, "object_context_block"):
+        return []
+    return [
+        head.bottleneck.register_forward_hook(_store(seen, "ocr.pixel_repr")),
+        head.spatial_gather_module.register_forward_hook(_store(seen, "ocr.object_region_repr")),
+        head.object_context_block.register_forward_hook(_store(seen, "ocr.object_context")),
+        head.region_head.convs.register_forward_hook(_store(seen, "aux.head_input", use_input=True)),
+    ]
+
+
 def _run(model, recipe, x):
-    with torch.no_grad():
-        feats = model.backbone(x)
-        out = model(x)
-        up = infer(model, x, recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners)
+    seen: dict = {}
+    hooks = _ocr_hooks(model.decode_head, seen)
+    try:
+        with torch.no_grad():
+            feats = model.backbone(x)
+            out = model(x)
+            up = infer(model, x, InferenceSettings(recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners))
+    finally:
+        for h in hooks:
+            h.remove()
     res = {f"backbone.{i}": f for i, f in enumerate(feats)}
     res.update({k: out[k] for k in ("logits", "feats", "aux_logits")})
     res["logits_upsampled"] = up
+    if "ocr.pixel_repr" in seen:  # the region logits' spatial softmax, as mmseg's SpatialGatherModule
+        n, k = out["aux_logits"].shape[:2]
+        seen["ocr.soft_object_regions"] = out["aux_logits"].reshape(n, k, -1).softmax(2).reshape_as(out["aux_logits"])
+    res.update(seen)
     return res
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_converted_model_matches_mmseg(converted, case):
+    """Every tensor each io file stores is compared (an unknown name fails: map it here)."""
     model, recipe = _model(converted, case)
-    for io in IOS:
+    rel = readme_tolerance(f"mmseg-{case}")
+    pre = config(f"mmseg-{case}")["data_preprocessor"]
+    for io in _io_files(case):
         g = load_file(str(golden(f"mmseg-{case}", f"{io}.safetensors")))
         res = _run(model, recipe, g["input"])
-        expected = [k for k in g if k.startswith("backbone.")] + ["aux_logits", "feats", "logits", "logits_upsampled"]
-        for name in expected:
-            _close(res[name], g[name], f"{case}/{io}/{name}")
-        # pred: may differ only where the golden top-2 logits are within tolerance
-        ref_up = g["logits_upsampled"]
-        pred = res["logits_upsampled"].argmax(1)
-        diff = pred != g["pred"].long()
-        if diff.any():
-            top2 = ref_up.topk(2, dim=1).values
-            gap = (top2[:, 0] - top2[:, 1])[diff]
-            assert (gap <= 1e-4 * max(1.0, ref_up.abs().max().item())).all(), f"{case}/{io}: pred differs"
+        for name, ref in g.items():
+            where = f"{case}/{io}/{name}"
+            if name == "image_bgr_uint8":  # the raw input: our preprocessing must give `input`
+                assert pre["bgr_to_rgb"], where
+                ours = np.stack([normalize(im.transpose(1, 2, 0), pre["mean"], pre["std"]) for im in ref.numpy()])
+                np.testing.assert_allclose(ours, g["input"].numpy(), atol=2e-6, rtol=0, err_msg=where)
+            elif name == "input":
+                continue  # the network input itself (checked against image_bgr_uint8 above)
+            elif name == "pred":  # may differ only where the golden top-2 logits are within tolerance
+                ref_up = g["logits_upsampled"]
+                diff = res["logits_upsampled"].argmax(1) != ref.long()
+                if diff.any():
+                    top2 = ref_up.topk(2, dim=1).values
+                    gap = (top2[:, 0] - top2[:, 1])[diff]
+                    assert (gap <= rel * max(1.0, ref_up.abs().max().item())).all(), f"{where}: pred differs"
+            else:
+                assert name in res, f"{where}: stored tensor with no ctxseg counterpart (map it in _run)"
+                _close(res[name], ref, where, rel)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -133,7 +181,9 @@ def test_converter_is_strict(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": src["state_dict"]}, bad)
     dst = tmp_path / "out.safetensors"
-    proc = run_cli("convert", "mmseg", str(bad), "--recipe", _recipe("fcn-resnet"), "-o", str(dst), check=False)
+    recipe = tmp_path / "fcn.toml"
+    recipe.write_text(to_toml(mmseg_recipe("mmseg-fcn-resnet")) + "\n")
+    proc = run_cli("convert", "mmseg", str(bad), "--recipe", str(recipe), "-o", str(dst), check=False)
     assert proc.returncode == 2
     assert "decode_head.extra.weight" in proc.stdout + proc.stderr
     assert not dst.exists()
@@ -252,7 +302,7 @@ def test_quirk_exact_size_final_resize(converted):
     g = load_file(str(golden("mmseg-ocrnet-resnet", "io_odd.safetensors")))
     h, w = g["input"].shape[2:]
     with torch.no_grad():
-        up = infer(model, g["input"], recipe.data.num_classes)
+        up = infer(model, g["input"], InferenceSettings(recipe.data.num_classes))
     _close(up, g["logits_upsampled"], "logits_upsampled")
     # what a stride-based upsampling would do: x8 then crop to the image; or align_corners=True
     by_stride = F.interpolate(g["logits"], scale_factor=8, mode="bilinear", align_corners=False)[:, :, :h, :w]
@@ -265,11 +315,10 @@ def test_quirk_exact_size_final_resize(converted):
 def test_ocr_cascade_training_losses():
     """Training: the region (FCN) logits are supervised with weight 0.4, the OCR logits with 1.0,
     gradients reach every parameter (prev_output is not detached, as in mmseg)."""
-    from ctxseg.config import load_recipe
     from ctxseg.losses import Criterion, cross_entropy
     from ctxseg.models.segmentor import build_segmentor
 
-    recipe = load_recipe(_recipe("ocrnet-hrnet"))
+    recipe = validate_recipe(mmseg_recipe("mmseg-ocrnet-hrnet"))
     torch.manual_seed(0)
     model = build_segmentor(recipe).train()
     x = torch.randn(2, 3, 64, 96)

@@ -91,7 +91,7 @@ def test_hrnet_names_match_timm_imagenet_weights():
     from ctxseg.models.backbones.hrnet import hrnet
 
     with torch.device("meta"):
-        ours = hrnet("w18_small").state_dict()
+        ours = hrnet(arch="w18_small").state_dict()
         theirs = timm.create_model("hrnet_w18_small_v2", pretrained=False, num_classes=0).state_dict()
     bad = [k for k, v in ours.items() if k not in theirs or theirs[k].shape != v.shape]
     assert not bad, bad[:5]

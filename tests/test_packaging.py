@@ -28,3 +28,12 @@ def test_wheel_contains_recipes(tmp_path: Path):
     expected = {p.name for p in (REPO / "recipes").rglob("*.toml")}
     assert expected <= shipped
     assert "ctxseg/cli/__init__.py" in names and "ctxseg/recipes/_base/synthetic.toml" in names
+    # the Apache-2.0 text and the NOTICE crediting ContrastiveSeg (MIT) and sssegmentation ship in the wheel
+    meta = [n for n in names if ".dist-info/" in n]
+    assert any(n.endswith("/LICENSE") for n in meta) and any(n.endswith("/NOTICE") for n in meta), meta
+
+
+def test_license_and_notice_files():
+    assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
+    notice = (REPO / "NOTICE").read_text()
+    assert "ContrastiveSeg" in notice and "MIT License" in notice and "sssegmentation" in notice

@@ -51,15 +51,16 @@ def _reference_pred(model, img_bgr, size_hw, mean, std, align_corners=False):
 @pytest.mark.parametrize("resize,keep_ratio", [((96, 40), True), ((48, 48), False)])
 def test_evaluate_applies_test_resize_and_scores_at_label_size(synthetic_small, tmp_path, resize, keep_ratio):
     from ctxseg.data.index import PreparedIndex
-    from ctxseg.engine.evaluate import evaluate, inference_settings
+    from ctxseg.engine.evaluate import evaluate
+    from ctxseg.engine.settings import InferenceSettings
     from ctxseg.io import read_image, read_label
 
     recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", f"eval.resize={list(resize)}",
                                   f"eval.keep_ratio={'true' if keep_ratio else 'false'}"])
     index = PreparedIndex.open(synthetic_small)
     model = RecordingModel(recipe.data.num_classes)
-    settings = inference_settings(recipe)
-    assert settings["resize"] == list(resize) and settings["keep_ratio"] == keep_ratio
+    settings = InferenceSettings.from_recipe(recipe)
+    assert settings.resize == tuple(resize) and settings.keep_ratio == keep_ratio
     cm, _ = evaluate(model, recipe, index, "val", settings, torch.device("cpu"), pred_dir=tmp_path / "p", limit=3)
     samples = index.samples("val")[:3]
     for sample, seen in zip(samples, model.sizes):
@@ -84,12 +85,13 @@ def test_keep_ratio_test_size_matches_mmseg_rescale():
 
 
 def test_predict_scores_returns_original_size():
-    from ctxseg.engine.evaluate import inference_settings, predict_scores
+    from ctxseg.engine.evaluate import predict_scores
+    from ctxseg.engine.settings import InferenceSettings
 
     recipe = load_recipe("demo", ["eval.resize=[64, 32]"])
     model = RecordingModel(recipe.data.num_classes)
     img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    scores = predict_scores(model, recipe, img, inference_settings(recipe), [], torch.device("cpu"))
+    scores = predict_scores(model, recipe, img, InferenceSettings.from_recipe(recipe), torch.device("cpu"))
     assert scores.shape[-2:] == (50, 70) and model.sizes == [T.test_size(50, 70, (64, 32))]
 
 
@@ -194,19 +196,19 @@ def test_mcibi_cityscapes_windows_are_1024_high_512_wide():
     ("mcibi-deeplabv3-r101-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]),
     ("mcibi-deeplabv3-vitl-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])])
 def test_mcibi_cocostuff_ms_scales(name, scales):
-    from ctxseg.engine.evaluate import inference_settings
+    from ctxseg.engine.settings import InferenceSettings
 
     r = load_recipe(name)
-    assert r.eval.ms_scales == scales and inference_settings(r, ms_flip=True)["scales"] == scales
+    assert r.eval.ms_scales == scales and InferenceSettings.from_recipe(r, ms_flip=True).scales == tuple(scales)
 
 
 def test_hrnet_ade20k_ms_flip_slides_single_scale_is_whole():
-    from ctxseg.engine.evaluate import inference_settings
+    from ctxseg.engine.settings import InferenceSettings
 
     r = load_recipe("mcibi-deeplabv3-hr48-ade20k")
-    assert inference_settings(r)["mode"] == "whole"
-    ms = inference_settings(r, ms_flip=True)
-    assert ms["mode"] == "slide" and ms["crop"] == [512, 512] and ms["stride"] == [341, 341]
+    assert InferenceSettings.from_recipe(r).mode == "whole"
+    ms = InferenceSettings.from_recipe(r, ms_flip=True)
+    assert ms.mode == "slide" and ms.crop == (512, 512) and ms.stride == (341, 341)
 
 
 @pytest.mark.parametrize("name,processes,batch", [
@@ -248,20 +250,21 @@ def test_new_rows_exist_with_their_numbers():
 
 
 def test_published_number_follows_the_protocol_that_ran():
-    from ctxseg.engine.evaluate import inference_settings, published_for
+    from ctxseg.engine.evaluate import published_for
+    from ctxseg.engine.settings import InferenceSettings
 
     lip = load_recipe("mcibi-deeplabv3-r50-lip")
     assert (lip.published.miou, lip.published.miou_flip, lip.published.miou_ms) == (53.73, 54.08, None)
-    assert published_for(lip, inference_settings(lip)) == ("ss", 53.73)  # official active test: no flip
-    assert published_for(lip, inference_settings(lip, flip=True)) == ("flip", 54.08)
+    assert published_for(lip, InferenceSettings.from_recipe(lip)) == ("ss", 53.73)  # official active test: no flip
+    assert published_for(lip, InferenceSettings.from_recipe(lip, flip=True)) == ("flip", 54.08)
     ade = load_recipe("ocrnet-hr48-ade20k-80k")
-    assert published_for(ade, inference_settings(ade)) == ("ss", 43.00)
-    assert published_for(ade, inference_settings(ade, ms_flip=True)) == ("ms_flip", 44.30)
-    assert published_for(ade, inference_settings(ade, flip=True)) == ("flip", None)  # never the no-flip number
-    assert published_for(ade, inference_settings(ade, scales=[0.75, 1.0], flip=False)) == ("custom", None)
-    assert published_for(ade, inference_settings(ade, ms_flip=True, scales=[0.5, 1.0])) == ("ms_flip", None)
+    assert published_for(ade, InferenceSettings.from_recipe(ade)) == ("ss", 43.00)
+    assert published_for(ade, InferenceSettings.from_recipe(ade, ms_flip=True)) == ("ms_flip", 44.30)
+    assert published_for(ade, InferenceSettings.from_recipe(ade, flip=True)) == ("flip", None)  # never the no-flip number
+    assert published_for(ade, InferenceSettings.from_recipe(ade, scales=[0.75, 1.0], flip=False)) == ("custom", None)
+    assert published_for(ade, InferenceSettings.from_recipe(ade, ms_flip=True, scales=[0.5, 1.0])) == ("ms_flip", None)
     city = load_recipe("mcibi-deeplabv3-r101-cityscapes")
-    assert published_for(city, inference_settings(city)) == ("ss", None)
+    assert published_for(city, InferenceSettings.from_recipe(city)) == ("ss", None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -182,13 +182,14 @@ class SideModel(torch.nn.Module):
 
 def test_flip_tta_swaps_lip_channels():
     from ctxseg.engine.inference import flip_scores, infer
+    from ctxseg.engine.settings import InferenceSettings
 
     model = SideModel()
     x = torch.randn(1, 3, 6, 8)
-    plain = infer(model, x, 20)
-    tta = infer(model, x, 20, flip=True, flip_pairs=LIP_PAIRS)
+    plain = infer(model, x, InferenceSettings(20))
+    tta = infer(model, x, InferenceSettings(20, flip=True, flip_pairs=LIP_PAIRS))
     assert torch.equal(tta.argmax(1), plain.argmax(1))
-    no_swap = infer(model, x, 20, flip=True, flip_pairs=())
+    no_swap = infer(model, x, InferenceSettings(20, flip=True, flip_pairs=()))
     assert not torch.equal(no_swap.argmax(1), plain.argmax(1))  # without the swap, arms are confused
     s = torch.randn(2, 20, 3, 5)
     swapped = s.flip(-1)[:, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 14, 17, 16, 19, 18]]

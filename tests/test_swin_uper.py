@@ -19,6 +19,7 @@ from ctxseg.convert.mmseg_swin import orig_to_unfold, swin_keymap, unfold_to_ori
 from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model, read_checkpoint
 from ctxseg.engine.inference import infer
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
 from ctxseg.models.segmentor import build_segmentor
 from tests.conftest import REPO, golden, run_cli
@@ -74,7 +75,7 @@ def test_converted_swin_upernet_matches_mmseg(model, io):
     with torch.no_grad():
         feats = model.backbone(x)
         out = model(x)
-        up = infer(model, x, 5, mode="whole", align_corners=False)
+        up = infer(model, x, InferenceSettings(5, mode="whole", align_corners=False))
     for i, f in enumerate(feats):
         _close(f, g[f"backbone.{i}"], f"{io}/backbone.{i}")
     for k in ("aux_logits", "feats", "logits"):

@@ -13,7 +13,8 @@ from rich.progress import Progress
 from ctxseg.cli.common import SetOption, metrics_table, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, inference_settings, published_for
+from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, published_for
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.errors import UserError
 from ctxseg.io import write_json
@@ -76,7 +77,7 @@ def eval_cmd(
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
-    settings = inference_settings(recipe, ms_flip, scale_list, flip)
+    settings = InferenceSettings.from_recipe(recipe, ms_flip, scale_list, flip, flip_pairs=index.flip_pairs)
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None
@@ -90,7 +91,7 @@ def eval_cmd(
               "IoU": {k: v["IoU"] for k, v in summary["per_class"].items()},
               "Acc": {k: v["Acc"] for k, v in summary["per_class"].items()},
               "checkpoint": str(ckpt_path), "recipe": recipe.name, "data_root": str(recipe.data.root), "split": split,
-              "inference": settings, "protocol": protocol, "published_mIoU": ref, "num_images": len(per_image), "per_image_mIoU": per_image,
+              "inference": settings.to_dict(), "protocol": protocol, "published_mIoU": ref, "num_images": len(per_image), "per_image_mIoU": per_image,
               "confusion_matrix": cm.mat.tolist()}
     write_json(target / "metrics.json", result)
     if pred_dir is not None:
@@ -100,7 +101,7 @@ def eval_cmd(
         from ctxseg.viz.sources import set_latest_predictions
 
         set_latest_predictions(target / "predictions.json")
-    out.print(metrics_table(summary, f"{recipe.name} on {split} ({PROTOCOL_NAMES[protocol]}, {settings['mode']})"))
+    out.print(metrics_table(summary, f"{recipe.name} on {split} ({PROTOCOL_NAMES[protocol]}, {settings.mode})"))
     pub = recipe.published
     line = f"mIoU [bold]{100 * summary['mIoU']:.2f}[/] ({PROTOCOL_NAMES[protocol]})"
     if ref is not None:

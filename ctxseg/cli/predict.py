@@ -13,7 +13,8 @@ from rich.progress import Progress
 from ctxseg.cli.common import SetOption, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import inference_settings, predict_scores
+from ctxseg.engine.evaluate import predict_scores
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import resolve_checkpoint
 from ctxseg.errors import UserError
 from ctxseg.io import read_image, write_json, write_png
@@ -58,12 +59,12 @@ def predict(
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    settings = inference_settings(recipe, ms_flip)
     try:
         index = PreparedIndex.open(recipe.data.root)
         palette, flip_pairs = index.palette, index.flip_pairs
     except UserError:  # predicting without the prepared dataset: a generated palette
         palette, flip_pairs = None, []
+    settings = InferenceSettings.from_recipe(recipe, ms_flip, flip_pairs=flip_pairs)
     encode = _encoder(fmt)
     images = collect_images(inputs)
     manifest = {}
@@ -71,7 +72,7 @@ def predict(
         task = bar.add_task("predict", total=len(images))
         for path, stem in images:
             img = read_image(path)
-            scores = predict_scores(model, recipe, img, settings, flip_pairs, device)
+            scores = predict_scores(model, recipe, img, settings, device)
             pred = scores.argmax(1)[0].cpu().numpy()
             name, label = encode(stem, pred)
             write_png(out_dir / name, label)

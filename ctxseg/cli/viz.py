@@ -16,39 +16,13 @@ from ctxseg.errors import UserError
 from ctxseg.io import read_image, read_label, write_json, write_png
 from ctxseg.viz.html import write_index
 from ctxseg.viz.overlay import overlay
-from ctxseg.viz.sources import latest_predictions, read_manifest
+from ctxseg.viz.sources import DatasetInfo, latest_predictions, read_manifest
 
 viz_app = typer.Typer(help="Pictures of predictions, data and training.", no_args_is_help=True)
 
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
-
-
-class DatasetInfo:
-    """Class names, palette and label conventions of a prepared index (generated when it is missing)."""
-
-    def __init__(self, data_root: str | Path | None, num_classes: int | None = None):
-        try:
-            index = PreparedIndex.open(data_root) if data_root else None
-        except UserError:
-            index = None
-        if index is not None:
-            self.classes, self.palette, self.ignore = index.classes, index.palette, index.ignore_index
-            self.reduce_zero_label = bool(index.meta.get("reduce_zero_label"))
-        else:
-            from ctxseg.viz.palette import default_palette
-
-            n = num_classes or 256
-            self.classes, self.palette, self.ignore, self.reduce_zero_label = [str(i) for i in range(n)], default_palette(n), 255, False
-
-    def ground_truth(self, path: str | Path) -> np.ndarray:
-        label = read_label(path).astype(np.int64)
-        if self.reduce_zero_label:
-            from ctxseg.data.dataset import reduce_zero_label
-
-            label = reduce_zero_label(label).astype(np.int64)
-        return label
 
 
 def _prediction(sample: dict, pred_root: Path, name: str) -> np.ndarray:
@@ -145,21 +119,28 @@ def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Option
 
     from ctxseg.cli.predict import collect_images
     from ctxseg.engine.checkpoint import load_model
-    from ctxseg.engine.evaluate import inference_settings, predict_scores
+    from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.evaluate import predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
 
     ckpt = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     info = DatasetInfo(recipe.data.root, recipe.data.num_classes)
-    settings = inference_settings(recipe)
+    try:  # LIP's left/right class pairs for the flip, from the prepared dataset when there is one
+        flip_pairs = PreparedIndex.open(recipe.data.root).flip_pairs
+    except UserError:
+        flip_pairs = []
+    # the recipe's full eval settings (scales, flip, flip pairs), the same as `ctxseg eval` and predict
+    settings = InferenceSettings.from_recipe(recipe, flip_pairs=flip_pairs)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     target = out_dir or run_dir / "viz" / "overlays"
     written = []
     for path, stem in collect_images([images])[:limit]:
         img = read_image(path)
-        scores = predict_scores(model, recipe, img, {**settings, "scales": [1.0], "flip": False}, [], device)
+        scores = predict_scores(model, recipe, img, settings, device)
         pred = scores.argmax(1)[0].cpu().numpy()
         dest = target / f"{stem}.png"
         write_png(dest, overlay(img, pred, info.palette, info.classes, info.ignore, alpha))
@@ -358,13 +339,82 @@ def palette_cmd(
     _done(target, 1, "palette picture")
 
 
-# other engineers' commands (viz memory / viz embed) are registered below this line
-from ctxseg.viz.memory import memory_cmd  # noqa: E402
+# --------------------------------------------------------------------------------------------
+# memory (MCIBI) and embed (pixel embeddings)
 
-viz_app.command("memory")(memory_cmd)
-from ctxseg.viz.embed import embed_cmd  # noqa: E402
 
-viz_app.command("embed")(embed_cmd)
+@viz_app.command("memory")
+def memory_cmd(
+    checkpoint: Path = typer.Argument(..., help="ctxseg checkpoint of an MCIBI model (.safetensors)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."),
+):
+    """Pictures of the MCIBI memory bank: class-to-class cosine similarity and a PCA projection.
+
+    Example: [cyan]ctxseg viz memory runs/latest/best.safetensors[/]
+    """
+    from ctxseg.viz.memory import memory_from_checkpoint, plot_memory
+
+    memory, names = memory_from_checkpoint(checkpoint)
+    paths, unused = plot_memory(memory, names, out_dir or checkpoint.parent / "memory")
+    if unused:
+        out.print(f"{len(unused)} class(es) never updated (all-zero memory, left out): {', '.join(unused[:20])}")
+    for p in paths:
+        out.print(f"[green]wrote[/] {p}")
+
+
+@viz_app.command("embed")
+def embed_cmd(
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="A checkpoint (.safetensors or run folder); twice for two panels side by side (e.g. CE vs contrast)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="A prepared index folder (default: the checkpoint recipe's data.root)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to take images from (default: the recipe's val split)."),
+    images: int = typer.Option(4, "--images", "-n", help="How many images of the split."),
+    per_class: int = typer.Option(200, "--per-class", help="At most this many pixels per class."),
+    method: str = typer.Option("auto", "--method", "-m", help="tsne, umap, pca, or auto (t-SNE when scikit-learn is installed, else PCA)."),
+    max_side: int = typer.Option(1024, "--max-side", help="Downscale images whose longer side exceeds this."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and the projection."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/embed-<recipe>)."),
+):
+    """t-SNE / UMAP / PCA of pixel embeddings sampled per ground-truth class, like the ContrastiveSeg
+    paper's figure. A contrast model shows its projection-head embedding; others their decode-head
+    features (L2-normalised).
+
+    Examples:
+
+      [cyan]ctxseg viz embed -c ce.safetensors -c contrast.safetensors[/]   side by side
+
+      [cyan]ctxseg viz embed -c runs/x --method pca --images 8[/]
+    """
+    import re
+
+    from ctxseg.engine.runs import RUNS_DIR, resolve_checkpoint
+    from ctxseg.viz.embed import collect, plot_embeddings, project_2d, resolve_method
+
+    if not 1 <= len(checkpoint) <= 2:
+        raise UserError(f"Pass one or two --checkpoint, got {len(checkpoint)}")
+    if images < 1 or per_class < 1 or max_side < 16:
+        raise UserError("--images and --per-class must be at least 1, --max-side at least 16")
+    chosen = resolve_method(method)
+    paths = [resolve_checkpoint(c) for c in checkpoint]
+    panels, info = [], None
+    for p in paths:
+        sample, sample_info = collect(p, data_root, split, images, per_class, max_side, seed)
+        info = info or sample_info
+        panels.append((sample, project_2d(sample.points, chosen, seed)))
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-vs-".join(Path(s.name).stem for s, _ in panels))
+    target = out_dir or RUNS_DIR / "viz" / f"embed-{stem}"
+    dest = plot_embeddings(panels, info.classes, info.palette, chosen, target / "embed.png")
+    write_json(target / "embed_points.json", {
+        "method": chosen,
+        "classes": info.classes,
+        "panels": [{"checkpoint": str(p), "name": s.name, "source": s.source, "labels": s.labels.tolist(),
+                    "xy": np.round(xy, 5).tolist()} for p, (s, xy) in zip(paths, panels)],
+    })
+    caption = " | ".join(f"{s.name} ({s.source})" for s, _ in panels)
+    write_index(target, [(dest, caption)], title="pixel embeddings",
+                note=f"{chosen.upper()} of pixels sampled per ground-truth class ({per_class} at most) from {images} images",
+                max_width=1400)
+    _done(target, 1, "embedding plot")
+    print(f"embedding plot: {dest}")
 
 
 def register(app: typer.Typer) -> None:

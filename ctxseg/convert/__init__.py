@@ -1,15 +1,5 @@
-"""Converters: one module per foreign format; each adds its `ctxseg convert <format>` command."""
+"""Converters: the mechanism (base.py: strict key maps and reports) and one key table per foreign
+format (mmseg, mmseg_swin, ssseg, openseg, cac), plus the ONNX export. The `ctxseg convert`
+commands are in ctxseg.cli.convert."""
 
-from __future__ import annotations
-
-import typer
-
-# module names under ctxseg.convert that define `register(app)`; filled as formats land
 FORMATS: list[str] = ["mmseg", "onnx", "cac", "openseg", "ssseg"]
-
-
-def register_commands(app: typer.Typer) -> None:
-    import importlib
-
-    for name in FORMATS:
-        importlib.import_module(f"ctxseg.convert.{name}").register(app)

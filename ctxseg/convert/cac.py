@@ -15,15 +15,16 @@ the file is opened with torch.load(weights_only=True) only.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING
 
-import typer
 
-from ctxseg.config import Recipe
+
 from ctxseg.convert import mmseg
-from ctxseg.convert.base import KeyMap, run_conversion
+from ctxseg.convert.base import KeyMap
 from ctxseg.errors import UserError
+
+if TYPE_CHECKING:  # tables never import the recipe layer
+    from ctxseg.config import Recipe
 
 
 def cac_rules(recipe: Recipe) -> list[tuple[str, str]]:
@@ -34,9 +35,9 @@ def cac_rules(recipe: Recipe) -> list[tuple[str, str]]:
 
 def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     has_cac_keys = any(".apd_proj." in k for k in src)
-    if recipe.model.cac is None:
+    if recipe.model.plugin("cac") is None:
         if has_cac_keys:
-            raise UserError(f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [model.cac]; "
+            raise UserError(f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [[model.plugins]] type = 'cac'; "
                             "use a *-cac-* recipe (ctxseg recipes list)")
     elif not has_cac_keys:
         raise UserError(f"Recipe '{recipe.name}' uses CAC but the checkpoint has no CAC projector weights "
@@ -45,18 +46,3 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     # first match wins: the projector rules must precede the generic decode_head rule
     return KeyMap(rules=cac_rules(recipe) + list(base.rules), ignore=list(base.ignore), fixups=list(base.fixups),
                   target_defaults=list(base.target_defaults))
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("cac")
-    def convert_cac(
-        source: Path = typer.Argument(..., help="CAC checkpoint (.pth, mmseg 0.x container from tianzhuotao/CAC)."),
-        recipe: str = typer.Option(..., "--recipe", "-r", help="A CAC recipe describing the same model."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
-    ):
-        """Convert a released CAC model (opened with weights_only=True; strict key table).
-
-        Example: [cyan]ctxseg convert cac deeplabv3plus_r50_cac.pth --recipe deeplabv3plus-cac-r50-ade20k-160k -o dlv3p_cac.safetensors[/]
-        """
-        run_conversion("cac", source, recipe, output, keymap_for, set)

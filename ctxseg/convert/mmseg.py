@@ -22,13 +22,14 @@ message_hub), which load_foreign drops without executing any pickled code. A `mo
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING
 
-import typer
 
-from ctxseg.config import Recipe
-from ctxseg.convert.base import KeyMap, run_conversion
+
+from ctxseg.convert.base import KeyMap
+
+if TYPE_CHECKING:  # tables never import the recipe layer
+    from ctxseg.config import Recipe
 
 try:  # the Swin backbone's rules live in their own module (another issue); optional here
     from ctxseg.convert.mmseg_swin import swin_rules
@@ -68,18 +69,3 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     else:  # training-only head of the source model; reported as ignored
         ignore.append(r"auxiliary_head\..+")
     return KeyMap(rules=rules, ignore=ignore, fixups=list(bb.fixups), target_defaults=list(bb.target_defaults))
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("mmseg")
-    def convert_mmseg(
-        source: Path = typer.Argument(..., help="mmsegmentation checkpoint (.pth, 0.x or 1.x)."),
-        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe that describes the same model."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
-    ):
-        """Convert an mmsegmentation model-zoo checkpoint (opened with weights_only=True).
-
-        Example: [cyan]ctxseg convert mmseg ocrnet_hr48_512x1024_80k_cityscapes.pth --recipe ocrnet-hr48-cityscapes-80k -o hr48.safetensors[/]
-        """
-        run_conversion("mmseg", source, recipe, output, keymap_for, set)

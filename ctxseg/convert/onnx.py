@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-import typer
 from torch import nn
 
 from ctxseg.errors import UserError
@@ -111,54 +109,3 @@ def check_with_onnxruntime(model: nn.Module, recipe, path: Path, height: int, wi
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(sess.run(["logits"], {"images": x.numpy()})[0])
     return float((got - ref).abs().max()), float(ref.abs().max())
-
-
-def onnx_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="A .safetensors checkpoint (default: best of runs/latest)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
-    height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width axes."),
-    opset: int = typer.Option(OPSET, "--opset", help="ONNX opset version."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Run the export in onnxruntime and compare with PyTorch."),
-    set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key of the checkpoint. Repeatable."),
-):
-    """Export the whole-image inference graph (normalised RGB in, logits at input size out) to ONNX.
-
-    The recipe's mean/std and the RGB channel order are recorded in the ONNX metadata_props.
-
-    Example: [cyan]ctxseg convert onnx -c runs/latest/best.safetensors -o model.onnx --height 512 --width 512[/]
-    """
-    from ctxseg.cli.common import out
-    from ctxseg.engine.checkpoint import load_model
-    from ctxseg.engine.runs import resolve_checkpoint
-
-    ckpt = resolve_checkpoint(checkpoint)
-    model, recipe, _ = load_model(ckpt, list(set or []))
-    h = height or recipe.data.crop_size[0]
-    w = width or recipe.data.crop_size[1]
-    if h < 8 or w < 8:
-        raise UserError(f"--height/--width must be at least 8, got {h}x{w}")
-    classes = palette = None
-    try:
-        from ctxseg.data.index import PreparedIndex
-
-        index = PreparedIndex.open(recipe.data.root)
-        classes, palette = index.classes, index.palette
-    except UserError:  # exporting without the prepared dataset: no class names in the metadata
-        pass
-    export_onnx(model, recipe, output, h, w, dynamic, opset, classes, palette)
-    out.print(f"[green]wrote[/] {output} ({h}x{w}{', dynamic axes' if dynamic else ''}, opset {opset})")
-    if check:
-        try:
-            diff, scale = check_with_onnxruntime(model, recipe, output, h, w)
-        except ImportError:
-            out.print("[yellow]onnxruntime not installed: skipped the check (pip install 'ctxseg[onnx]')[/]")
-            return
-        rel = diff / max(scale, 1e-12)
-        style = "green" if rel <= 1e-4 else "red"
-        out.print(f"onnxruntime check: max |diff| {diff:.2e} (logit scale {scale:.3g}, relative [{style}]{rel:.2e}[/])")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("onnx")(onnx_cmd)

@@ -20,18 +20,19 @@ The key table (source pattern -> ctxseg name):
   segment_queue(_ptr), pixel_queue(_ptr)     -> plugins.contrast.*  (memory variant)
 
 Training-only parts the recipe does not build (projection head and queues without a
-`model.contrast`, the DSN branch without an aux head) are ignored and listed in the report.
+`pixel_contrast` plug-in, the DSN branch without an aux head) are ignored and listed in the report.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING
 
-import typer
 
-from ctxseg.config import Recipe
-from ctxseg.convert.base import KeyMap, run_conversion
+
+from ctxseg.convert.base import KeyMap
+
+if TYPE_CHECKING:  # tables never import the recipe layer
+    from ctxseg.config import Recipe
 
 _P = r"(?:encoder_q\.)?"  # the memory model wraps the network in encoder_q
 
@@ -84,27 +85,13 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
         rules += _DSN
     else:
         ignore.append(_P + r"decoder\.layer_dsn\..+")
-    if m.contrast is not None:
+    contrast = m.plugin("pixel_contrast")
+    if contrast is not None:
         rules += _PROJ
-        if m.contrast.get("use_queue", False):
+        if contrast.get("use_queue", False):
             rules += _QUEUES
         else:
             ignore.append(r"(segment|pixel)_queue(_ptr)?")
     else:  # a contrast checkpoint converted for inference only: the training-only parts are listed
         ignore += [_P + r"proj_head\..+", r"(segment|pixel)_queue(_ptr)?"]
     return KeyMap(rules=rules, ignore=ignore)
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("openseg")
-    def convert_openseg(
-        source: Path = typer.Argument(..., help="openseg.pytorch / ContrastiveSeg checkpoint (.pth)."),
-        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe that describes the same model."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
-    ):
-        """Convert a ContrastiveSeg / openseg.pytorch checkpoint (opened with weights_only=True).
-
-        Example: [cyan]ctxseg convert openseg hrnet_w48_contrast_max_performance.pth --recipe contrast-hrnet48 -o contrast-hr48.safetensors[/]
-        """
-        run_conversion("openseg", source, recipe, output, keymap_for, set)

@@ -36,16 +36,17 @@ rows are printed as ignored. A recipe with num_classes = 182 converts without th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 import re
-from pathlib import Path
-from typing import List, Optional
 
 import torch
-import typer
 
-from ctxseg.config import Recipe
-from ctxseg.convert.base import KeyMap, run_conversion
+from ctxseg.convert.base import KeyMap
 from ctxseg.errors import UserError
+
+if TYPE_CHECKING:  # tables never import the recipe layer
+    from ctxseg.config import Recipe
 
 _CTX = r"context_within_image_module"
 _MEM = "plugins.memory"
@@ -173,8 +174,9 @@ def _aux_decoders_rules(cfg: dict) -> list[tuple[str, str]]:
 
 def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     m = recipe.model
-    if m.memory is None or m.memory.get("type") != "mcibi":
-        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([model.memory] type = \"mcibi\")")
+    memory = m.plugin("mcibi")
+    if memory is None:
+        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([[model.plugins]] type = \"mcibi\")")
     bb = _backbone_keymap(recipe)
     rules, ignore, fixups = list(bb.rules), list(bb.ignore), list(bb.fixups)
     head = m.head["type"]
@@ -189,12 +191,12 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
         rules += [(rf"{_CTX}\.branches\.(\d+)\.1\.(.+)", r"decode_head.psp_modules.\1.1.conv.\2"),
                   (rf"{_CTX}\.branches\.(\d+)\.2\.(.+)", r"decode_head.psp_modules.\1.1.bn.\2")]
         rules += _conv_module(rf"{_CTX}\.bottleneck", "decode_head.bottleneck")
-    elif head == "fcn" and not m.memory.get("use_context_within_image", True):
+    elif head == "fcn" and not memory.get("use_context_within_image", True):
         # no within-image context: ssseg's memory-input bottleneck is the FCN head's single conv
         rules += _conv_module(r"bottleneck", "decode_head.convs.0")
     else:
         raise UserError(f"convert ssseg: head type '{head}' has no ssseg counterpart (aspp, psp, or fcn without context)")
-    if m.memory.get("use_context_within_image", True):
+    if memory.get("use_context_within_image", True):
         rules += _conv_module(r"bottleneck", f"{_MEM}.bottleneck")
     rules.append((r"memory_module\.memory", f"{_MEM}.memory"))
     rules += _attention(r"memory_module\.self_attention", f"{_MEM}.self_attentions.0")
@@ -217,29 +219,3 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     if selection is not None:
         fixups.append(_class_rows_fixup(rules, ignore, selection[0]))
     return KeyMap(rules=rules, ignore=ignore, fixups=fixups, target_defaults=list(bb.target_defaults))
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("ssseg")
-    def convert_ssseg(
-        source: Path = typer.Argument(..., help="sssegmentation checkpoint (.pth; its [\"model\"] state dict)."),
-        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe that describes the same model (an mcibi-* recipe)."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
-    ):
-        """Convert an sssegmentation MCIBI checkpoint (opened with weights_only=True), memory bank included.
-
-        Example: [cyan]ctxseg convert ssseg mcibi_deeplabv3_r50_ade20k.pth --recipe mcibi-deeplabv3-r50-ade20k -o mcibi.safetensors[/]
-        """
-        from rich.console import Console
-
-        console = Console()
-
-        def keymap_reporting(rec: Recipe, src: dict) -> KeyMap:
-            selection = class_rows(rec, src)
-            if selection is not None:  # part of the report: which class rows are dropped
-                console.print(f"182 -> 171 classes (ssseg COCO-Stuff ids -> ctxseg's cocostuff classes): "
-                              f"ignored class rows: {', '.join(selection[1])}")
-            return keymap_for(rec, src)
-
-        run_conversion("ssseg", source, recipe, output, keymap_reporting, set, console=console)

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from ctxseg.config import Recipe
+from ctxseg.engine.settings import InferenceSettings
 
 PHASES = ("inference_whole", "inference_slide", "train")
 
@@ -150,7 +151,7 @@ def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: in
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.after_train_step(outputs, labels, step, lr, None)
+        model.after_train_step(outputs, labels, step, lr)
 
     times = timed(train_step, repeats, warmup, device)
     t = statistics.median(times)
@@ -166,10 +167,12 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
     crop = (min(e.crop_size[0], height), min(e.crop_size[1], width))
     stride = (min(e.stride[0], crop[0]), min(e.stride[1], crop[1]))
 
+    # one forward pass per window or image: the mode is timed, not the recipe's scales/flip
+    settings = InferenceSettings.from_recipe(recipe).with_(mode=mode, crop=crop, stride=stride, scales=(1.0,), flip=False)
+
     def run():
         with _autocast(recipe, device):
-            infer(model, images, recipe.data.num_classes, mode, crop, stride, window_batch=e.window_batch,
-                  align_corners=recipe.model.align_corners)
+            infer(model, images, settings)
 
     times = timed(run, repeats, warmup, device)
     t = statistics.median(times)
@@ -187,7 +190,7 @@ def _inference_flops(model, recipe: Recipe, images: torch.Tensor) -> int:
     from ctxseg.engine.inference import infer
 
     with FlopCounterMode(display=False) as fc:
-        infer(model, images, recipe.data.num_classes, "whole", align_corners=recipe.model.align_corners)
+        infer(model, images, InferenceSettings(recipe.data.num_classes, align_corners=recipe.model.align_corners))
     return int(fc.get_total_flops())
 
 

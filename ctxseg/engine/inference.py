@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.models.layers import resize
 
 
@@ -55,10 +56,11 @@ def flip_scores(scores: torch.Tensor, flip_pairs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def infer(model, images: torch.Tensor, num_classes: int, mode: str = "whole", crop=(512, 512), stride=(341, 341),
-          scales=(1.0,), flip: bool = False, flip_pairs=(), window_batch: int = 4, align_corners: bool = False,
-          out_size: tuple[int, int] | None = None) -> torch.Tensor:
+def infer(model, images: torch.Tensor, settings: InferenceSettings, out_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Scores [N, C, H, W] at `out_size` (default: the input size) for normalised images."""
+    num_classes, mode, crop, stride = settings.num_classes, settings.mode, settings.crop, settings.stride
+    scales, flip, flip_pairs = settings.scales, settings.flip, settings.flip_pairs
+    window_batch, align_corners = settings.window_batch, settings.align_corners
     h, w = images.shape[-2:]
     out_size = out_size or (h, w)
 

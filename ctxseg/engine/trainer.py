@@ -28,7 +28,8 @@ from ctxseg.data.check import check_data
 from ctxseg.data.dataset import SegDataset, TrainBatchSampler, collate
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine import checkpoint as ckpt
-from ctxseg.engine.evaluate import evaluate, inference_settings
+from ctxseg.engine.evaluate import evaluate
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
 from ctxseg.errors import UserError
 from ctxseg.io import remove_stale_temp_files, write_error, write_text
@@ -426,7 +427,7 @@ class Trainer:
         self._ensure_finite(step)
         self._sync_buffers_from_main()
         model = self.acc.unwrap_model(self.model)
-        settings = inference_settings(self.recipe)
+        settings = InferenceSettings.from_recipe(self.recipe, flip_pairs=self.index.flip_pairs)
         error, cm = None, None
         try:
             with _without_autocast(model):
@@ -474,8 +475,6 @@ class Trainer:
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
-        # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
-        schedule_hooks = [m for m in core.modules() if hasattr(m, "before_train_step")]
         iters_per_epoch = max(1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
         bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress)
@@ -487,8 +486,8 @@ class Trainer:
                 lr = lr_at(self.step, self.total, self.recipe)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_mult", 1.0)
-                for m in schedule_hooks:
-                    m.before_train_step(self.step, lr, iters_per_epoch)
+                # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
+                core.before_train_step(self.step, lr, iters_per_epoch)
                 terms_sum: dict[str, float] = {}
                 for _ in range(tr.grad_accum):
                     # two agreements per micro-batch (data, then loss) so that no process enters
@@ -512,7 +511,7 @@ class Trainer:
                             self.acc.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
-                    core.after_train_step(outputs, labels, self.step, lr, self.acc)
+                    core.after_train_step(outputs, labels, self.step, lr)
                     for k, v in terms.items():
                         terms_sum[k] = terms_sum.get(k, 0.0) + v / tr.grad_accum
                 self.step += 1

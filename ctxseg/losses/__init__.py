@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ctxseg.config import Recipe
 from ctxseg.losses.cross_entropy import cross_entropy, ohem_weights, seg_ce_term
 from ctxseg.models.layers import resize
+
+if TYPE_CHECKING:  # losses sit below the recipe layer (models import them)
+    from ctxseg.config import Recipe
 
 
 def inverse_log_frequency(counts: list[int]) -> list[float]:

@@ -6,26 +6,22 @@ forward(images, targets=None) returns a dict (DESIGN.md):
   aux_logits  auxiliary-head logits (training, or when `with_aux=True`)
   ...         plug-in outputs (e.g. `embed` from a contrast projection, memory-stage logits)
 Losses are computed from this dict by ctxseg.losses, so a context method is a plug-in (module +
-loss terms + after-step hook), never a fork of the trainer.
-
-Plug-in protocol (all optional methods on a plug-in module):
-  forward(outputs, backbone_feats, targets) -> dict    adds/replaces outputs
-  losses(outputs, targets, step) -> dict[str, Tensor]  extra weighted loss terms
-  after_train_step(outputs, targets, step, lr, dist)   stateful updates (memory, queues)
-Plug-in state lives in registered buffers, so it is checkpointed and exported with the weights.
+loss terms + train-step hooks), never a fork of the trainer. The plug-in contract is
+ctxseg.models.context.base.ContextPlugin; the hooks are called on `self.plugins` only, in the
+recipe's order.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ctxseg.config import Recipe
-from ctxseg.models.builder import build_component
+from ctxseg.models.builder import DataFacts, build_component, plugin_name
 
-PLUGIN_ORDER = ("memory", "cac", "contrast")
+if TYPE_CHECKING:
+    from ctxseg.config import Recipe
 
 
 class Segmentor(nn.Module):
@@ -42,7 +38,7 @@ class Segmentor(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         feats = self.backbone(images)
-        out = dict(self.decode_head(feats, **({"targets": targets} if getattr(self.decode_head, "wants_targets", False) else {})))
+        out = dict(self.decode_head(feats))
         if self.auxiliary_head is not None and (self.training or self.with_aux):
             out["aux_logits"] = self.auxiliary_head(feats)["logits"]
         for plugin in self.plugins.values():
@@ -51,35 +47,41 @@ class Segmentor(nn.Module):
 
     def plugin_losses(self, outputs: dict, targets: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        for module in self.modules():
-            if module is not self and hasattr(module, "losses") and callable(module.losses):
-                terms.update(module.losses(outputs, targets, step))
+        for plugin in self.plugins.values():
+            terms.update(plugin.losses(outputs, targets, step))
         return terms
 
+    def before_train_step(self, step: int, lr: float, iters_per_epoch: int | None = None) -> None:
+        for plugin in self.plugins.values():
+            plugin.before_train_step(step, lr, iters_per_epoch)
+
     @torch.no_grad()
-    def after_train_step(self, outputs: dict, targets: torch.Tensor, step: int, lr: float, dist: Any = None) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "after_train_step"):
-                module.after_train_step(outputs, targets, step, lr, dist)
+    def after_train_step(self, outputs: dict, targets: torch.Tensor, step: int, lr: float) -> None:
+        for plugin in self.plugins.values():
+            plugin.after_train_step(outputs, targets, step, lr)
+
+
+def data_facts(recipe: Recipe) -> DataFacts:
+    """The one place data facts are read from a recipe for every component."""
+    return DataFacts(num_classes=recipe.data.num_classes, ignore_index=recipe.data.ignore_index,
+                     align_corners=recipe.model.align_corners)
 
 
 def build_segmentor(recipe: Recipe) -> Segmentor:
     m = recipe.model
-    num_classes = recipe.data.num_classes
+    facts = data_facts(recipe)
+    common = dict(num_classes=facts.num_classes, ignore_index=facts.ignore_index, align_corners=facts.align_corners)
     backbone = build_component("backbone", m.backbone)
     channels = backbone.out_channels
-    common = dict(in_channels=channels, num_classes=num_classes, align_corners=m.align_corners)
-    head = build_component("head", m.head, **common)
-    aux = build_component("aux_head", m.aux_head, **common) if m.aux_head else None
-    plugins = {}
-    # each plug-in sees the module that currently owns the final classifier (`conv_seg`, fed by
-    # outputs["feats"]): the decode head, or a plug-in that replaced it (MCIBI's stage-2 decoder),
-    # so MCIBI -> CAC -> contrast compose without knowing each other
-    classifier_owner = head
-    for name in PLUGIN_ORDER:
-        cfg = getattr(m, name)
-        if cfg is not None:
-            plugin = build_component(name, cfg, head=classifier_owner, num_classes=num_classes, align_corners=m.align_corners)
-            plugins[name] = plugin
-            classifier_owner = getattr(plugin, "classifier_owner", classifier_owner)
-    return Segmentor(backbone, head, aux, plugins, num_classes, m.align_corners)
+    head = build_component("head", m.head, in_channels=channels, **common)
+    aux = build_component("aux_head", m.aux_head, in_channels=channels, **common) if m.aux_head else None
+    # plug-ins compose in recipe order; each sees the classifier slot that currently makes the final
+    # logits from outputs["feats"]: the decode head's, or one a plug-in before took over (MCIBI's
+    # stage-2 decoder), so MCIBI -> CAC -> contrast compose without knowing each other
+    plugins: dict[str, nn.Module] = {}
+    classifier = head.classifier_slot()
+    for cfg in m.plugins:
+        plugin = build_component("plugin", cfg, in_channels=channels, head=head, classifier=classifier, **common)
+        plugins[plugin_name(cfg)] = plugin
+        classifier = plugin.classifier_slot() or classifier
+    return Segmentor(backbone, head, aux, plugins, facts.num_classes, facts.align_corners)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ctxseg.losses.cross_entropy import seg_ce_term
-from ctxseg.models.context.cac import cac
+from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.heads.fcn import FCNHead
 from ctxseg.models.segmentor import Segmentor
 
@@ -19,8 +19,8 @@ y[:, :40] = 255
 
 
 def build(with_cac):
-    head = FCNHead([C], N, channels=512, num_convs=2, concat_input=True, in_index=0)
-    plugins = {"cac": cac(head, N)} if with_cac else {}
+    head = FCNHead(in_channels=[C], num_classes=N, channels=512, num_convs=2, concat_input=True, in_index=0)
+    plugins = {"cac": ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=N)} if with_cac else {}
     return Segmentor(nn.Identity(), head, None, plugins, N, False)
 
 

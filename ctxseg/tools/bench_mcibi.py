@@ -53,7 +53,7 @@ def main(size: int = 256, repeat: int = 2) -> None:
     for name, mem in (("MCIBI-DeepLabV3-R50", True), ("DeepLabV3-R50 (no memory)", False)):
         r = load_recipe("mcibi-deeplabv3-r50-ade20k", over)
         if not mem:
-            r.model.memory = None
+            r.model.plugins = [p for p in r.model.plugins if p["type"] != "mcibi"]
         m = build_segmentor(r).train()
         crit = Criterion(r)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)

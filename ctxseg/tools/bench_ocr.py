@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     chans = [args.width * 2**i for i in range(4)]
-    head = OCRHead(chans, args.classes, channels=512, ocr_channels=256, in_index=[0, 1, 2, 3], input_transform="resize_concat",
+    head = OCRHead(in_channels=chans, num_classes=args.classes, channels=512, ocr_channels=256, in_index=[0, 1, 2, 3], input_transform="resize_concat",
                    dropout_ratio=-1, region_head=dict(in_index=[0, 1, 2, 3], input_transform="resize_concat", channels=sum(chans),
                                                       kernel_size=1, num_convs=1, concat_input=False, dropout_ratio=-1))
     g = torch.Generator().manual_seed(0)

@@ -21,13 +21,13 @@ WRONG_BGR = (0, 0, 255)  # red: wrong
 
 def per_image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> float:
     """mIoU of one image over the classes present in its ground truth or prediction (as `ctxseg eval`)."""
-    valid = gt != ignore_index
-    idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
-    m = np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-    tp = np.diag(m)
-    union = m.sum(0) + m.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+    import torch
+
+    from ctxseg.metrics import ConfusionMatrix, image_miou
+
+    m = ConfusionMatrix.compute(torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(np.ascontiguousarray(gt)),
+                                num_classes, ignore_index)
+    return image_miou(m)
 
 
 def error_map(pred: np.ndarray, gt: np.ndarray, ignore_index: int = 255) -> np.ndarray:

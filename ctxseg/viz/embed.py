@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
 
 from ctxseg.errors import UserError
 
@@ -49,7 +47,8 @@ class EmbedSample:
 def embedding_map(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, str]:
     """[1, D, h, w] L2-normalised pixel embedding of a normalised image batch, and its source."""
     plugins = getattr(model, "plugins", None)
-    plugin = plugins["contrast"] if plugins is not None and "contrast" in plugins else None
+    # the first plug-in that can emit an `embed` output in eval (pixel contrast's projection)
+    plugin = next((p for p in plugins.values() if hasattr(p, "with_embed")), None) if plugins is not None else None
     use_embed = plugin is not None and hasattr(plugin, "with_embed")
     if use_embed:
         plugin.with_embed = True
@@ -86,9 +85,9 @@ def sample_balanced(emb: list[np.ndarray], labels: list[np.ndarray], num_classes
 def collect(checkpoint: Path, data_root: Optional[Path], split: Optional[str], num_images: int, per_class: int,
             max_side: int, seed: int):
     """Run a checkpoint over the first `num_images` images of its recipe's val split and sample."""
-    from ctxseg.cli.viz import DatasetInfo
     from ctxseg.data.index import PreparedIndex
     from ctxseg.data.transforms import normalize
+    from ctxseg.viz.sources import DatasetInfo
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.io import read_image
     from ctxseg.losses.contrast import downsample_labels
@@ -195,61 +194,3 @@ def plot_embeddings(panels: list[tuple[EmbedSample, np.ndarray]], classes: list[
     fig.savefig(dest, dpi=100)
     plt.close(fig)
     return dest
-
-
-# ------------------------------------------------------------------------------------------------
-# command
-
-
-def embed_cmd(
-    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="A checkpoint (.safetensors or run folder); twice for two panels side by side (e.g. CE vs contrast)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="A prepared index folder (default: the checkpoint recipe's data.root)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to take images from (default: the recipe's val split)."),
-    images: int = typer.Option(4, "--images", "-n", help="How many images of the split."),
-    per_class: int = typer.Option(200, "--per-class", help="At most this many pixels per class."),
-    method: str = typer.Option("auto", "--method", "-m", help="tsne, umap, pca, or auto (t-SNE when scikit-learn is installed, else PCA)."),
-    max_side: int = typer.Option(1024, "--max-side", help="Downscale images whose longer side exceeds this."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and the projection."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/embed-<recipe>)."),
-):
-    """t-SNE / UMAP / PCA of pixel embeddings sampled per ground-truth class, like the ContrastiveSeg
-    paper's figure. A contrast model shows its projection-head embedding; others their decode-head
-    features (L2-normalised).
-
-    Examples:
-
-      [cyan]ctxseg viz embed -c ce.safetensors -c contrast.safetensors[/]   side by side
-
-      [cyan]ctxseg viz embed -c runs/x --method pca --images 8[/]
-    """
-    from ctxseg.cli.viz import _done
-    from ctxseg.engine.runs import RUNS_DIR, resolve_checkpoint
-    from ctxseg.io import write_json
-    from ctxseg.viz.html import write_index
-
-    if not 1 <= len(checkpoint) <= 2:
-        raise UserError(f"Pass one or two --checkpoint, got {len(checkpoint)}")
-    if images < 1 or per_class < 1 or max_side < 16:
-        raise UserError("--images and --per-class must be at least 1, --max-side at least 16")
-    chosen = resolve_method(method)
-    paths = [resolve_checkpoint(c) for c in checkpoint]
-    panels, info = [], None
-    for p in paths:
-        sample, sample_info = collect(p, data_root, split, images, per_class, max_side, seed)
-        info = info or sample_info
-        panels.append((sample, project_2d(sample.points, chosen, seed)))
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-vs-".join(Path(s.name).stem for s, _ in panels))
-    target = out_dir or RUNS_DIR / "viz" / f"embed-{stem}"
-    dest = plot_embeddings(panels, info.classes, info.palette, chosen, target / "embed.png")
-    write_json(target / "embed_points.json", {
-        "method": chosen,
-        "classes": info.classes,
-        "panels": [{"checkpoint": str(p), "name": s.name, "source": s.source, "labels": s.labels.tolist(),
-                    "xy": np.round(xy, 5).tolist()} for p, (s, xy) in zip(paths, panels)],
-    })
-    caption = " | ".join(f"{s.name} ({s.source})" for s, _ in panels)
-    write_index(target, [(dest, caption)], title="pixel embeddings",
-                note=f"{chosen.upper()} of pixels sampled per ground-truth class ({per_class} at most) from {images} images",
-                max_width=1400)
-    _done(target, 1, "embedding plot")
-    print(f"embedding plot: {dest}")

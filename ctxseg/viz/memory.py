@@ -8,11 +8,9 @@ Classes whose memory is still all zeros (never seen in training) are left out an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
-import typer
 
 from ctxseg.errors import UserError
 
@@ -23,7 +21,7 @@ def memory_from_checkpoint(path: Path) -> tuple[torch.Tensor, list[str]]:
     state, recipe, _ = read_checkpoint(path)
     keys = [k for k in state if k.endswith("memory.memory") or k == "memory"]
     if not keys:
-        raise UserError(f"{path} holds no MCIBI memory (recipe without [model.memory] type = \"mcibi\")")
+        raise UserError(f"{path} holds no MCIBI memory (recipe without [[model.plugins]] type = \"mcibi\")")
     memory = state[keys[0]].float()
     names = [str(i) for i in range(memory.shape[0])]
     try:
@@ -86,21 +84,3 @@ def plot_memory(memory: torch.Tensor, names: list[str], out_dir: Path) -> tuple[
     plt.close(fig)
     unused = [names[i] for i in range(k) if i not in used]
     return [heat, pca], unused
-
-
-def memory_cmd(
-    checkpoint: Path = typer.Argument(..., help="ctxseg checkpoint of an MCIBI model (.safetensors)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."),
-):
-    """Pictures of the MCIBI memory bank: class-to-class cosine similarity and a PCA projection.
-
-    Example: [cyan]ctxseg viz memory runs/latest/best.safetensors[/]
-    """
-    from ctxseg.cli.common import out
-
-    memory, names = memory_from_checkpoint(checkpoint)
-    paths, unused = plot_memory(memory, names, out_dir or checkpoint.parent / "memory")
-    if unused:
-        out.print(f"{len(unused)} class(es) never updated (all-zero memory, left out): {', '.join(unused[:20])}")
-    for p in paths:
-        out.print(f"[green]wrote[/] {p}")

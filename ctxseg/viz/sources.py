@@ -1,13 +1,17 @@
-"""Where pictures come from: the newest prediction manifest (written by eval and predict)."""
+"""Where pictures come from: the newest prediction manifest (written by eval and predict), and the
+class names / palette / label conventions of a prepared index (DatasetInfo)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
+from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.runs import RUNS_DIR
 from ctxseg.errors import UserError
-from ctxseg.io import write_text
+from ctxseg.io import read_label, write_text
 
 POINTER = "latest-predictions"
 
@@ -30,3 +34,29 @@ def read_manifest(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"Prediction manifest not found: {path}")
     return json.loads(path.read_text())
+
+
+class DatasetInfo:
+    """Class names, palette and label conventions of a prepared index (generated when it is missing)."""
+
+    def __init__(self, data_root: str | Path | None, num_classes: int | None = None):
+        try:
+            index = PreparedIndex.open(data_root) if data_root else None
+        except UserError:
+            index = None
+        if index is not None:
+            self.classes, self.palette, self.ignore = index.classes, index.palette, index.ignore_index
+            self.reduce_zero_label = bool(index.meta.get("reduce_zero_label"))
+        else:
+            from ctxseg.viz.palette import default_palette
+
+            n = num_classes or 256
+            self.classes, self.palette, self.ignore, self.reduce_zero_label = [str(i) for i in range(n)], default_palette(n), 255, False
+
+    def ground_truth(self, path: str | Path) -> np.ndarray:
+        label = read_label(path).astype(np.int64)
+        if self.reduce_zero_label:
+            from ctxseg.data.dataset import reduce_zero_label
+
+            label = reduce_zero_label(label).astype(np.int64)
+        return label

@@ -248,7 +248,7 @@ def hrnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
     return mapped
 
 
-def hrnet(arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
+def hrnet(*, arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
           fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
           concat_downsample: int = 1, pretrained_strict: bool = True) -> HRNet:
     """HRNetV2p backbone; `stages` (4 dicts of num_modules/num_blocks/num_channels) overrides `arch`.

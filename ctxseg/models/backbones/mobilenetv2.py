@@ -121,7 +121,7 @@ def mobilenetv2_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> M
     return rename(src, [], _MMCLS_SKIP, "mmcls MobileNetV2")
 
 
-def mobilenetv2(widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
+def mobilenetv2(*, widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
                 dilations: list[int] = (1, 1, 1, 2, 2, 4, 4), out_indices: list[int] = (1, 2, 4, 6),
                 norm: Literal["model", "BN"] = "model", pretrained: str | None = None,
                 pretrained_strict: bool = True) -> MobileNetV2:

@@ -46,7 +46,7 @@ class ResNeStD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnest(depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
+def resnest(*, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
             pretrained: str | None = None, pretrained_strict: bool = True) -> ResNeStD8:
     """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG`, a URL or a local file in
     timm naming (the classifier `fc` is skipped). pretrained_strict: false loads what fits."""

@@ -94,7 +94,7 @@ class ResNetD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnet(depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
+def resnet(*, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
            deep_stem: bool = True, avg_down: bool = False, pretrained: str | None = None,
            drop_path_rate: float = 0.0, stem_pool_ceil: bool = False, pretrained_strict: bool = True) -> ResNetD8:
     """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)).

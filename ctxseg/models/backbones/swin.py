@@ -205,7 +205,7 @@ class SwinStage(nn.Module):
 class SwinTransformer(nn.Module):
     """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW)."""
 
-    def __init__(self, embed_dims: int = 96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size: int = 7,
+    def __init__(self, *, embed_dims: int = 96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size: int = 7,
                  patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, pretrain_img_size: int = 224,
                  use_abs_pos_embed: bool = False, patch_norm: bool = True, out_indices=(0, 1, 2, 3),
@@ -272,7 +272,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def swin(arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: int | None = None,
+def swin(*, arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: int | None = None,
          depths: list[int] | None = None, num_heads: list[int] | None = None, window_size: int = 7,
          pretrain_img_size: int = 224, patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True,
          drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3,
@@ -284,13 +284,16 @@ def swin(arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: i
     naming, e.g. from mmseg's swin2mmseg converter, or a full mmseg checkpoint) or
     `timm:swin_base_patch4_window12_384.ms_in22k` (timm / original naming, converted on load)."""
     ed, dp, nh = ARCHS[arch]
+    # keywords only: a reordered constructor parameter cannot silently take another's value
     model = SwinTransformer(
-        embed_dims or ed, tuple(depths or dp), tuple(num_heads or nh), window_size, patch_size, mlp_ratio, qkv_bias,
-        drop_rate, attn_drop_rate, drop_path_rate, pretrain_img_size, use_abs_pos_embed, patch_norm, tuple(out_indices),
-        always_shift, mask_padding, merge_order,
+        embed_dims=embed_dims or ed, depths=tuple(depths or dp), num_heads=tuple(num_heads or nh), window_size=window_size,
+        patch_size=patch_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate, pretrain_img_size=pretrain_img_size, use_abs_pos_embed=use_abs_pos_embed,
+        patch_norm=patch_norm, out_indices=tuple(out_indices), always_shift=always_shift, mask_padding=mask_padding,
+        merge_order=merge_order,
     )
     if pretrained:
-        from ctxseg.convert.mmseg_swin import load_swin_pretrained
+        from ctxseg.models.backbones.swin_keys import load_swin_pretrained
 
         load_swin_pretrained(model, pretrained)
     return model

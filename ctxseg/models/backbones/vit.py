@@ -109,7 +109,7 @@ def vit_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
     return mapped
 
 
-def vit(arch: str = "large", img_size: int = 512, patch_size: int = 16, embed_dim: int | None = None,
+def vit(*, arch: str = "large", img_size: int = 512, patch_size: int = 16, embed_dim: int | None = None,
         depth: int | None = None, num_heads: int | None = None, out_indices: list[int] = (9, 14, 19, 23),
         drop_path_rate: float = 0.0, out_norm: bool = True, pos_interp: Literal["bilinear", "bicubic"] = "bilinear",
         pretrained: str | None = None, pretrained_strict: bool = True) -> ViTBackbone:

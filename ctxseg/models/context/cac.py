@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxseg.errors import UserError
+from ctxseg.models.context.base import ContextPlugin
+from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.layers import resize
 
 EPS = 1e-12  # every epsilon of the reference (centre denominators, L2, entropy log, class means)
@@ -57,8 +60,8 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-class ContextAwareClassifier(nn.Module):
-    """Recipe keys (the builder's keyword arguments):
+class ContextAwareClassifier(ContextPlugin):
+    """Recipe `[[model.plugins]] type = "cac"`. Recipe keys (keyword arguments):
 
     logit_scale        cosine-similarity scale (15)
     smoothness         weight of softmax(apd) in the KL target (0.5; the one-hot gets 1 - smoothness)
@@ -70,22 +73,27 @@ class ContextAwareClassifier(nn.Module):
                        finite everywhere), 'bare' (literal OCR/DeepLabV3+ reference), 'clamp'
     label_resize       labels -> feature size: 'nearest' (reference, legacy floor index) or 'nearest-exact'
     pre_align_corners  align_corners of the bilinear upsampling in pre_self / pre (reference: true)
-    ignore_index       label value ignored everywhere (255)
+    The label value ignored everywhere is data.ignore_index.
+    The classifier it builds on is the current classifier slot (the decode head's conv_seg, or
+    MCIBI's decoder_stage2.conv_seg when MCIBI is listed before it): read, never owned, so its
+    weights keep their state-dict keys.
     The main CE on the refined logits is train.loss.decode_weight (reference loss_weight 1.0).
     """
 
-    def __init__(self, head: nn.Module, num_classes: int, align_corners: bool = False, logit_scale: float = 15.0,
+    default_name = "cac"  # state-dict prefix plugins.cac.* (the CAC converter's table)
+
+    def __init__(self, *, classifier: ClassifierSlot, num_classes: int, align_corners: bool = False,
+                 ignore_index: int = 255, logit_scale: float = 15.0,
                  smoothness: float = 0.5, label_eps: float = 0.0, pre_self_weight: float = 1.0, pre_weight: float = 1.0,
                  kl_weight: float = 1.0, l2_mode: Literal["eps", "bare", "clamp"] = "eps",
-                 label_resize: Literal["nearest", "nearest-exact"] = "nearest", pre_align_corners: bool = True,
-                 ignore_index: int = 255):
+                 label_resize: Literal["nearest", "nearest-exact"] = "nearest", pre_align_corners: bool = True):
         super().__init__()
-        conv_seg = getattr(head, "conv_seg", None)
-        if not isinstance(conv_seg, nn.Conv2d) or conv_seg.kernel_size != (1, 1):
-            raise TypeError(f"CAC needs a decode head with a 1x1 `conv_seg` classifier; {type(head).__name__} has none")
-        # a plain reference, NOT a submodule: the head's weights stay under decode_head.* only
-        self.__dict__["_head"] = head
-        channels = conv_seg.in_channels
+        if not classifier.is_linear():
+            raise UserError(f"model.plugins (cac): CAC needs a 1x1 convolution in the classifier slot; {type(classifier.owner).__name__}."
+                            f"{classifier.attr} is a {type(classifier.module).__name__}")
+        # a non-owning slot, not a submodule: the classifier's weights keep their keys (decode_head.*)
+        self.classifier = classifier
+        channels = classifier.in_channels
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.logit_scale = logit_scale
@@ -103,8 +111,7 @@ class ContextAwareClassifier(nn.Module):
     # context-aware classifier (train and test)
 
     def classifier_weight(self) -> torch.Tensor:
-        w = self._head.conv_seg.weight
-        return w.reshape(w.shape[0], w.shape[1])  # [n, C] (not squeeze(): n may be 1)
+        return self.classifier.weight()  # [n, C]
 
     def class_centres(self, feat: torch.Tensor, vanilla: torch.Tensor) -> torch.Tensor:
         """Per-image softmax-weighted class centres [B, n, C]."""
@@ -227,12 +234,3 @@ class ContextAwareClassifier(nn.Module):
             "loss_cac_kl": w["kl"] * self.kl_terms(outputs["logits"], apd, outputs["cac_labels"])["loss"],
         }
 
-
-def cac(head: nn.Module, num_classes: int, align_corners: bool = False, logit_scale: float = 15.0,
-        smoothness: float = 0.5, label_eps: float = 0.0, pre_self_weight: float = 1.0, pre_weight: float = 1.0,
-        kl_weight: float = 1.0, l2_mode: Literal["eps", "bare", "clamp"] = "eps",
-        label_resize: Literal["nearest", "nearest-exact"] = "nearest", pre_align_corners: bool = True,
-        ignore_index: int = 255) -> ContextAwareClassifier:
-    """Builder registered as CACS["cac"]; its keyword arguments are the recipe's [model.cac] keys."""
-    return ContextAwareClassifier(head, num_classes, align_corners, logit_scale, smoothness, label_eps, pre_self_weight,
-                                  pre_weight, kl_weight, l2_mode, label_resize, pre_align_corners, ignore_index)

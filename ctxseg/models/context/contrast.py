@@ -16,7 +16,7 @@ map, pixel-queue rows taken from the start of the map, pointer advancing by 1).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ from torch import nn
 
 from ctxseg.errors import UserError
 from ctxseg.losses.contrast import downsample_labels, pixel_contrast_loss
+from ctxseg.models.context.base import ContextPlugin, gather_across_processes
+from ctxseg.models.heads.base import ClassifierSlot
 
 
 class ProjectionHead(nn.Module):
@@ -37,41 +39,39 @@ class ProjectionHead(nn.Module):
             self.proj = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
                                       nn.Conv2d(in_channels, proj_dim, 1))
         else:
-            raise UserError(f"model.contrast.proj must be 'linear' or 'convmlp', got '{proj}'")
+            raise UserError(f"model.plugins (pixel_contrast): proj must be 'linear' or 'convmlp', got '{proj}'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(x), p=2, dim=1)
 
 
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from all processes along dim 0 (identity in a single process)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=0)
+class PixelContrast(ContextPlugin):
+    """Recipe `[[model.plugins]] type = "pixel_contrast"`; the labels' ignore value is data.ignore_index.
+    The projection reads outputs["feats"] (source "head": the input of the current classifier slot)
+    or a backbone level (source "backbone")."""
 
+    default_name = "contrast"  # state-dict prefix plugins.contrast.* (the openseg converter's table)
 
-class PixelContrast(nn.Module):
-    def __init__(self, head: nn.Module, num_classes: int, align_corners: bool = False,
-                 proj_dim: int = 256, proj: Literal["linear", "convmlp"] = "convmlp",
+    def __init__(self, *, classifier: ClassifierSlot, in_channels: list[int] | int, num_classes: int,
+                 align_corners: bool = False, ignore_index: int = 255, proj_dim: int = 256, proj: Literal["linear", "convmlp"] = "convmlp",
                  source: Literal["head", "backbone"] = "head", in_index: int = -1, proj_in_channels: int | None = None,
                  temperature: float = 0.1, base_temperature: float = 0.07, max_samples: int = 1024, max_views: int = 100,
-                 ignore_index: int = 255, loss_weight: float = 0.1, warmup: int = 5000, official_single_process: bool = False,
+                 loss_weight: float = 0.1, warmup: int = 5000, official_single_process: bool = False,
                  use_queue: bool = False, memory_size: int = 5000, pixel_update_freq: int = 10,
                  official_queue_update: bool = False, network_stride: int = 8,
                  queue_skip_class0: bool = True, queue_self_mask: bool = True, seed: int = 0):
         super().__init__()
         if proj_in_channels is None:
             if source == "head":  # the classifier's input: outputs["feats"] of the head or of a plug-in before
-                conv_seg = getattr(head, "conv_seg", None)
-                proj_in_channels = conv_seg.in_channels if isinstance(conv_seg, nn.Conv2d) else getattr(head, "channels", None)
+                proj_in_channels = classifier.in_channels
+                if proj_in_channels is None:  # an emptied slot (MCIBI): the head returns its features
+                    proj_in_channels = getattr(classifier.owner, "channels", None)
             else:
-                proj_in_channels = getattr(head, "in_channels", None)
+                levels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
+                proj_in_channels = levels[in_index] if -len(levels) <= in_index < len(levels) else None
             if not isinstance(proj_in_channels, int):
-                raise UserError("model.contrast: cannot infer the projection's input channels from the head; "
-                                "set model.contrast.proj_in_channels")
+                raise UserError("model.plugins (pixel_contrast): cannot infer the projection's input channels; "
+                                "set proj_in_channels")
         self.proj_head = ProjectionHead(proj_in_channels, proj_dim, proj)
         self.num_classes, self.align_corners = num_classes, align_corners
         self.source, self.in_index = source, in_index
@@ -140,11 +140,11 @@ class PixelContrast(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def after_train_step(self, outputs: dict, targets: torch.Tensor, step: int, lr: float, dist: Any = None) -> None:
+    def after_train_step(self, outputs: dict, targets: torch.Tensor, step: int, lr: float) -> None:
         if not self.use_queue or "embed" not in outputs:
             return
-        keys = _gather(outputs["embed"].detach().float())
-        labels = _gather(targets)
+        keys = gather_across_processes(outputs["embed"].detach().float())
+        labels = gather_across_processes(targets)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # same draws on every replica
         self.update_queues(keys, labels, gen)
 
@@ -162,7 +162,7 @@ class PixelContrast(nn.Module):
             lab = labels[:, :: self.network_stride, :: self.network_stride]
             n_lab = lab.shape[1] * lab.shape[2]
             if n_lab > h * w:
-                raise UserError(f"model.contrast.network_stride={self.network_stride} gives a label grid larger than the "
+                raise UserError(f"model.plugins (pixel_contrast): network_stride={self.network_stride} gives a label grid larger than the "
                                 f"embedding ({lab.shape[1]}x{lab.shape[2]} vs {h}x{w})")
             # official misalignment: flat indices of the label grid used on the flat key map
             flat_keys = keys.reshape(b, d, h * w)[:, :, :n_lab]

@@ -24,7 +24,7 @@ memory_input upsampled to the label size; the memory loss (decoder_stage2 classi
 memory) therefore sees the updated memory, as in ssseg. The update is one pass of per-class sums
 (index_add / bincount) over bands of image rows, so a batch at image resolution never
 materialises the full upsampled feature map. In distributed runs the memory is averaged across
-processes after each update.
+processes after each update (ContextPlugin.synchronise_state, Accelerate's reduce).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from torch import nn
 
 from ctxseg.errors import UserError
 from ctxseg.losses.cross_entropy import cross_entropy
+from ctxseg.models.context.base import ContextPlugin
+from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.layers import ConvModule, resize
 
 
@@ -187,40 +189,44 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
     return memory
 
 
-def average_across_processes(memory: torch.Tensor) -> None:
-    """ssseg: every rank all-reduces the memory and divides by the world size after each update."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(memory)
-        memory.div_(dist.get_world_size())
-
-
 # ------------------------------------------------------------------------------------------------
 # the plug-in
 
 
-class MCIBIMemory(nn.Module):
-    def __init__(self, head: nn.Module, num_classes: int, align_corners: bool = False, feats_channels: int = 512,
+class MCIBIMemory(ContextPlugin):
+    """MCIBI dataset-level memory (recipe `[[model.plugins]] type = "mcibi"`). The keys mirror ssseg's
+    head cfg: feats/transform/out channels, num_feats_per_cls, update_cfg (strategy, momentum_cfg
+    base_momentum/base_lr/adjust_by_learning_rate), use_hard_aggregate, use_loss;
+    context_within_image comes from the decode head (ASPP, PPM, OCR) or is off (FCN).
+    official_aggregation_grad = false makes the aggregation's backward use the memory the forward
+    used (ssseg's backward sees the memory after this step's in-forward update). The update's
+    ignore_index is data.ignore_index."""
+
+    default_name = "memory"  # state-dict prefix plugins.memory.* (the ssseg converter's table)
+    synchronised_buffers = ("memory",)  # ssseg all-reduces the memory after every update
+
+    def __init__(self, *, head: nn.Module, classifier: ClassifierSlot, num_classes: int, align_corners: bool = False,
+                 ignore_index: int = 255, feats_channels: int = 512,
                  transform_channels: int = 256, out_channels: int = 512, num_feats_per_cls: int = 1,
                  use_context_within_image: bool = True, use_hard_aggregate: bool = False,
                  strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity", base_momentum: float = 0.9,
-                 base_lr: float = 0.01, adjust_by_learning_rate: bool = True, ignore_index: int = 255,
+                 base_lr: float = 0.01, adjust_by_learning_rate: bool = True,
                  dropout: float = 0.1, stage1_weight: float = 0.4, use_memory_loss: bool = True,
                  memory_loss_weight: float = 1.0, memory_loss_start_epochs: float = 1.0,
                  memory_loss_start_iters: int | None = None, update_max_elements: int = 1 << 24,
                  official_aggregation_grad: bool = True):
         super().__init__()
+        where = "model.plugins (mcibi)"
         if num_feats_per_cls < 1:
-            raise UserError("model.memory.num_feats_per_cls must be at least 1")
+            raise UserError(f"{where}: num_feats_per_cls must be at least 1")
         if num_feats_per_cls > 1 and strategy != "cosine_similarity":
-            raise UserError("model.memory: num_feats_per_cls > 1 needs strategy = \"cosine_similarity\" (as ssseg)")
+            raise UserError(f"{where}: num_feats_per_cls > 1 needs strategy = \"cosine_similarity\" (as ssseg)")
         head_channels = getattr(head, "channels", None)
         if head_channels != feats_channels:
-            raise UserError(f"model.memory.feats_channels = {feats_channels} must equal the decode head's channels "
+            raise UserError(f"{where}: feats_channels = {feats_channels} must equal the decode head's channels "
                             f"({head_channels}): the head's features are the {'within-image context' if use_context_within_image else 'memory input'}")
         if use_context_within_image and out_channels != feats_channels:
-            raise UserError("model.memory: out_channels must equal feats_channels when use_context_within_image (ssseg's bottleneck_ms)")
+            raise UserError(f"{where}: out_channels must equal feats_channels when use_context_within_image (ssseg's bottleneck_ms)")
         self.num_classes, self.num_feats_per_cls = num_classes, num_feats_per_cls
         self.feats_channels, self.align_corners = feats_channels, align_corners
         self.use_context_within_image, self.use_hard_aggregate = use_context_within_image, use_hard_aggregate
@@ -234,11 +240,11 @@ class MCIBIMemory(nn.Module):
         self.lr: float | None = None
         self.iters_per_epoch: int | None = None
 
-        # the head's own classifier is replaced by decoder_stage2 (see module docstring)
-        head.conv_seg = nn.Identity()
-        head.dropout = None
-        # `select` is read through a function, not stored as a module, to keep one owner of the head
-        self._select = head.select
+        # the classifier slot's module (the head's conv_seg) is emptied: decoder_stage2 classifies
+        # (see module docstring), and the head then returns its features as logits
+        classifier.replace(nn.Identity())
+        # which backbone outputs the head reads: plain data, the head keeps its single owner
+        self.select = head.input_selector()
 
         if use_context_within_image:
             self.bottleneck = ConvModule(head.in_channels, feats_channels, 3, padding=1)
@@ -285,7 +291,7 @@ class MCIBIMemory(nn.Module):
     def forward(self, outputs: dict, backbone_feats: list[torch.Tensor], targets: torch.Tensor | None = None) -> dict:
         if self.use_context_within_image:
             feats_ms = outputs["feats"]
-            memory_input = self.bottleneck(self._select(backbone_feats))
+            memory_input = self.bottleneck(self.select(backbone_feats))
         else:
             feats_ms, memory_input = None, outputs["feats"]
         stage1 = self.decoder_stage1(memory_input)
@@ -304,10 +310,9 @@ class MCIBIMemory(nn.Module):
         return {"logits": logits, "feats": final_feats, "memory_output": mem_out, "stage1_logits": stage1,
                 "memory_input": memory_input}
 
-    @property
-    def classifier_owner(self) -> nn.Module:
-        """The module whose `conv_seg` now makes the final logits from outputs["feats"]."""
-        return self.decoder_stage2
+    def classifier_slot(self) -> ClassifierSlot:
+        """decoder_stage2's `conv_seg` now makes the final logits from outputs["feats"]."""
+        return ClassifierSlot(self.decoder_stage2, "conv_seg")
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -318,7 +323,7 @@ class MCIBIMemory(nn.Module):
         with torch.autocast(device_type=features.device.type, enabled=False):
             update_memory(self.memory.data, features.to(self.memory.dtype), labels, self.momentum(), self.strategy,
                           self.ignore_index, self.align_corners, self.update_max_elements)
-        average_across_processes(self.memory.data)
+        self.synchronise_state()
 
     def memory_loss(self) -> torch.Tensor:
         """decoder_stage2 classifies every stored memory entry (row k*S + s has target k); CE mean."""
@@ -336,23 +341,3 @@ class MCIBIMemory(nn.Module):
             terms["loss_memory"] = self.memory_loss_weight * self.memory_loss()
         return terms
 
-
-def mcibi(head: nn.Module, num_classes: int, align_corners: bool = False, feats_channels: int = 512,
-          transform_channels: int = 256, out_channels: int = 512, num_feats_per_cls: int = 1,
-          use_context_within_image: bool = True, use_hard_aggregate: bool = False,
-          strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity", base_momentum: float = 0.9,
-          base_lr: float = 0.01, adjust_by_learning_rate: bool = True, ignore_index: int = 255, dropout: float = 0.1,
-          stage1_weight: float = 0.4, use_memory_loss: bool = True, memory_loss_weight: float = 1.0,
-          memory_loss_start_epochs: float = 1.0, memory_loss_start_iters: int | None = None,
-          update_max_elements: int = 1 << 24, official_aggregation_grad: bool = True) -> MCIBIMemory:
-    """MCIBI dataset-level memory (recipe `[model.memory] type = "mcibi"`). The keys mirror ssseg's head
-    cfg: feats/transform/out channels, num_feats_per_cls, update_cfg (strategy, ignore_index,
-    momentum_cfg base_momentum/base_lr/adjust_by_learning_rate), use_hard_aggregate, use_loss;
-    context_within_image comes from the decode head (ASPP, PPM, OCR) or is off (FCN).
-    official_aggregation_grad = false makes the aggregation's backward use the memory the forward
-    used (ssseg's backward sees the memory after this step's in-forward update)."""
-    return MCIBIMemory(head, num_classes, align_corners, feats_channels, transform_channels, out_channels,
-                       num_feats_per_cls, use_context_within_image, use_hard_aggregate, strategy, base_momentum,
-                       base_lr, adjust_by_learning_rate, ignore_index, dropout, stage1_weight, use_memory_loss,
-                       memory_loss_weight, memory_loss_start_epochs, memory_loss_start_iters, update_max_elements,
-                       official_aggregation_grad)

@@ -22,10 +22,11 @@ class ASPPModule(nn.ModuleList):
 class ASPPHead(DecodeHead):
     """Note the order: mmseg puts the image-pool branch FIRST (torchvision puts it last)."""
 
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
                  in_index: int | list[int] = -1, dropout_ratio: float = 0.1, align_corners: bool = False,
                  input_transform: str | None = None):
-        super().__init__(in_channels, channels, num_classes, in_index, input_transform, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(self.in_channels, channels, 1))
         self.aspp_modules = ASPPModule(dilations, self.in_channels, channels)
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3, padding=1)

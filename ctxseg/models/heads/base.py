@@ -2,10 +2,74 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ctxseg.models.layers import resize
+
+
+@dataclass(frozen=True)
+class InputSelector:
+    """Which backbone outputs a head reads, and how (mmseg's in_index / input_transform).
+
+    Plain data: a plug-in that needs the head's input (MCIBI's memory bottleneck) keeps a copy of
+    this instead of a reference to the head."""
+
+    in_index: int | tuple[int, ...]
+    input_transform: str | None = None
+    align_corners: bool = False
+
+    def __call__(self, inputs: list[torch.Tensor]):
+        if self.input_transform == "resize_concat":
+            xs = [inputs[i] for i in self.in_index]
+            xs = [resize(x, xs[0].shape[2:], self.align_corners) for x in xs]
+            return torch.cat(xs, dim=1)
+        if self.input_transform == "multiple_select":
+            return [inputs[i] for i in self.in_index]
+        return inputs[self.in_index]
+
+
+@dataclass(eq=False)
+class ClassifierSlot:
+    """The explicit classifier slot of a head (features in, logits out).
+
+    A non-owning handle: the module lives at `owner.<attr>` (`conv_seg`, mmseg's name, so
+    state-dict keys and converters do not change), applied after `owner.dropout` when the owner
+    has one. A plug-in that takes the classifier over replaces the slot's module (`replace`); one
+    that builds on the classifier reads it (`weight`)."""
+
+    owner: nn.Module
+    attr: str = "conv_seg"
+
+    @property
+    def module(self) -> nn.Module:
+        return getattr(self.owner, self.attr)
+
+    @property
+    def in_channels(self) -> int | None:
+        return getattr(getattr(self.owner, self.attr, None), "in_channels", None)
+
+    def is_linear(self) -> bool:
+        """A 1x1 convolution: a per-pixel linear classifier with a weight matrix."""
+        m = self.module
+        return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+
+    def weight(self) -> torch.Tensor:
+        """The classifier's weight matrix [num_classes, C] (a 1x1 convolution's kernel)."""
+        w = self.module.weight
+        return w.reshape(w.shape[0], w.shape[1])  # not squeeze(): num_classes may be 1
+
+    def replace(self, module: nn.Module, keep_dropout: bool = False) -> None:
+        """Put `module` in the slot; the owner's dropout before it is removed unless `keep_dropout`."""
+        setattr(self.owner, self.attr, module)
+        if not keep_dropout and hasattr(self.owner, "dropout"):
+            self.owner.dropout = None
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        dropout = getattr(self.owner, "dropout", None)
+        return self.module(dropout(feats) if dropout is not None else feats)
 
 
 class DecodeHead(nn.Module):
@@ -16,7 +80,7 @@ class DecodeHead(nn.Module):
     representation without knowing the head.
     """
 
-    def __init__(self, in_channels: list[int] | int, channels: int, num_classes: int, in_index: int | list[int] = -1,
+    def __init__(self, *, in_channels: list[int] | int, channels: int, num_classes: int, in_index: int | list[int] = -1,
                  input_transform: str | None = None, dropout_ratio: float = 0.1, align_corners: bool = False):
         super().__init__()
         self.in_index = in_index
@@ -34,14 +98,16 @@ class DecodeHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
+    def input_selector(self) -> InputSelector:
+        index = tuple(self.in_index) if isinstance(self.in_index, (list, tuple)) else self.in_index
+        return InputSelector(index, self.input_transform, self.align_corners)
+
     def select(self, inputs: list[torch.Tensor]):
-        if self.input_transform == "resize_concat":
-            xs = [inputs[i] for i in self.in_index]
-            xs = [resize(x, xs[0].shape[2:], self.align_corners) for x in xs]
-            return torch.cat(xs, dim=1)
-        if self.input_transform == "multiple_select":
-            return [inputs[i] for i in self.in_index]
-        return inputs[self.in_index]
+        return self.input_selector()(inputs)
+
+    def classifier_slot(self) -> ClassifierSlot:
+        """The slot holding this head's final classifier (`conv_seg`), see ClassifierSlot."""
+        return ClassifierSlot(self, "conv_seg")
 
     def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -10,10 +10,11 @@ from ctxseg.models.layers import ConvModule
 
 
 class FCNHead(DecodeHead):
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, num_convs: int = 2, kernel_size: int = 3,
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, num_convs: int = 2, kernel_size: int = 3,
                  concat_input: bool = True, dilation: int = 1, in_index: int | list[int] = -1, dropout_ratio: float = 0.1,
                  align_corners: bool = False, input_transform: str | None = None):
-        super().__init__(in_channels, channels, num_classes, in_index, input_transform, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         pad = (kernel_size // 2) * dilation
         convs = []
         for i in range(num_convs):

@@ -83,16 +83,17 @@ class ObjectAttentionBlock(nn.Module):
 class OCRHead(DecodeHead):
     """forward -> {"logits": OCR logits, "feats": object context, "aux_logits": region logits}."""
 
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, ocr_channels: int = 256, scale: int = 1,
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, ocr_channels: int = 256, scale: int = 1,
                  in_index: int | list[int] = -1, input_transform: str | None = None, dropout_ratio: float = 0.1,
                  region_head: dict[str, Any] | None = None, align_corners: bool = False):
-        super().__init__(in_channels, channels, num_classes, in_index, input_transform, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         # cascade stage 0 (mmseg decode_head.0): an FCNHead on the same backbone outputs
         region_cfg = dict(region_head or {})
         if region_cfg.pop("type", "fcn") != "fcn":
             raise UserError("model.head.region_head: the OCR cascade's first stage must be an FCN head (type = \"fcn\")")
         try:
-            self.region_head = FCNHead(in_channels, num_classes, align_corners=align_corners, **region_cfg)
+            self.region_head = FCNHead(in_channels=in_channels, num_classes=num_classes, align_corners=align_corners, **region_cfg)
         except TypeError as e:
             raise UserError(f"model.head.region_head: {e}") from None
         self.ocr_channels = ocr_channels

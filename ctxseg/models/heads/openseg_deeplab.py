@@ -38,9 +38,10 @@ class _ASPP(nn.Module):
 
 
 class OpensegDeepLabHead(DecodeHead):
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, dilations: list[int] = [12, 24, 36],
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: list[int] = [12, 24, 36],
                  in_index: int = -1, dropout_ratio: float = 0.0, align_corners: bool = True):
-        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         if len(dilations) != 3:
             raise ValueError("openseg ASPP takes 3 dilations")
         self.aspp = _ASPP(self.in_channels, channels, list(dilations), align_corners)
@@ -53,9 +54,10 @@ class OpensegDeepLabHead(DecodeHead):
 class OpensegDSNHead(DecodeHead):
     """openseg's auxiliary `layer_dsn` on the stride-8 layer3 output (1024 channels for R-101)."""
 
-    def __init__(self, in_channels, num_classes: int, channels: int = 256, in_index: int = -2, dropout_ratio: float = 0.0,
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 256, in_index: int = -2, dropout_ratio: float = 0.0,
                  align_corners: bool = True):
-        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         self.dsn = nn.Sequential(*_conv_bn_relu(self.in_channels, channels, 3, bias=True))
 
     def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:

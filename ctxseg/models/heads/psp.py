@@ -21,9 +21,10 @@ class PPM(nn.ModuleList):
 
 
 class PSPHead(DecodeHead):
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
                  in_index: int = -1, dropout_ratio: float = 0.1, align_corners: bool = False):
-        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         self.psp_modules = PPM(pool_scales, self.in_channels, channels, align_corners)
         self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * channels, channels, 3, padding=1)
 

@@ -35,10 +35,11 @@ class SeparableASPPModule(nn.ModuleList):
 
 
 class SepASPPHead(DecodeHead):
-    def __init__(self, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
+    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
                  c1_in_channels: int = 256, c1_channels: int = 48, c1_in_index: int = 0, in_index: int = -1,
                  dropout_ratio: float = 0.1, align_corners: bool = False):
-        super().__init__(in_channels, channels, num_classes, in_index, None, dropout_ratio, align_corners)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
+                         dropout_ratio=dropout_ratio, align_corners=align_corners)
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(self.in_channels, channels, 1))
         self.aspp_modules = SeparableASPPModule(dilations, self.in_channels, channels)
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3, padding=1)
