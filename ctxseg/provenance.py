@@ -128,8 +128,15 @@ def resolve_row(name: str, table: dict | None = None) -> tuple[dict[str, Any], d
 
 
 def _get(d: dict, path: str) -> Any:
+    """The value at a dotted path; in a list of tables (`model.plugins`) a part names the entry by
+    its `name` or `type`, as `--set model.plugins.mcibi.base_lr=...` does."""
     node: Any = d
     for part in path.split("."):
+        if isinstance(node, list):
+            node = next((e for e in node if isinstance(e, dict) and part in (e.get("name"), e.get("type"))), None)
+            if node is None:
+                return None
+            continue
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]

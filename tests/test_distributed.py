@@ -19,7 +19,7 @@ from tests.conftest import REPO, run_cli
 
 RECIPE = REPO / "tests" / "recipes" / "compose_all.toml"
 TINY = ["--set", "data.batch_size=2", "--set", "data.num_workers=0", "--set", "data.crop_size=[64, 64]",
-        "--set", "train.mixed_precision='bf16'", "--set", "model.contrast.use_queue=true", "--set", "model.contrast.memory_size=8",
+        "--set", "train.mixed_precision='bf16'", "--set", "model.plugins.pixel_contrast.use_queue=true", "--set", "model.plugins.pixel_contrast.memory_size=8",
         "--no-progress"]
 
 

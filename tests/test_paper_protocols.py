@@ -242,7 +242,8 @@ def test_new_rows_exist_with_their_numbers():
     temps = {"t005": (0.05, 79.80), "t007": (0.07, 79.59), "t02": (0.2, 80.01), "t03": (0.3, 79.27), "t04": (0.4, 79.40)}
     for suffix, (t, miou) in temps.items():
         r = load_recipe(f"contrast-hrnet48-{suffix}")
-        assert r.model.contrast["temperature"] == t and r.published.miou == miou
+        contrast = next(p for p in r.model.plugins if p["type"] == "pixel_contrast")
+        assert contrast["temperature"] == t and r.published.miou == miou
     ms = {"ocrnet-hr18s-ade20k-80k": 35.80, "ocrnet-hr48-ade20k-160k": 44.88, "ocrnet-hr18-voc-aug-20k": 77.11,
           "ocrnet-hr48-voc-aug-40k": 79.71}
     for name, value in ms.items():

@@ -51,7 +51,7 @@ def test_a_changed_setting_is_caught():
     """The check is live: altering any compared setting of a recipe turns its line into a mismatch."""
     r = load_recipe("mcibi-deeplabv3-r50-lip")
     for override, key in [("data.rotate_prob=0.0", "rotate_prob"), ("data.batch_size=8", "batch"), ("eval.keep_ratio=true", "test_keep_ratio"),
-                          ("model.memory.base_lr=0.009", "model.memory.base_lr"), ("published.miou_flip=55.0", "miou_flip")]:
+                          ("model.plugins.mcibi.base_lr=0.009", "model.plugins.mcibi.base_lr"), ("published.miou_flip=55.0", "miou_flip")]:
         changed = load_recipe("mcibi-deeplabv3-r50-lip", [override])
         lines = {l.key: l.status for l in compare(changed, TABLE)}
         assert lines[key] == "MISMATCH", override

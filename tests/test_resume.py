@@ -21,7 +21,7 @@ RECIPE = REPO / "tests" / "recipes" / "compose_all.toml"
 ARGS = ["--recipe", str(RECIPE), "--set", "train.iters=6", "--set", "train.checkpoint_interval=2", "--set", "train.eval_interval=100",
         "--set", "train.log_interval=1", "--set", "train.deterministic=true", "--set", "data.num_workers=1",
         "--set", "data.batch_size=2", "--set", "data.crop_size=[64, 64]", "--set", "train.grad_accum=2",
-        "--set", "train.mixed_precision='bf16'", "--set", "model.contrast.use_queue=true", "--set", "model.contrast.memory_size=8", "--no-progress"]
+        "--set", "train.mixed_precision='bf16'", "--set", "model.plugins.pixel_contrast.use_queue=true", "--set", "model.plugins.pixel_contrast.memory_size=8", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
