@@ -44,6 +44,8 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     H, W = labels.shape[-2:]
     if (H, W) == (h, w):
         return labels
+    if H % h == 0 and W % w == 0:  # integer ratio: floor(i * H / h) = i * (H // h), a strided view
+        return labels[..., :: H // h, :: W // w]
     rows = nearest_source_index(h, H, labels.device)
     cols = nearest_source_index(w, W, labels.device)
     return labels.index_select(-2, rows).index_select(-1, cols)
@@ -202,6 +204,26 @@ def _queue_loss(rows: torch.Tensor, row_labels: torch.Tensor, queue: torch.Tenso
     return loss, num_pos
 
 
+def _shifted_exp(rows: torch.Tensor, cols: torch.Tensor, temperature: float, zero_block: bool, own: torch.Tensor,
+                 q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (exp(logits - row max) [R, n_blocks*Q], row max [R], own-block logits - row max [R, Q]).
+    One buffer, updated in place: logits = rows @ cols.T / T (the official order: divide after the
+    product), then shifted and exponentiated."""
+    r = rows.shape[0]
+    nb = cols.shape[0] // q
+    logits = (rows @ cols.T).div_(temperature)
+    row_max = logits.max(dim=1).values if nb else rows.new_full((r,), float("-inf"))
+    if zero_block:
+        row_max = row_max.clamp_min(0.0)  # the zero block's logits are 0
+    real_own = (own >= 0) & (own < nb)
+    if nb:
+        pos_logits = logits.view(r, nb, q)[torch.arange(r, device=rows.device), torch.where(real_own, own, 0)]
+        pos_logits = torch.where(real_own[:, None], pos_logits, torch.zeros_like(pos_logits))  # zero block: 0
+    else:
+        pos_logits = rows.new_zeros(r, q)
+    return logits.sub_(row_max[:, None]).exp_(), row_max, pos_logits - row_max[:, None]
+
+
 class QueueContrast(torch.autograd.Function):
     """The official memory-bank loss (loss_contrast_mem._contrastive with a queue) as one fused pass.
 
@@ -209,28 +231,19 @@ class QueueContrast(torch.autograd.Function):
     skip_class0, else classes 0..C-1), read in place from the queue. Forward: one matmul into an
     [R, n_blocks*Q] buffer, the row max (zero block: logit 0), exp in place, per-block sums; the
     negatives of a row are the sum over the other blocks (never total - own: no cancellation),
-    the positives its own block. Backward, from the same buffer: d logit = b_r exp for negatives,
-    a_r S_r / (e + S_r) for positives, then one matmul with the queue. The max is a detached shift
-    (as in the official code); the loss is invariant to it.
+    the positives its own block. Backward turns the same buffer into d loss / d logits in place
+    (b_r exp for negatives, a_r S_r / (e + S_r) for positives) and makes one matmul with the queue;
+    a second backward (retain_graph) recomputes the buffer. The max is a detached shift, as in the
+    official code; the loss is invariant to it.
     """
 
     @staticmethod
     def forward(ctx, rows, queue, own, pos, temperature, base_temperature, skip_class0):
         c, q, d = queue.shape
         cols = (queue[1:] if skip_class0 else queue).reshape(-1, d)  # a view, no copy
-        nb = cols.shape[0] // q  # blocks with vectors
         r = rows.shape[0]
-        logits = torch.div(rows @ cols.T, temperature)  # [R, nb*Q], becomes exp in place below
-        row_max = logits.max(dim=1).values if nb else rows.new_full((r,), float("-inf"))
-        if skip_class0:
-            row_max = row_max.clamp_min(0.0)  # the zero block's logits are 0
-        real_own = (own >= 0) & (own < nb)
-        own_c = torch.where(real_own, own, 0)
-        blocks = logits.view(r, nb, q)
-        pos_logits = blocks[torch.arange(r, device=rows.device), own_c] if nb else rows.new_zeros(r, q)
-        pos_logits = torch.where(real_own[:, None], pos_logits, torch.zeros_like(pos_logits))  # zero block: 0
-        pos_logits = pos_logits - row_max[:, None]
-        exp = logits.sub_(row_max[:, None]).exp_()
+        exp, row_max, pos_logits = _shifted_exp(rows, cols, temperature, skip_class0, own, q)
+        nb = exp.shape[1] // q
         block_sums = exp.view(r, nb, q).sum(2)  # [R, nb]
         if skip_class0:
             block_sums = torch.cat([block_sums, q * torch.exp(-row_max)[:, None]], dim=1)
@@ -238,37 +251,38 @@ class QueueContrast(torch.autograd.Function):
         has_own = own >= 0
         own_mask[has_own, own[has_own]] = True
         neg_sum = block_sums.masked_fill(own_mask, 0).sum(1)
-        pos_exp = pos_logits.exp()
-        denom = pos_exp + neg_sum[:, None]
+        denom = pos_logits.exp() + neg_sum[:, None]
         log_prob = pos_logits - torch.log(denom)
         num_pos = pos.sum(1)
         mean_log_prob_pos = (log_prob * pos).sum(1) / num_pos
         loss = -(temperature / base_temperature) * mean_log_prob_pos.mean()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            ctx.save_for_backward(rows, queue, exp, denom, neg_sum, pos, own)
-            ctx.scale = temperature / base_temperature
-            ctx.temperature = temperature
-            ctx.skip_class0 = skip_class0
+            ctx.save_for_backward(rows, queue, denom, neg_sum, pos, own)
+            ctx.exp = exp  # an intermediate, consumed in place by the first backward
+            ctx.scale, ctx.temperature, ctx.skip_class0 = temperature / base_temperature, temperature, skip_class0
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        rows, queue, exp, denom, neg_sum, pos, own = ctx.saved_tensors
+        rows, queue, denom, neg_sum, pos, own = ctx.saved_tensors
         c, q, d = queue.shape
+        cols = (queue[1:] if ctx.skip_class0 else queue).reshape(-1, d)
+        exp = ctx.exp
+        if exp is None:  # a second backward through the same graph: rebuild the buffer
+            exp = _shifted_exp(rows, cols, ctx.temperature, ctx.skip_class0, own, q)[0]
+        ctx.exp = None
         r = rows.shape[0]
         nb = exp.shape[1] // q
         num_pos = pos.sum(1).to(rows.dtype)
-        a = -ctx.scale * grad / r / num_pos  # d loss / d log_prob of each positive of row r
+        # d loss / d log_prob of each positive of row r, with the 1/T of the logits folded in
+        a = -ctx.scale * grad / r / num_pos / ctx.temperature
         inv = torch.where(pos, denom.reciprocal(), torch.zeros_like(denom))
-        b = -a * inv.sum(1)  # d loss / d logit = b * exp for every negative column
-        g = exp * b[:, None]  # d loss / d logits (a new buffer: backward may run twice, retain_graph)
+        g = exp.mul_((-a * inv.sum(1))[:, None])  # negatives: b_r * exp; the buffer is d loss / d (rows @ cols.T)
         real_own = (own >= 0) & (own < nb)
         if bool(real_own.any()):
             ridx = real_own.nonzero().squeeze(1)
             g_pos = a[:, None] * neg_sum[:, None] * inv  # positives: a * S / (e + S); 0 off the positives
             g.view(r, nb, q)[ridx, own[ridx]] = g_pos[ridx]
-        g = g.div_(ctx.temperature)
-        cols = (queue[1:] if ctx.skip_class0 else queue).reshape(-1, d)
         d_rows = g @ cols if ctx.needs_input_grad[0] else None
         d_queue = None
         if ctx.needs_input_grad[1]:
