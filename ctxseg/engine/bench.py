@@ -312,6 +312,7 @@ def measure_case(fn: Callable[[], Any], repeats: int, warmup: int, device: torch
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     times = timed(fn, repeats, warmup, device)
     gc.collect()
+    _malloc_trim()  # freed heap goes back to the OS first, so the growth is this call's working set
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -325,3 +326,13 @@ def measure_case(fn: Callable[[], Any], repeats: int, warmup: int, device: torch
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times],
             "peak_mb": None if peak is None else round(peak / 2**20, 1),
             "loadavg": [load0, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -111,7 +111,7 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
     weighted = ~has_zero if cosine else torch.zeros_like(has_zero)
     summed = has_zero if cosine else torch.ones_like(has_zero)
     st = class_statistics(features, labels, mem, weighted, summed, ignore_index, align_corners,
-                          min(max_elements, 1 << 20))
+                          min(max_elements, 1 << 22))
     present = st.count > 0
     init = present & has_zero
     update = present & ~has_zero

@@ -60,7 +60,7 @@ def _valid_labels(y: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:
 @torch.no_grad()
 def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch.Tensor, weighted: torch.Tensor,
                      summed: torch.Tensor, ignore_index: int, align_corners: bool = False,
-                     chunk_elements: int = 1 << 20) -> ClassStats:
+                     chunk_elements: int = 1 << 22) -> ClassStats:
     """Statistics of `features` [B, C, h, w] (any resolution; bilinearly upsampled to the labels'
     [B, H, W] implicitly) per class of `memory` [K, S, C] (float32).
 
