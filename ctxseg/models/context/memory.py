@@ -90,7 +90,7 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
 
     `features` [B, C, h, w] may be below the label resolution: they stand for their bilinear
     upsampling to the labels' size (F.interpolate, `align_corners`), which is never materialised
-    (memory_ops.class_statistics). `max_elements` bounds the chunk of features read at a time.
+    (memory_ops.class_statistics). `max_elements` bounds the temporaries (rows x pixels).
 
     Per present class k: if one of its slots is all zeros, the first such slot is set to the plain
     mean of the class's pixels and nothing else happens for k this step. Otherwise
@@ -110,8 +110,7 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
     # classes whose zero slot is initialised; mean: plain sums for every class
     weighted = ~has_zero if cosine else torch.zeros_like(has_zero)
     summed = has_zero if cosine else torch.ones_like(has_zero)
-    st = class_statistics(features, labels, mem, weighted, summed, ignore_index, align_corners,
-                          min(max_elements, 1 << 22))
+    st = class_statistics(features, labels, mem, weighted, summed, ignore_index, align_corners, max_elements)
     present = st.count > 0
     init = present & has_zero
     update = present & ~has_zero

@@ -60,7 +60,7 @@ def _valid_labels(y: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:
 @torch.no_grad()
 def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch.Tensor, weighted: torch.Tensor,
                      summed: torch.Tensor, ignore_index: int, align_corners: bool = False,
-                     chunk_elements: int = 1 << 22) -> ClassStats:
+                     max_elements: int = 1 << 24) -> ClassStats:
     """Statistics of `features` [B, C, h, w] (any resolution; bilinearly upsampled to the labels'
     [B, H, W] implicitly) per class of `memory` [K, S, C] (float32).
 
@@ -104,7 +104,7 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
         m = mem_rows[rows]  # [Kw*S, C]
         if same:
             a_num, a_sum, wsum = _stats_same(features[i].reshape(c, -1), pw, ps, m, mem_norm[rows], s,
-                                             s_cls.numel(), chunk_elements)
+                                             s_cls.numel(), max_elements)
         else:
             a_num, a_sum, wsum = _stats_upsampled(features[i], pw, ps, m, mem_norm[rows], s, s_cls.numel(),
                                                   (iy, ly, ix, lx))
@@ -134,67 +134,45 @@ def _slot_and_weight(per_slot: torch.Tensor, norms: torch.Tensor, pw: torch.Tens
 
 
 def _stats_same(g: torch.Tensor, pw: torch.Tensor, ps: torch.Tensor, m: torch.Tensor, mem_norm: torch.Tensor, s: int,
-                n_sum: int, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features at label resolution, g [C, N] channel-first (a view, no permuted copy), in column
-    chunks that stay in cache. Each chunk is multiplied only with the memory rows of the classes
-    present in it (label maps are regions: a few classes per chunk), so the two matmuls per chunk
-    are [r, C] @ [C, n] with r small."""
+                n_sum: int, max_elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features at label resolution, g [C, N] channel-first (a view: no permuted copy of the map).
+
+    A handful of large operations per image (a matmul for the dots with the present classes'
+    memory rows, the pixel norms, the weights, a matmul for the sums), in column chunks only as
+    far as `max_elements` bounds the [rows, columns] coefficient matrix: many small operations are
+    what a shared multi-threaded CPU punishes most."""
     c, n = g.shape
     dev = g.device
     r = m.shape[0]
-    kw = r // s
     a_num = torch.zeros(r, c, dtype=torch.float64, device=dev)
     a_sum = torch.zeros(n_sum, c, dtype=torch.float64, device=dev)
     wsum = torch.zeros(r, dtype=torch.float64, device=dev)
-    step = max(1, min(n, chunk_elements // max(c, 1)))
-    n_chunks = -(-n // step)
-    # classes present per chunk, for all chunks at once: [n_chunks, Kw + n_sum] (one host sync)
-    chunk_id = torch.arange(n, device=dev) // step
-    lanes = kw + n_sum
-    lane = torch.where(pw >= 0, pw, torch.where(ps >= 0, kw + ps, lanes))
-    presence = torch.bincount(chunk_id * (lanes + 1) + lane, minlength=n_chunks * (lanes + 1)).view(n_chunks, lanes + 1)
-    presence = presence > 0
-    # each pixel's row among its chunk's present weighted (resp. summed) classes, for all chunks at once
-    rank_w = presence[:, :kw].long().cumsum(1) - 1
-    rank_s = presence[:, kw:lanes].long().cumsum(1) - 1
-    local_w = torch.where(pw >= 0, rank_w.reshape(-1)[chunk_id * kw + pw.clamp(min=0)], -1) if kw else pw
-    local_s = rank_s.reshape(-1)[chunk_id * n_sum + ps.clamp(min=0)] if n_sum else ps
-    presence = presence.cpu()
-    arange_s = torch.arange(s, device=dev)
-    for ci in range(n_chunks):
-        wc = presence[ci, :kw].nonzero().squeeze(1).to(dev)  # weighted classes present in this chunk
-        sc = presence[ci, kw:lanes].nonzero().squeeze(1).to(dev)  # summed classes present
-        if wc.numel() == 0 and sc.numel() == 0:
-            continue
-        a = ci * step
+    step = max(1, min(n, max_elements // max(r + n_sum, 1)))
+    for a in range(0, n, step):
         gc = g[:, a:a + step].float()
         cols = gc.shape[1]
         blocks = []
-        if wc.numel():
-            rows = (wc[:, None] * s + arange_s).reshape(-1)  # compact memory rows
-            local = local_w[a:a + step]
-            dots = m[rows] @ gc
-            if s == 1:
-                per_slot = dots.gather(0, local.clamp(min=0).view(1, cols))
-            else:
-                per_slot = dots.view(-1, s, cols).gather(0, local.clamp(min=0).view(1, 1, cols).expand(1, s, cols))[0]
-            norms = gc.square().sum(0).sqrt_()
-            row, wgt = _slot_and_weight(per_slot, norms, local, mem_norm[rows], s)
-            blocks.append(torch.zeros(rows.numel(), cols, device=dev).scatter_(0, row.view(1, -1), wgt.view(1, -1)))
-        if sc.numel():
+        if r:
+            sel = pw[a:a + step]
+            dots = (m @ gc).view(-1, s, cols)
+            per_slot = dots.gather(0, sel.clamp(min=0).view(1, 1, cols).expand(1, s, cols))[0]
+            row, wgt = _slot_and_weight(per_slot, _column_norms(gc), sel, mem_norm, s)
+            blocks.append(torch.zeros(r, cols, device=dev).scatter_(0, row.view(1, -1), wgt.view(1, -1)))
+            wsum += blocks[0].sum(1, dtype=torch.float64)
+        if n_sum:
             sel = ps[a:a + step]
-            blocks.append(torch.zeros(sc.numel(), cols, device=dev).scatter_(
-                0, local_s[a:a + step].clamp(min=0).view(1, -1), (sel >= 0).to(gc.dtype).view(1, -1)))
-        coef_all = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
-        acc = (coef_all @ gc.t()).double()
-        if wc.numel():
-            nr = rows.numel()
-            a_num.index_add_(0, rows, acc[:nr])
-            wsum.index_add_(0, rows, blocks[0].sum(1, dtype=torch.float64))
-            acc = acc[nr:]
-        if sc.numel():
-            a_sum.index_add_(0, sc, acc)
+            blocks.append(torch.zeros(n_sum, cols, device=dev).scatter_(0, sel.clamp(min=0).view(1, -1),
+                                                                        (sel >= 0).to(gc.dtype).view(1, -1)))
+        acc = (torch.cat(blocks) if len(blocks) > 1 else blocks[0]) @ gc.t()
+        a_num += acc[:r]
+        a_sum += acc[r:]
     return a_num, a_sum, wsum
+
+
+def _column_norms(g: torch.Tensor, cols: int = 8192) -> torch.Tensor:
+    """L2 norm of every column of a channel-first [C, N] map: squares summed over blocks of columns
+    that fit in cache (a strided vector_norm over dim 0 is several times slower)."""
+    return torch.cat([g[:, a:a + cols].square().sum(0) for a in range(0, g.shape[1], cols)]).sqrt_()
 
 
 def _neighbour_gram(g: torch.Tensor) -> dict[str, torch.Tensor]:
