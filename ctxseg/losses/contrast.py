@@ -4,12 +4,16 @@ The official code (tfzhou/ContrastiveSeg, lib/loss/loss_contrast*.py) loops over
 classes in Python. Here every step is a tensor operation over all (image, class) pairs at once:
 
 * `downsample_labels`  legacy 'nearest' label down-sampling (source index floor(i * H / h)),
-                       exactly the official `F.interpolate(labels.float(), (h, w), mode='nearest')`.
+                       exactly the official `F.interpolate(labels.float(), (h, w), mode='nearest')`,
+                       by index (a strided view for integer ratios): no pass over every label.
 * `sample_anchors`     hard-anchor sampling: per (image, class) counts with one scatter_add, the
                        hard/easy candidate masks as a [T, N] batch, and the random choice as a
                        top-k over random keys (or over the pixel index, which reproduces the
                        official code under an identity permutation: candidates in index order).
-* `contrastive_loss`   the loss in one matrix product (anchors x anchors, or anchors x queue).
+* `contrastive_loss`   the loss in one matrix product (anchors x anchors, or anchors x queue);
+                       with a queue `QueueContrast`, a fused forward/backward over one logit buffer.
+The anchors are gathered straight from the [B, D, h, w] embedding (no permuted copy of the map),
+so the backward writes the embedding's gradient once.
 
 Facts carried over from the reference (see docs/contrastiveseg.md for the list and the goldens):
 the sampler is called as (feats, ground truth, prediction); hard = GT==c & pred!=c, easy =
