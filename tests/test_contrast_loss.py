@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ctxseg.tools.bench_contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
+from tests.reference_impls.contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
 from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, queue_contrast_set, sample_anchors
 from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
@@ -213,3 +213,68 @@ def test_criterion_ignores_stat_terms():
     total, terms = Criterion(recipe)(M(), {"logits": torch.zeros(1, 3, 4, 4)}, torch.zeros(1, 4, 4, dtype=torch.long), 0)
     assert terms["stat_count"] == 5.0
     assert math.isclose(float(total), terms["loss_ce"] + 1.0, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# fast paths vs straightforward implementations (values and gradients)
+
+
+@pytest.mark.parametrize("out_size,in_size", [((10, 13), (37, 50)), ((128, 256), (512, 1024)), ((7, 9), (7, 18)),
+                                              ((33, 65), (97, 129)), ((64, 64), (512, 512)), ((5, 3), (5, 3))])
+def test_downsampling_by_index_equals_interpolate(out_size, in_size):
+    labels = torch.randint(-1, 200, (2, *in_size))
+    want = F.interpolate(labels[:, None].float(), size=out_size, mode="nearest")[:, 0].long()
+    assert torch.equal(downsample_labels(labels, out_size), want)
+
+
+@pytest.mark.parametrize("skip_class0,self_mask", [(True, True), (False, False), (True, False)])
+def test_queue_contrast_backward_gradcheck(skip_class0, self_mask):
+    """The fused memory-bank loss's hand-written backward against autograd's numerical gradient."""
+    g = torch.Generator().manual_seed(11)
+    rows = F.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    queue = F.normalize(torch.randn(4, 6, 5, generator=g, dtype=torch.float64), dim=2).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 3, 1, 0, 2])
+
+    def f(x, qu):
+        return contrastive_loss(x.view(7, 1, 5), labels, 0.5, 0.07, queue=qu, skip_class0=skip_class0,
+                                self_mask=self_mask)[0]
+
+    assert torch.autograd.gradcheck(f, (rows, queue), eps=1e-6, atol=1e-6)
+
+
+def test_queue_contrast_equals_reference_in_value_and_gradient():
+    """Official sizes' structure (a few views, two queues per class) on float32: the fused loss and
+    its gradient equal the official matrix form run through plain autograd."""
+    g = torch.Generator().manual_seed(3)
+    c, q, d = 5, 40, 16
+    x = F.normalize(torch.randn(9, 2, d, generator=g), dim=2).requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 3, 4, 1, 2, 0, 3])
+    queue = F.normalize(torch.randn(c, q, d, generator=g), dim=2)
+    got, _ = contrastive_loss(x, y, 0.07, 0.07, queue=queue)
+    (gx,) = torch.autograd.grad(got, x)
+    want = reference_matrix_loss(x, y, 0.07, 0.07, queue)
+    (wx,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, wx, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_pixel_contrast_gradient_equals_permuted_reference(with_queue):
+    """Anchors gathered from the channel-first map (no permuted copy) give the official loss and the
+    same gradient as the official permute + view + index path."""
+    g = torch.Generator().manual_seed(8)
+    b, d, h, w, c = 2, 6, 8, 10, 4
+    embed = F.normalize(torch.randn(b, d, h, w, generator=g), dim=1).requires_grad_(True)
+    labels = torch.randint(-1, c, (b, 2 * h, 2 * w), generator=g)
+    predict = torch.randint(0, c, (b, h, w), generator=g)
+    queue = F.normalize(torch.randn(c, 30, d, generator=g), dim=2) if with_queue else None
+    res = pixel_contrast_loss(embed, labels, predict, 0.1, 0.07, 40, 6, -1, queue=queue, random=False)
+    (got,) = torch.autograd.grad(res.loss, embed)
+    flat = embed.permute(0, 2, 3, 1).reshape(b, h * w, d)
+    lab = F.interpolate(labels[:, None].float(), (h, w), mode="nearest")[:, 0].long().reshape(b, -1)
+    x, y, _ = naive_sample_anchors(flat, lab, predict.reshape(b, -1), 40, 6, -1, random=False)
+    assert torch.equal(res.anchors.feats, x)
+    want = reference_matrix_loss(x, y, 0.1, 0.07, queue)
+    (wgrad,) = torch.autograd.grad(want, embed)
+    torch.testing.assert_close(res.loss, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, wgrad, rtol=1e-4, atol=1e-6)

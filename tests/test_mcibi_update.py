@@ -132,3 +132,20 @@ def test_memory_is_averaged_across_processes():
     torch.testing.assert_close(a[2:], torch.full((2, 1, 4), 1.5))
     # class 0 was initialised on rank 0 only: averaged with rank 1's zeros (ssseg behaviour)
     assert torch.all(a[0] != 0)
+
+
+@pytest.mark.parametrize("strategy,slots", [("cosine_similarity", 3), ("mean", 1), ("cosine_similarity", 1)])
+def test_update_at_feature_resolution_equals_loop_on_upsampled_map(strategy, slots):
+    """The update from low-resolution features (never upsampled: per-class interpolation weights,
+    neighbour Gram values for the norms) equals the loop over the explicitly upsampled map, with
+    slots to initialise, several slots and a non-integer scale."""
+    memory, low, _ = random_case(13, 2, 6, 7, 9, 5, slots, zero_rows=(1,), zero_slots=((2, slots - 1),))
+    labels = torch.randint(-1, 5, (2, 30, 41), generator=torch.Generator().manual_seed(4))
+    full = F.interpolate(low, size=(30, 41), mode="bilinear", align_corners=False)
+    expected = naive_update(memory, full, labels, 0.3, strategy, -1)
+    got = memory.clone()
+    update_memory(got, low, labels, 0.3, strategy, ignore_index=-1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    same = memory.clone()  # the same features given at label resolution take the other route
+    update_memory(same, full, labels, 0.3, strategy, ignore_index=-1, max_elements=97)
+    torch.testing.assert_close(same, expected, atol=1e-5, rtol=1e-5)

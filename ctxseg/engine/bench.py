@@ -303,3 +303,39 @@ def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: 
             progress(phase)
         result[phase] = _run_phase(phase, recipe, cfg, device, resettable)
     return result
+
+
+def measure_case(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device | str = "cpu") -> dict:
+    """One benchmark case of the side-by-side tools (ctxseg/tools/bench_*.py): `timed` runs, their
+    median, the peak RSS growth of one extra call (VmHWM reset first; CPU) or the CUDA peak, and the
+    1-minute load average at the start and end (the machine may be shared)."""
+    import gc
+
+    device = torch.device(device)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    times = timed(fn, repeats, warmup, device)
+    gc.collect()
+    _malloc_trim()  # freed heap goes back to the OS first, so the growth is this call's working set
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        base = rss_now()
+        exact = reset_peak_rss()
+        fn()
+        peak = peak_rss() - base if exact else None
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times],
+            "peak_mb": None if peak is None else round(peak / 2**20, 1),
+            "loadavg": [load0, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -4,12 +4,16 @@ The official code (tfzhou/ContrastiveSeg, lib/loss/loss_contrast*.py) loops over
 classes in Python. Here every step is a tensor operation over all (image, class) pairs at once:
 
 * `downsample_labels`  legacy 'nearest' label down-sampling (source index floor(i * H / h)),
-                       exactly the official `F.interpolate(labels.float(), (h, w), mode='nearest')`.
+                       exactly the official `F.interpolate(labels.float(), (h, w), mode='nearest')`,
+                       by index (a strided view for integer ratios): no pass over every label.
 * `sample_anchors`     hard-anchor sampling: per (image, class) counts with one scatter_add, the
                        hard/easy candidate masks as a [T, N] batch, and the random choice as a
                        top-k over random keys (or over the pixel index, which reproduces the
                        official code under an identity permutation: candidates in index order).
-* `contrastive_loss`   the loss in one matrix product (anchors x anchors, or anchors x queue).
+* `contrastive_loss`   the loss in one matrix product (anchors x anchors, or anchors x queue);
+                       with a queue `QueueContrast`, a fused forward/backward over one logit buffer.
+The anchors are gathered straight from the [B, D, h, w] embedding (no permuted copy of the map),
+so the backward writes the embedding's gradient once.
 
 Facts carried over from the reference (see docs/contrastiveseg.md for the list and the goldens):
 the sampler is called as (feats, ground truth, prediction); hard = GT==c & pred!=c, easy =
@@ -25,12 +29,30 @@ import torch
 import torch.nn.functional as F
 
 
+def nearest_source_index(out_size: int, in_size: int, device=None) -> torch.Tensor:
+    """Source index of each output position of PyTorch's legacy 'nearest' resize, computed as its
+    kernel does (float32 scale in / out, floor(dst * scale), clamped): exactly F.interpolate's choice."""
+    if out_size == in_size:
+        return torch.arange(out_size, device=device)
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    src = (torch.arange(out_size, dtype=torch.float32) * scale).floor().long().clamp(max=in_size - 1)
+    return src.to(device)
+
+
 def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, H, W] int labels -> [B, h, w] with PyTorch's legacy 'nearest' (top-left pixel of each block)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
+    """[B, H, W] int labels -> [B, h, w] with PyTorch's legacy 'nearest' (top-left pixel of each block).
+
+    The official code casts to float and calls F.interpolate(mode='nearest'); picking the same
+    source rows and columns by index gives the identical map without touching every label pixel."""
+    h, w = (int(x) for x in size)
+    H, W = labels.shape[-2:]
+    if (H, W) == (h, w):
         return labels
-    down = F.interpolate(labels[:, None].float(), size=tuple(int(s) for s in size), mode="nearest")
-    return down[:, 0].to(labels.dtype)
+    if H % h == 0 and W % w == 0:  # integer ratio: floor(i * H / h) = i * (H // h), a strided view
+        return labels[..., :: H // h, :: W // w]
+    rows = nearest_source_index(h, H, labels.device)
+    cols = nearest_source_index(w, W, labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols)
 
 
 @dataclass
@@ -73,10 +95,12 @@ def kept_counts(num_hard: torch.Tensor, num_easy: torch.Tensor, n_view: int) -> 
 
 
 def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Tensor, max_samples: int, max_views: int,
-                   ignore_index: int = -1, random: bool = True, generator: torch.Generator | None = None) -> Anchors | None:
+                   ignore_index: int = -1, random: bool = True, generator: torch.Generator | None = None,
+                   channels_first: bool = False) -> Anchors | None:
     """Hard-anchor sampling over a batch.
 
-    feats [B, N, D] (flattened feature map, any strides), labels [B, N] ground truth at feature
+    feats [B, N, D] (flattened feature map, any strides; [B, D, N] with channels_first, e.g. a
+    [B, D, h, w] embedding flattened without a copy), labels [B, N] ground truth at feature
     resolution, predict [B, N]. random=False takes the candidates in index order, which is what
     the official code does under an identity `torch.randperm` (the golden data). Returns None
     where the official code returns (None, None) or would build an empty anchor set (n_view 0).
@@ -113,8 +137,11 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
     pos = torch.where(j < hard_keep[:, None], starts[img, 2 * cls][:, None] + j,
                       starts[img, 2 * cls + 1][:, None] + j - hard_keep[:, None])
     indices = order[img[:, None], pos]
-    chosen = feats[img[:, None], indices].float()  # [T, V, D]
-    return Anchors(chosen, cls, pairs, indices, num_hard, num_easy, hard_keep, easy_keep)
+    if channels_first:  # feats [B, D, N]: gather the anchors' vectors without a permuted copy of the map
+        chosen = feats[img[:, None], :, indices]  # advanced indices around a slice: [T, V, D]
+    else:
+        chosen = feats[img[:, None], indices]
+    return Anchors(chosen.float(), cls, pairs, indices, num_hard, num_easy, hard_keep, easy_keep)
 
 
 def queue_contrast_set(queue: torch.Tensor, skip_class0: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,30 +190,109 @@ def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: flo
 
 def _queue_loss(rows: torch.Tensor, row_labels: torch.Tensor, queue: torch.Tensor, temperature: float,
                 base_temperature: float, skip_class0: bool, self_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors against the queue without [R, C*Q] masks: the contrast set is made of class blocks
-    of Q rows, so negatives are (sum over all columns) - (sum over the own block) and the
-    positives are the own block, read with one gather."""
-    c, q, d = queue.shape
-    cols, col_labels = queue_contrast_set(queue, skip_class0)
-    block_labels = col_labels[::q]  # the label of each block of Q columns
-    block_of_class = torch.empty(c, dtype=torch.long, device=rows.device)
-    block_of_class[block_labels] = torch.arange(c, device=rows.device)
-    logits = rows @ cols.T / temperature  # [R, C*Q]
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    exp = logits.exp().view(-1, c, q)
-    own = block_of_class[row_labels]  # [R]
+    """Anchors against the queue: `QueueContrast` (one [R, C*Q] buffer, no masks, no queue copy)."""
+    c, q, _ = queue.shape
+    # each row's own block of Q columns in the contrast set (queue_contrast_set order); -1: none
+    if skip_class0:  # blocks: classes 1..C-1, then the all-zero block labelled 0
+        own = torch.where(row_labels == 0, c - 1, row_labels - 1)
+    else:
+        own = row_labels.clone()
+    own = torch.where((row_labels >= 0) & (row_labels < c), own, -1)
     r_idx = torch.arange(rows.shape[0], device=rows.device)
-    own_exp_sum = exp[r_idx, own].sum(1)
-    neg_sum = exp.sum((1, 2)) - own_exp_sum
-    pos_logits = logits.view(-1, c, q)[r_idx, own]  # [R, Q]
-    log_prob = pos_logits - torch.log(pos_logits.exp() + neg_sum[:, None])
-    pos = torch.ones_like(log_prob, dtype=torch.bool)
+    pos = (own >= 0)[:, None].expand(-1, q).clone()
     if self_mask:  # official quirk: column r is removed from the positives of row r
         hit = (r_idx < c * q) & (r_idx // q == own)
         pos[r_idx[hit], r_idx[hit] % q] = False
     num_pos = pos.sum(1)
-    mean_log_prob_pos = (log_prob * pos).sum(1) / num_pos
-    return -(temperature / base_temperature) * mean_log_prob_pos.mean(), num_pos
+    loss = QueueContrast.apply(rows, queue, own, pos, temperature, base_temperature, skip_class0)
+    return loss, num_pos
+
+
+def _shifted_exp(rows: torch.Tensor, cols: torch.Tensor, temperature: float, zero_block: bool, own: torch.Tensor,
+                 q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (exp(logits - row max) [R, n_blocks*Q], row max [R], own-block logits - row max [R, Q]).
+    One buffer, updated in place: logits = rows @ cols.T / T (the official order: divide after the
+    product), then shifted and exponentiated."""
+    r = rows.shape[0]
+    nb = cols.shape[0] // q
+    logits = (rows @ cols.T).div_(temperature)
+    row_max = logits.max(dim=1).values if nb else rows.new_full((r,), float("-inf"))
+    if zero_block:
+        row_max = row_max.clamp_min(0.0)  # the zero block's logits are 0
+    real_own = (own >= 0) & (own < nb)
+    if nb:
+        pos_logits = logits.view(r, nb, q)[torch.arange(r, device=rows.device), torch.where(real_own, own, 0)]
+        pos_logits = torch.where(real_own[:, None], pos_logits, torch.zeros_like(pos_logits))  # zero block: 0
+    else:
+        pos_logits = rows.new_zeros(r, q)
+    return logits.sub_(row_max[:, None]).exp_(), row_max, pos_logits - row_max[:, None]
+
+
+class QueueContrast(torch.autograd.Function):
+    """The official memory-bank loss (loss_contrast_mem._contrastive with a queue) as one fused pass.
+
+    Columns are the queue's class blocks (classes 1..C-1 then Q zero rows labelled 0 with
+    skip_class0, else classes 0..C-1), read in place from the queue. Forward: one matmul into an
+    [R, n_blocks*Q] buffer, the row max (zero block: logit 0), exp in place, per-block sums; the
+    negatives of a row are the sum over the other blocks (never total - own: no cancellation),
+    the positives its own block. Backward turns the same buffer into d loss / d logits in place
+    (b_r exp for negatives, a_r S_r / (e + S_r) for positives) and makes one matmul with the queue;
+    a second backward (retain_graph) recomputes the buffer. The max is a detached shift, as in the
+    official code; the loss is invariant to it.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, queue, own, pos, temperature, base_temperature, skip_class0):
+        c, q, d = queue.shape
+        cols = (queue[1:] if skip_class0 else queue).reshape(-1, d)  # a view, no copy
+        r = rows.shape[0]
+        exp, row_max, pos_logits = _shifted_exp(rows, cols, temperature, skip_class0, own, q)
+        nb = exp.shape[1] // q
+        block_sums = exp.view(r, nb, q).sum(2)  # [R, nb]
+        if skip_class0:
+            block_sums = torch.cat([block_sums, q * torch.exp(-row_max)[:, None]], dim=1)
+        own_mask = torch.zeros_like(block_sums, dtype=torch.bool)
+        has_own = own >= 0
+        own_mask[has_own, own[has_own]] = True
+        neg_sum = block_sums.masked_fill(own_mask, 0).sum(1)
+        denom = pos_logits.exp() + neg_sum[:, None]
+        log_prob = pos_logits - torch.log(denom)
+        num_pos = pos.sum(1)
+        mean_log_prob_pos = (log_prob * pos).sum(1) / num_pos
+        loss = -(temperature / base_temperature) * mean_log_prob_pos.mean()
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.save_for_backward(rows, queue, denom, neg_sum, pos, own)
+            ctx.exp = exp  # an intermediate, consumed in place by the first backward
+            ctx.scale, ctx.temperature, ctx.skip_class0 = temperature / base_temperature, temperature, skip_class0
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, queue, denom, neg_sum, pos, own = ctx.saved_tensors
+        c, q, d = queue.shape
+        cols = (queue[1:] if ctx.skip_class0 else queue).reshape(-1, d)
+        exp = ctx.exp
+        if exp is None:  # a second backward through the same graph: rebuild the buffer
+            exp = _shifted_exp(rows, cols, ctx.temperature, ctx.skip_class0, own, q)[0]
+        ctx.exp = None
+        r = rows.shape[0]
+        nb = exp.shape[1] // q
+        num_pos = pos.sum(1).to(rows.dtype)
+        # d loss / d log_prob of each positive of row r, with the 1/T of the logits folded in
+        a = -ctx.scale * grad / r / num_pos / ctx.temperature
+        inv = torch.where(pos, denom.reciprocal(), torch.zeros_like(denom))
+        g = exp.mul_((-a * inv.sum(1))[:, None])  # negatives: b_r * exp; the buffer is d loss / d (rows @ cols.T)
+        real_own = (own >= 0) & (own < nb)
+        if bool(real_own.any()):
+            ridx = real_own.nonzero().squeeze(1)
+            g_pos = a[:, None] * neg_sum[:, None] * inv  # positives: a * S / (e + S); 0 off the positives
+            g.view(r, nb, q)[ridx, own[ridx]] = g_pos[ridx]
+        d_rows = g @ cols if ctx.needs_input_grad[0] else None
+        d_queue = None
+        if ctx.needs_input_grad[1]:
+            d_cols = (g.T @ rows).view(nb, q, d)
+            d_queue = torch.cat([torch.zeros_like(queue[:1]), d_cols]) if ctx.skip_class0 else d_cols
+        return d_rows, d_queue, None, None, None, None, None
 
 
 @dataclass
@@ -210,9 +316,8 @@ def pixel_contrast_loss(embed: torch.Tensor, labels: torch.Tensor, predict: torc
     as-is (`degenerate` tells); the plug-in skips such steps instead of crashing."""
     b, d, h, w = embed.shape
     labels_down = downsample_labels(labels, (h, w))
-    flat = embed.permute(0, 2, 3, 1).reshape(b, h * w, d)
-    anchors = sample_anchors(flat, labels_down.reshape(b, -1), predict.reshape(b, -1), max_samples, max_views,
-                             ignore_index, random, generator)
+    anchors = sample_anchors(embed.reshape(b, d, h * w), labels_down.reshape(b, -1), predict.reshape(b, -1), max_samples,
+                             max_views, ignore_index, random, generator, channels_first=True)
     if anchors is None:
         return ContrastResult(None, None, labels_down, None)
     loss, num_pos = contrastive_loss(anchors.feats, anchors.labels, temperature, base_temperature, queue, skip_class0,

@@ -1,99 +1,119 @@
-"""CAC head overhead: FCN head (in 512, 512 ch, 150 classes) on 2 x 512 x 64 x 64 features."""
-import time
+"""ctxseg's side of ref_bench's 'cac' group: CAC's overhead over the plain FCN head, same inputs.
+
+    python -m ctxseg.tools.bench_cac [--case NAME ...] [--threads 2] [--repeats 5] [--json out.json]
+
+Head: FCN (in 2048, 512 channels, 2 convs + concat_input, dropout 0.1, 150 classes, BN), inputs
+relu(randn) [4, 2048, 64, 64], labels [4, 512, 512] (ctxseg.tools.ref_inputs, as ref_bench).
+Cases (ref_bench times the forward passes only; the training cases here add the backward):
+  cac_train_fwbw / plain_train_fwbw   train mode: head (+ CAC plug-in) forward, every loss (the
+                                      main CE on the logits at label size; with CAC also
+                                      pre_self, pre and the class-wise KL), backward
+  cac_forward_train / plain_forward_train   the same without the backward
+  cac_forward_test / plain_forward          eval, no_grad: head (+ CAC's context-aware classifier)
+torch.manual_seed(5) before every training call (dropout masks), as ref_bench. Each CAC case is
+timed alternately with its plain counterpart (ABBA), and `overhead` is the median of the
+per-pair ratios minus 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
 
 import torch
 from torch import nn
 
+from ctxseg.engine.bench import machine, measure_case, timed
 from ctxseg.losses.cross_entropy import seg_ce_term
 from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.heads.fcn import FCNHead
 from ctxseg.models.segmentor import Segmentor
+from ctxseg.tools.ref_inputs import MM_IGNORE, cac_inputs
 
-import sys
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
-torch.manual_seed(0)
-B, C, H, W, N = 2, 512, 64, 64, 150
-x = [torch.randn(B, C, H, W)]
-y = torch.randint(0, N, (B, 8 * H, 8 * W))
-y[:, :40] = 255
+PAIRS = {"cac_train_fwbw": "plain_train_fwbw", "cac_forward_train": "plain_forward_train",
+         "cac_forward_test": "plain_forward"}
+CASES = tuple(PAIRS)
+NUM_CLASSES = 150
 
 
-def build(with_cac):
-    head = FCNHead(in_channels=[C], num_classes=N, channels=512, num_convs=2, concat_input=True, in_index=0)
-    plugins = {"cac": ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=N)} if with_cac else {}
-    return Segmentor(nn.Identity(), head, None, plugins, N, False)
+def build(with_cac: bool) -> tuple[Segmentor, dict]:
+    torch.manual_seed(0)
+    head = FCNHead(in_channels=[2048], num_classes=NUM_CLASSES, channels=512, num_convs=2, concat_input=True, in_index=0,
+                   dropout_ratio=0.1)
+    data = cac_inputs(head)
+    plugins = {"cac": ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=NUM_CLASSES,
+                                             ignore_index=MM_IGNORE)} if with_cac else {}
+    return Segmentor(nn.Identity(), head, None, plugins, NUM_CLASSES, False), data
 
 
-def timeit(fn, reps):
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts), sorted(ts)[len(ts) // 2]
+def step_fn(model: Segmentor, data: dict, phase: str):
+    x, y = [data["inputs"]], data["labels"]
 
-
-res = {}
-for with_cac in (() if "--parts" in sys.argv else (False, True)):
-    m = build(with_cac)
-    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    def train(backward: bool):
+        torch.manual_seed(5)
+        model.train()
+        out = model(x, y)
+        loss = seg_ce_term(out["logits"], y, False, ignore_index=MM_IGNORE)
+        loss = loss + sum(model.plugin_losses(out, y, 0).values())
+        if backward:
+            model.zero_grad(set_to_none=True)
+            loss.backward()
 
     def infer():
-        m.eval()
+        model.eval()
         with torch.no_grad():
-            m(x)
+            model(x)
 
-    def train():
-        m.train()
-        out = m(x, y)
-        loss = seg_ce_term(out["logits"], y, False) + sum(m.plugin_losses(out, y, 0).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    res[with_cac] = {"infer": timeit(infer, 4), "train": timeit(train, 2)}
-    # the CAC-only part at inference: refine() on fixed feats / logits
-    if with_cac:
-        m.eval()
-        with torch.no_grad():
-            o = m.decode_head(x)
-            res["refine"] = timeit(lambda: m.plugins["cac"].refine(o["feats"], o["logits"]), 10)
-if "--parts" in sys.argv:
-    m = build(True).eval()
-    with torch.no_grad():
-        o = m.decode_head(x)
-        res["refine"] = timeit(lambda: m.plugins["cac"].refine(o["feats"], o["logits"]), 10)
-        res["head"] = timeit(lambda: m.decode_head(x), 3)
-    print(f"FCN head inference {res['head'][0]*1e3:.0f} ms (min of 3)")
-print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-for k in (() if "--parts" in sys.argv else ("infer", "train")):
-    a, b = res[False][k], res[True][k]
-    print(f"{k}: FCN {a[0]*1e3:.0f} ms (median {a[1]*1e3:.0f}), FCN+CAC {b[0]*1e3:.0f} ms (median {b[1]*1e3:.0f}), overhead {100*(b[0]/a[0]-1):+.1f}% (min), {100*(b[1]/a[1]-1):+.1f}% (median)")
-if "refine" in res: print(f"refine() alone: {res['refine'][0]*1e3:.1f} ms (min), {res['refine'][1]*1e3:.1f} ms (median)")
-
-# CAC-only training cost: plug-in forward (refine + oracle) + its losses + main CE, fwd + bwd,
-# on fixed head outputs (isolates CAC from the head's convolutions)
-m = build(True).train()
-plug = m.plugins["cac"]
-with torch.no_grad():
-    base = m.decode_head(x)
+    if phase == "train_fwbw":
+        return lambda: train(True)
+    if phase == "forward_train":
+        return lambda: train(False)
+    return infer
 
 
-def cac_train():
-    feat = base["feats"].clone().requires_grad_(True)
-    vanilla = m.decode_head.conv_seg(feat)
-    out = {"feats": feat, "logits": vanilla}
-    out.update(plug(out, x, y))
-    loss = seg_ce_term(out["logits"], y, False) + sum(plug.losses(out, y, 0).values())
-    loss.backward()
+def run_pair(name: str, repeats: int, warmup: int) -> dict:
+    phase = name.split("_", 1)[1] if not name.endswith("forward_test") else "forward_test"
+    cac_model, data = build(True)
+    plain_model, _ = build(False)
+    fa, fb = step_fn(cac_model, data, phase), step_fn(plain_model, data, phase)
+    ta, tb, ratios = [], [], []
+    for _ in range(warmup):
+        fa(), fb()
+    for i in range(repeats):
+        order = ((fa, ta), (fb, tb)) if i % 2 == 0 else ((fb, tb), (fa, ta))
+        for f, acc in order:
+            acc.extend(timed(f, 1, 0, torch.device("cpu")))
+        ratios.append(ta[-1] / tb[-1])
+    res = {"cac": measure_case(fa, 1, 0), "plain": measure_case(fb, 1, 0)}  # peak memory (one extra call each)
+    for key, times in (("cac", ta), ("plain", tb)):
+        res[key].update(median_s=statistics.median(times), min_s=min(times), times_s=[round(t, 4) for t in times])
+    res["overhead"] = statistics.median(ratios) - 1
+    res["ratios"] = [round(r, 4) for r in ratios]
+    return res
 
 
-def plain_train():
-    feat = base["feats"].clone().requires_grad_(True)
-    loss = seg_ce_term(m.decode_head.conv_seg(feat), y, False)
-    loss.backward()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = {}
+    for name in args.case or CASES:
+        r = run_pair(name, args.repeats, args.warmup)
+        res[name] = r
+        print(f"{name:18s} CAC {r['cac']['median_s']:.3f} s, {PAIRS[name]} {r['plain']['median_s']:.3f} s, "
+              f"overhead {100 * r['overhead']:+.1f}% (median of per-pair ratios), peak +{r['cac']['peak_mb']} / "
+              f"+{r['plain']['peak_mb']} MB, load {r['cac']['loadavg']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "argv": sys.argv, "results": res}, f, indent=1)
 
 
-a, b = timeit(plain_train, 5), timeit(cac_train, 5)
-print(f"classifier + losses fwd/bwd: plain conv_seg + CE {a[0]*1e3:.0f} ms, CAC (all 4 terms) {b[0]*1e3:.0f} ms (min of 5)")
+if __name__ == "__main__":
+    main()

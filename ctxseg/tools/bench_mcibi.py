@@ -1,75 +1,67 @@
-"""Timing of MCIBI pieces on this machine: `python -m ctxseg.tools.bench_mcibi` (see docs/benchmarks/mcibi.md).
+"""ctxseg's side of ref_bench's 'mcibi' group: the MCIBI memory update on exactly its inputs.
 
-1. memory update: batch 2, labels 512x512, memory_input 64x64 (OS 8), 150 classes, 512 channels
-2. memory-augmented head forward+backward (ASPP head + MCIBI plug-in) on 2 x 2048 x 64 x 64
-3. train step (forward, losses, backward, SGD step) of MCIBI-DeepLabV3-R50 vs DeepLabV3-R50
+    python -m ctxseg.tools.bench_mcibi [--case NAME ...] [--threads 2] [--repeats 5] [--json out.json]
+
+Cases (names as ref_bench's; inputs from ctxseg.tools.ref_inputs; cosine_similarity strategy,
+150 classes, 1 slot, momentum 0.9 / 0.01 x lr 0.005, ignore -100; the memory is reset to the
+same all-initialised state before every call, as ref_bench does outside its timing):
+  mcibi_update                update_memory with features given at label size [2, 512, 512, 512]
+  mcibi_update_with_upsample  what the segmentor's training step does: update_memory from the
+                              memory input [2, 512, 64, 64]; ctxseg's update takes the bilinear
+                              upsampling into account without materialising it (ref_bench times
+                              F.interpolate to 512x512 + the official update)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
-import time
 
 import torch
 
+from ctxseg.engine.bench import machine, measure_case
+from ctxseg.models.context.memory import update_memory
+from ctxseg.tools.ref_inputs import MCIBI_MOMENTUM, SSSEG_IGNORE, mcibi_inputs
 
-def _time(fn, repeat: int) -> float:
-    fn()
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
+CASES = ("mcibi_update", "mcibi_update_with_upsample")
 
 
-def main(size: int = 256, repeat: int = 2) -> None:
-    from ctxseg.config import load_recipe
-    from ctxseg.losses import Criterion
-    from ctxseg.models.context.memory import update_memory
-    from ctxseg.models.segmentor import build_segmentor
+def case_update(data: dict, key: str, repeats: int, warmup: int) -> dict:
+    memory = data["memory"].clone()
 
-    torch.manual_seed(0)
-    k, c = 150, 512
-    memory = torch.rand(k, 1, c)
-    feats = torch.randn(2, c, 64, 64)
-    labels = torch.randint(0, k, (2, 512, 512))
-    for strategy in ("mean", "cosine_similarity"):
-        t = _time(lambda: update_memory(memory.clone(), feats, labels, 0.9, strategy, 255), repeat)
-        print(f"update ({strategy}), 2x512x512 labels, 150 classes, 512 ch: {t * 1000:.0f} ms")
+    def run():
+        memory.copy_(data["memory"])
+        update_memory(memory, data[key], data["segmentation"], MCIBI_MOMENTUM, "cosine_similarity", SSSEG_IGNORE)
 
-    over = ["data.num_classes=150", "model.backbone.pretrained=\"\""]
-    recipe = load_recipe("mcibi-deeplabv3-r50-ade20k", over)
-    model = build_segmentor(recipe).train()
-    x4 = torch.randn(2, 2048, 64, 64, requires_grad=False)
-    head, plugin = model.decode_head, model.plugins["memory"]
-    tgt = torch.randint(0, k, (2, 512, 512))
+    res = measure_case(run, repeats, warmup)
+    res["memory_sum_after"] = float(memory.double().sum())  # same state as ref_bench's output check
+    return res
 
-    def head_step():
-        out = dict(head([x4]))
-        out.update(plugin(out, [x4], None))
-        (out["logits"].mean() + out["stage1_logits"].mean()).backward()
 
-    print(f"ASPP + MCIBI head fwd+bwd, 2x2048x64x64 (512x512 input): {_time(head_step, repeat) * 1000:.0f} ms")
+def run_cases(names, repeats: int = 5, warmup: int = 1) -> dict:
+    data = mcibi_inputs()
+    keys = {"mcibi_update": "features", "mcibi_update_with_upsample": "memory_input"}
+    return {name: case_update(data, keys[name], repeats, warmup) for name in names}
 
-    for name, mem in (("MCIBI-DeepLabV3-R50", True), ("DeepLabV3-R50 (no memory)", False)):
-        r = load_recipe("mcibi-deeplabv3-r50-ade20k", over)
-        if not mem:
-            r.model.plugins = [p for p in r.model.plugins if p["type"] != "mcibi"]
-        m = build_segmentor(r).train()
-        crit = Criterion(r)
-        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        img = torch.randn(2, 3, size, size)
-        lab = torch.randint(0, k, (2, size, size))
 
-        def step():
-            out = m(img, lab)
-            loss, _ = crit(m, out, lab, 10**6)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        print(f"train step {name}, batch 2 at {size}x{size}: {_time(step, repeat):.2f} s")
-    del tgt
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = run_cases(args.case or CASES, args.repeats, args.warmup)
+    for name, r in res.items():
+        print(f"{name:28s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  peak +{r['peak_mb']} MB  "
+              f"load {r['loadavg']}  memory sum {r['memory_sum_after']:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "argv": sys.argv, "results": res}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main()

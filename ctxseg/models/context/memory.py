@@ -21,16 +21,17 @@ decoder_stage2 is the classifier, and a classifier that never receives a gradien
 Training: the memory (a registered buffer, K x S x C, zeros at start) is updated inside the train
 forward, after both stages were computed with the old memory and before the losses, from
 memory_input upsampled to the label size; the memory loss (decoder_stage2 classifying the stored
-memory) therefore sees the updated memory, as in ssseg. The update is one pass of per-class sums
-(index_add / bincount) over bands of image rows, so a batch at image resolution never
-materialises the full upsampled feature map. In distributed runs the memory is averaged across
+memory) therefore sees the updated memory, as in ssseg. The update works at feature resolution
+(memory_ops: bilinear upsampling is linear, so the per-class sums over upsampled pixels are
+matmuls of feature-resolution maps with per-class interpolation weights); the upsampled feature
+map is never materialised. In distributed runs the memory is averaged across
 processes after each update (ContextPlugin.synchronise_state, Accelerate's reduce).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from ctxseg.errors import UserError
 from ctxseg.losses.cross_entropy import cross_entropy
 from ctxseg.models.context.base import ContextPlugin
 from ctxseg.models.heads.base import ClassifierSlot
+from ctxseg.models.context.memory_ops import class_statistics
 from ctxseg.models.layers import ConvModule, resize
 
 
@@ -82,54 +84,15 @@ class StageDecoder(nn.Module):
 # the memory update
 
 
-def interp_matrix(out_size: int, in_size: int, align_corners: bool, device=None) -> torch.Tensor:
-    """(out, in) matrix of 1-D bilinear weights, with F.interpolate's source-coordinate rule."""
-    dst = torch.arange(out_size, dtype=torch.float64, device=device)
-    if align_corners:
-        src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-    else:
-        src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=in_size - 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    lam = (src - i0).clamp(0, 1)
-    mat = torch.zeros(out_size, in_size, dtype=torch.float64, device=device)
-    mat.index_put_((torch.arange(out_size, device=device), i0), 1 - lam, accumulate=True)
-    mat.index_put_((torch.arange(out_size, device=device), i1), lam, accumulate=True)
-    return mat.float()
-
-
-def pixel_chunks(features: torch.Tensor, labels: torch.Tensor, align_corners: bool = False,
-                 max_elements: int = 1 << 24) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (pixels x C features, pixel labels) in bands of label rows.
-
-    `features` may be at a lower resolution than `labels`: each band is then upsampled bilinearly
-    on the fly (separable interpolation matrices, the same weights as F.interpolate), so at most
-    `max_elements` upsampled values exist at a time.
-    """
-    b, c, h, w = features.shape
-    H, W = labels.shape[-2:]
-    rows = max(1, min(H, max_elements // max(1, W * c)))
-    same = (h, w) == (H, W)
-    if not same:
-        ah = interp_matrix(H, h, align_corners, features.device)
-        aw = interp_matrix(W, w, align_corners, features.device)
-    for i in range(b):
-        g = features[i].float()
-        for r0 in range(0, H, rows):
-            r1 = min(H, r0 + rows)
-            if same:
-                band = g[:, r0:r1].permute(1, 2, 0)
-            else:
-                tmp = torch.einsum("rh,chw->rcw", ah[r0:r1], g)
-                band = torch.einsum("rcw,xw->rxc", tmp, aw)
-            yield band.reshape(-1, c), labels[i, r0:r1].reshape(-1)
-
-
 @torch.no_grad()
 def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float,
                   strategy: str = "cosine_similarity", ignore_index: int = 255, align_corners: bool = False,
                   max_elements: int = 1 << 24) -> torch.Tensor:
     """ssseg FeaturesMemory.update, vectorised over classes; updates `memory` (K, S, C) in place.
+
+    `features` [B, C, h, w] may be below the label resolution: they stand for their bilinear
+    upsampling to the labels' size (F.interpolate, `align_corners`), which is never materialised
+    (memory_ops.class_statistics). `max_elements` bounds the temporaries (rows x pixels).
 
     Per present class k: if one of its slots is all zeros, the first such slot is set to the plain
     mean of the class's pixels and nothing else happens for k this step. Otherwise
@@ -142,49 +105,27 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
     """
     k, s, c = memory.shape
     mem = memory.float()
-    dev = memory.device
-    cls_sum = torch.zeros(k, c, device=dev)
-    cls_cnt = torch.zeros(k, device=dev)
-    num = torch.zeros(k * s, c, device=dev)
-    den = torch.zeros(k * s, device=dev)
     cosine = strategy == "cosine_similarity"
-    mem_unit = F.normalize(mem, p=2, dim=-1)  # slot assignment, as ssseg (F.normalize, eps 1e-12)
-    mem_norm = mem.norm(dim=-1).clamp_min(1e-8)  # F.cosine_similarity's eps
-    for f, y in pixel_chunks(features, labels, align_corners, max_elements):
-        keep = (y != ignore_index) & (y >= 0) & (y < k)
-        if not bool(keep.all()):
-            f, y = f[keep], y[keep]
-        if y.numel() == 0:
-            continue
-        y = y.long()
-        cls_sum.index_add_(0, y, f)
-        cls_cnt += torch.bincount(y, minlength=k).to(cls_cnt.dtype)
-        if not cosine:
-            continue
-        if s == 1:
-            slot = torch.zeros_like(y)
-        else:
-            slot = torch.einsum("pc,psc->ps", F.normalize(f, p=2, dim=1), mem_unit[y]).argmax(dim=1)
-        idx = y * s + slot
-        m = mem.view(k * s, c)[idx]
-        cos = (f * m).sum(1) / (f.norm(dim=1).clamp_min(1e-8) * mem_norm.view(-1)[idx])
-        wgt = 1 - cos
-        num.index_add_(0, idx, f * wgt[:, None])
-        den.index_add_(0, idx, wgt)
-
-    present = cls_cnt > 0
     zero_slot = (mem == 0).all(dim=-1)  # K, S
-    init = present & zero_slot.any(dim=1)
-    update = present & ~zero_slot.any(dim=1)
+    has_zero = zero_slot.any(dim=1)
+    # cosine: weighted sums only for classes that take the momentum branch, plain sums only for
+    # classes whose zero slot is initialised; mean: plain sums for every class
+    weighted = ~has_zero if cosine else torch.zeros_like(has_zero)
+    summed = has_zero if cosine else torch.ones_like(has_zero)
+    st = class_statistics(features, labels, mem, weighted, summed, ignore_index, align_corners, max_elements)
+    present = st.count > 0
+    init = present & has_zero
+    update = present & ~has_zero
     new = mem.clone()
     if cosine:
-        agg = torch.where(den[:, None] > 0, num / den.clamp_min(1e-30)[:, None], torch.zeros_like(num)).view(k, s, c)
+        agg = torch.where(st.den[:, None] > 0, st.num / st.den.clamp_min(1e-30)[:, None], torch.zeros_like(st.num))
+        agg = agg.view(k, s, c).float()
     else:
-        agg = (cls_sum / cls_cnt.clamp_min(1)[:, None]).unsqueeze(1).expand(k, s, c)
+        agg = (st.sums / st.count.clamp_min(1)[:, None]).float().unsqueeze(1).expand(k, s, c)
     new[update] = (1 - momentum) * mem[update] + momentum * agg[update]
     first_zero = zero_slot.float().argmax(dim=1)
     rows = init.nonzero().squeeze(1)
-    new[rows, first_zero[rows]] = cls_sum[rows] / cls_cnt[rows, None]
+    new[rows, first_zero[rows]] = (st.sums[rows] / st.count[rows, None]).float()
     memory.copy_(new.to(memory.dtype))
     return memory
 

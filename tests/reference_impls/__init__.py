@@ -1,0 +1,1 @@
+"""Plain reference implementations the tests compare the fast paths with (not shipped)."""
