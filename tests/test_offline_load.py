@@ -1,5 +1,5 @@
 """Loading a checkpoint never fetches pretrained weights (issue 11, item 11): eval, predict, viz,
-export and resume rebuild the model through one path (ctxseg.models.offline) that skips the
+export and resume rebuild the model through one path (ctxseg.engine.offline) that skips the
 backbone's `pretrained`. Checked with every download made to raise, on checkpoints whose recipe
 names timm weights, a URL, and a local file that does not exist here."""
 

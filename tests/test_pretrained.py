@@ -155,7 +155,7 @@ VIT_MANIFESTS = ["mcibi_deeplabv3_vitlarge_ade20k", "mcibi_deeplabv3_vitlarge_co
 def test_vit_recipes_have_sssegs_three_aux_decoders(stem):
     from ctxseg.convert.base import apply_keymap
     from ctxseg.convert.ssseg import keymap_for
-    from ctxseg.models.offline import build_for_loading
+    from ctxseg.engine.offline import build_for_loading
 
     manifest = json.loads(golden("ssseg-mcibi-manifests", f"{stem}.json").read_text())
     recipe = load_recipe(f"mcibi-deeplabv3-vitl-{stem.rsplit('_', 1)[1]}")
@@ -178,7 +178,7 @@ def test_ssseg_aux_decoder_matches_ssseg_sequential_order():
     import re
 
     cfg = {"type": "ssseg_aux", "in_index": [0, 1, 2], "channels": 6, "num_convs": 2, "upsample": 4}
-    head = SssegAuxHeads([5, 5, 5, 5], num_classes=3, in_index=[0, 1, 2], channels=6).eval()
+    head = SssegAuxHeads(in_channels=[5, 5, 5, 5], num_classes=3, in_index=[0, 1, 2], channels=6).eval()
 
     def reference():  # ssseg DefaultAuxiliaryDecoder, num_convs=2, upsample scale 4
         layers = []
@@ -348,7 +348,7 @@ def test_timm_mobilenetv2_maps_block_for_block():
 
 def test_plain_bn_backbone_stays_bn_under_syncbn():
     from ctxseg.models.norm import convert_sync_batchnorm
-    from ctxseg.models.offline import build_for_loading
+    from ctxseg.engine.offline import build_for_loading
 
     model = convert_sync_batchnorm(build_for_loading(load_recipe("fcn-cac-mv2-ade20k-160k")))
     bb = [type(m) for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

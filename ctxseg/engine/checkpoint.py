@@ -48,9 +48,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Recipe, 
 
 def load_model(path: str | Path, overrides: list[str] | None = None):
     """Build the model a checkpoint describes and load its weights (strict). Never fetches pretrained
-    backbone weights (ctxseg.models.offline)."""
+    backbone weights (ctxseg.engine.offline)."""
     from ctxseg.config import apply_overrides, validate_recipe
-    from ctxseg.models.offline import build_for_loading
+    from ctxseg.engine.offline import build_for_loading
 
     state, recipe, extra = read_checkpoint(path)
     if overrides:

@@ -36,7 +36,7 @@ from ctxseg.io import remove_stale_temp_files, write_error, write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
 from ctxseg.models.norm import convert_sync_batchnorm
-from ctxseg.models.offline import build_for_loading
+from ctxseg.engine.offline import build_for_loading
 from ctxseg.models.segmentor import build_segmentor
 
 
@@ -214,7 +214,7 @@ class Trainer:
         self.progress = progress and self.acc.is_main_process
         self.eval_limit = eval_limit
 
-        # a resumed run loads all weights from its checkpoint: no pretrained fetch (ctxseg.models.offline)
+        # a resumed run loads all weights from its checkpoint: no pretrained fetch (ctxseg.engine.offline)
         model = build_segmentor(recipe) if resume is None else build_for_loading(recipe)
         # SyncBN only where it can run: several processes on GPUs. A one-process run (where SyncBN
         # crashes) and CPU/gloo runs (torch's SyncBN is GPU-only) keep plain per-process BatchNorm.

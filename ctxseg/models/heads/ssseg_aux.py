@@ -38,9 +38,20 @@ class AuxDecoder(nn.Module):
 
 
 class SssegAuxHeads(nn.Module):
-    """forward(backbone outputs) -> {"logits": [one logits map per `in_index`]}."""
+    """forward(backbone outputs) -> {"logits": [one logits map per `in_index`]}.
 
-    def __init__(self, in_channels: list[int] | int, num_classes: int, in_index: list[int] = (0, 1, 2), channels: int = 512,
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: classes of each decoder's classifier (injected).
+        in_index: the backbone outputs that feed one decoder each (MCIBI ViT-L: 0, 1, 2).
+        channels: width of each decoder's 3x3 convolutions.
+        num_convs: conv-BN-ReLU blocks per decoder, each followed by the upsample.
+        upsample: nearest-neighbour scale factor after every block (ssseg's `scale_factor`).
+        dropout_ratio: Dropout2d before the 1x1 classifier.
+        align_corners: unused (the decoders upsample with nearest); accepted as every head.
+    """
+
+    def __init__(self, *, in_channels: list[int] | int, num_classes: int, in_index: list[int] = (0, 1, 2), channels: int = 512,
                  num_convs: int = 2, upsample: int = 4, dropout_ratio: float = 0.1, align_corners: bool = False):
         super().__init__()
         all_ch = [in_channels] if isinstance(in_channels, int) else list(in_channels)
