@@ -337,6 +337,8 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
     else:
         res["peak_memory_bytes"] = peak_rss()
         res["start_rss_bytes"] = start_rss
+        # growth over the RSS before the phase (so it includes building the model and inputs)
+        res["peak_growth_bytes"] = max(res["peak_memory_bytes"] - start_rss, 0)
     return res
 
 

@@ -63,7 +63,10 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     if hit is not None and hit[0] == key:
         return hit[1]
     shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
+    try:
+        fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
+    except (TypeError, RuntimeError, copy.Error):  # a wrapper that cannot be copied: run it as it is
+        return model
     fast = fast.to(memory_format=torch.channels_last)
     if _FAST["compile"]:
         fast = torch.compile(fast)
