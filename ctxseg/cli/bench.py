@@ -27,14 +27,14 @@ def result_table(r: dict) -> Table:
     inp = r["input"]
     t = Table(title=f"{r['recipe']} at {inp['height']}x{inp['width']} on {r['device']} "
                     f"(median of {r['repeats']}, {r['warmup']} warm-up)")
-    t.add_column("measure")
-    t.add_column("value", justify="right")
+    t.add_column("measure", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
     t.add_column("min-max", justify="right")
     t.add_column("peak memory", justify="right")
     t.add_column("load avg", justify="right")
 
     def spread(d: dict, scale: float = 1.0) -> str:
-        return f"{1000 * d['min_s'] / scale:.1f}-{1000 * d['max_s'] / scale:.1f} ms" if "min_s" in d else ""
+        return f"{1000 * d['min_s'] / scale:.0f}-{1000 * d['max_s'] / scale:.0f}" if "min_s" in d else ""
 
     def load(d: dict) -> str:
         la = d.get("loadavg") or []
