@@ -53,10 +53,22 @@ def _fingerprint(model: torch.nn.Module) -> tuple:
             tuple(m.training for m in model.modules()), getattr(model, "with_aux", None))
 
 
+def _dispatch_mode_active() -> bool:
+    """True under a TorchDispatchMode (FlopCounterMode, fake/meta tracing): such tools see aten
+    convolutions, not the fused oneDNN ops, so they get the plain model."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        return _get_current_dispatch_mode() is not None
+    except ImportError:  # pragma: no cover - private API moved
+        return False
+
+
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     """The model to run for inference: a cached, folded/fused, channels-last copy of an eval-mode
     model; the model itself when it is training, when the fast path is off, or while tracing."""
-    if not _FAST["enabled"] or model.training or torch.jit.is_tracing() or not isinstance(model, torch.nn.Module):
+    if (not _FAST["enabled"] or model.training or torch.jit.is_tracing() or not isinstance(model, torch.nn.Module)
+            or _dispatch_mode_active()):
         return model
     key = _fingerprint(model)
     hit = _PREPARED.get(model)
