@@ -27,24 +27,36 @@ def result_table(r: dict) -> Table:
     inp = r["input"]
     t = Table(title=f"{r['recipe']} at {inp['height']}x{inp['width']} on {r['device']} "
                     f"(median of {r['repeats']}, {r['warmup']} warm-up)")
-    t.add_column("measure")
-    t.add_column("value", justify="right")
+    t.add_column("measure", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
+    t.add_column("min-max", justify="right")
     t.add_column("peak memory", justify="right")
-    t.add_row("parameters", _fmt_count(r["params"]), "")
-    t.add_row("FLOPs / image, inference", _fmt_count(r["flops"]["inference_per_image"], "FLOP"), "")
+    t.add_column("load avg", justify="right")
+
+    def spread(d: dict, scale: float = 1.0) -> str:
+        return f"{1000 * d['min_s'] / scale:.0f}-{1000 * d['max_s'] / scale:.0f}" if "min_s" in d else ""
+
+    def load(d: dict) -> str:
+        la = d.get("loadavg") or []
+        return " / ".join(f"{x[0]:.1f}" for x in la if x) if la else ""
+
+    t.add_row("parameters", _fmt_count(r["params"]), "", "", "")
+    t.add_row("FLOPs / image, inference", _fmt_count(r["flops"]["inference_per_image"], "FLOP"), "", "", "")
     if r["flops"]["train_per_image"] is not None:
-        t.add_row("FLOPs / image, train fwd+bwd", _fmt_count(r["flops"]["train_per_image"], "FLOP"), "")
+        t.add_row("FLOPs / image, train fwd+bwd", _fmt_count(r["flops"]["train_per_image"], "FLOP"), "", "", "")
     if "train" in r:
         tr = r["train"]
-        t.add_row(f"train step (batch {inp['batch']})", f"{1000 * tr['step_time_s']:.1f} ms", _fmt_bytes(tr["peak_memory_bytes"]))
-        t.add_row("train images/s", f"{tr['images_per_s']:.2f}", "")
+        t.add_row(f"train step (batch {inp['batch']})", f"{1000 * tr['step_time_s']:.1f} ms", spread(tr),
+                  _fmt_bytes(tr["peak_memory_bytes"]), load(tr))
+        t.add_row("train images/s", f"{tr['images_per_s']:.2f}", "", "", "")
     if "inference_whole" in r:
         w = r["inference_whole"]
-        t.add_row("inference / image, whole", f"{1000 * w['time_per_image_s']:.1f} ms", _fmt_bytes(w["peak_memory_bytes"]))
+        t.add_row("inference / image, whole", f"{1000 * w['time_per_image_s']:.1f} ms", spread(w),
+                  _fmt_bytes(w["peak_memory_bytes"]), load(w))
     if "inference_slide" in r:
         s = r["inference_slide"]
         t.add_row(f"inference / image, slide ({s['windows']} windows {s['crop'][0]}x{s['crop'][1]})",
-                  f"{1000 * s['time_per_image_s']:.1f} ms", _fmt_bytes(s["peak_memory_bytes"]))
+                  f"{1000 * s['time_per_image_s']:.1f} ms", spread(s), _fmt_bytes(s["peak_memory_bytes"]), load(s))
     return t
 
 
@@ -58,11 +70,14 @@ def bench_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated subset of train,inference_whole,inference_slide; 'none' = parameters and FLOPs only."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model (training forward and the fused inference copy); the warm-up runs pay the compile time, minutes on a small CPU."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice); ref_bench.py times the official code with 2."),
     set: Optional[List[str]] = SetOption,
 ):
     """Measure training step time, inference time (whole and sliding window), peak memory, parameters and FLOPs.
 
-    Synthetic input; after warm-up, medians over repeats. Examples:
+    Synthetic input; after warm-up, medians (and min-max) over repeats, with the load average
+    while they ran. Examples:
 
       [cyan]ctxseg bench --recipe demo[/]
 
@@ -81,6 +96,12 @@ def bench_cmd(
     unknown = [p for p in chosen if p not in PHASES]
     if unknown:
         raise UserError(f"--phases: unknown {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(threads)
     if device == "cuda":
         import torch
 
@@ -112,7 +133,7 @@ def bench_cmd(
             b = 2
         with out.status(f"benchmarking {name}") as status:
             result = run_bench(rec, h, w, b, repeats, warmup, device, chosen,
-                               progress=lambda p: status.update(f"benchmarking {name}: {p}"))
+                               progress=lambda p: status.update(f"benchmarking {name}: {p}"), compile=compile)
         result["overrides"] = list(set or [])
         results.append(result)
         if len(names) == 1 or chosen:

@@ -19,6 +19,12 @@ resident set size of the process during the phase (Linux VmHWM, reset before eac
 /proc/self/clear_refs; it includes the Python + torch baseline, so `start_rss_bytes` is reported
 beside it). Where the counter cannot be reset (non-Linux) it falls back to ru_maxrss, a process
 high-water mark that only grows; `memory_kind` says which one the figures are.
+
+This module is the project's one timing helper: `timed()` (a list of wall times) and `measure()`
+(the figures ../shared/perf/ref_bench.py reports for the official code: median / min / max,
+peak memory growth of a call, process CPU time, load average) are what `ctxseg bench`, the
+per-method scripts ctxseg/tools/bench_*.py and the side-by-side driver
+(python -m ctxseg.tools.side_by_side) all use.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """`warmup` untimed calls, then the wall time of each of `repeats` calls (CUDA synchronised)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -70,6 +77,80 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device
         _sync(device)
         times.append(time.perf_counter() - t)
     return times
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS has none): on a shared machine the
+    timings mean little without it."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS, so a call's peak RSS growth is its working set (glibc only)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu",
+            setup: Callable[[], Any] | None = None, memory_call: bool = True) -> dict[str, Any]:
+    """Time `fn` the way ref_bench.py times the official code, and add where it ran.
+
+    `setup()` (untimed) runs before every call (re-seeding, resetting state). Returns median_s,
+    min_s, max_s, times_s, cpu_s (this process's CPU time per call: on a loaded machine wall time
+    also counts the waits for a core), loadavg_before/after, and peak memory: on CUDA
+    max_memory_allocated growth over the call; on CPU the peak RSS growth of one extra untimed
+    call made after malloc_trim (peak_rss_mb, as ref_bench's), or None where it cannot be measured."""
+    import gc
+
+    device = torch.device(device)
+    load_before = load_average()
+    for _ in range(warmup):
+        if setup:
+            setup()
+        fn()
+    _sync(device)
+    times, cpu = [], []
+    for _ in range(repeats):
+        if setup:
+            setup()
+        gc.collect()
+        c = time.process_time()
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    peak_mb = None
+    if memory_call:
+        if setup:
+            setup()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            torch.cuda.synchronize(device)
+            peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            _malloc_trim()
+            if reset_peak_rss():
+                base = rss_now()
+                fn()
+                peak_mb = (peak_rss() - base) / 2**20
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
+            "warmup": warmup, "times_s": [round(t, 4) for t in times], "cpu_s": [round(c, 3) for c in cpu],
+            "peak_mb": None if peak_mb is None else round(peak_mb, 1),
+            "memory_kind": "cuda_max_allocated_growth" if device.type == "cuda" else "cpu_peak_rss_growth",
+            "loadavg_before": load_before, "loadavg_after": load_average(), "torch_threads": torch.get_num_threads()}
 
 
 def _status_kib(field: str) -> int | None:
@@ -132,7 +213,8 @@ def _autocast(recipe: Recipe, device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16 if mp_ == "fp16" else torch.bfloat16)
 
 
-def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: int, warmup: int, device: torch.device) -> dict:
+def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: int, warmup: int, device: torch.device,
+                compile: bool = False) -> dict:
     from ctxseg.engine.trainer import build_optimizer
     from ctxseg.losses import Criterion
 
@@ -143,19 +225,21 @@ def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: in
     # mid-schedule step: losses gated by a warm-up (pixel contrast) are active, as for most of training
     step = max((recipe.train.iters or 2) // 2, 1)
     lr = optimizer.param_groups[0]["lr"]
+    forward = torch.compile(model) if compile else model
 
     def train_step():
         with _autocast(recipe, device):
-            outputs = model(images, labels)
+            outputs = forward(images, labels)
             loss, _ = criterion(model, outputs, labels, step)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         model.after_train_step(outputs, labels, step, lr)
 
-    times = timed(train_step, repeats, warmup, device)
-    t = statistics.median(times)
-    return {"step_time_s": t, "images_per_s": batch / t, "times_s": times}
+    m = measure(train_step, repeats, warmup, device, memory_call=False)
+    t = m["median_s"]
+    return {"step_time_s": t, "images_per_s": batch / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
+            "cpu_s": m["cpu_s"], "loadavg": [m["loadavg_before"], m["loadavg_after"]]}
 
 
 def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats: int, warmup: int, device: torch.device) -> dict:
@@ -174,9 +258,10 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
         with _autocast(recipe, device):
             infer(model, images, settings)
 
-    times = timed(run, repeats, warmup, device)
-    t = statistics.median(times)
-    out = {"time_per_image_s": t, "images_per_s": 1 / t, "times_s": times}
+    m = measure(run, repeats, warmup, device, memory_call=False)
+    t = m["median_s"]
+    out = {"time_per_image_s": t, "images_per_s": 1 / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
+           "cpu_s": m["cpu_s"], "loadavg": [m["loadavg_before"], m["loadavg_after"]]}
     if mode == "slide":
         rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
         cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
@@ -187,9 +272,10 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
 def _inference_flops(model, recipe: Recipe, images: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ctxseg.engine.inference import infer
+    from ctxseg.engine.inference import infer, plain_inference
 
-    with FlopCounterMode(display=False) as fc:
+    # the plain model: the fused inference ops are not aten convolutions the counter knows
+    with FlopCounterMode(display=False) as fc, plain_inference():
         infer(model, images, InferenceSettings(recipe.data.num_classes, align_corners=recipe.model.align_corners))
     return int(fc.get_total_flops())
 
@@ -245,7 +331,8 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
             reset_peak_rss()
         start_rss = rss_now()
     if phase == "train":
-        res = bench_train(recipe, cfg["height"], cfg["width"], cfg["batch"], cfg["repeats"], cfg["warmup"], device)
+        res = bench_train(recipe, cfg["height"], cfg["width"], cfg["batch"], cfg["repeats"], cfg["warmup"], device,
+                          cfg.get("compile", False))
     else:
         res = bench_inference(recipe, phase.split("_")[1], cfg["height"], cfg["width"], cfg["repeats"], cfg["warmup"], device)
     if device.type == "cuda":
@@ -253,6 +340,8 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
     else:
         res["peak_memory_bytes"] = peak_rss()
         res["start_rss_bytes"] = start_rss
+        # growth over the RSS before the phase (so it includes building the model and inputs)
+        res["peak_growth_bytes"] = max(res["peak_memory_bytes"] - start_rss, 0)
     return res
 
 
@@ -269,12 +358,15 @@ def without_pretrained(recipe: Recipe) -> Recipe:
 
 def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: int = 5, warmup: int = 2,
               device: str | torch.device | None = None, phases: tuple[str, ...] = PHASES,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """All measurements as one JSON-able dict (see the module docstring)."""
+              progress: Callable[[str], None] | None = None, compile: bool = False) -> dict:
+    """All measurements as one JSON-able dict (see the module docstring). compile: torch.compile
+    the training forward and the inference model (the warm-up runs pay the compile time)."""
+    from ctxseg.engine.inference import set_compile
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = without_pretrained(recipe)
     resettable = device.type == "cpu" and reset_peak_rss()
-    cfg = {"height": height, "width": width, "batch": batch, "repeats": repeats, "warmup": warmup}
+    cfg = {"height": height, "width": width, "batch": batch, "repeats": repeats, "warmup": warmup, "compile": compile}
     try:
         with torch.device("meta"):  # counting needs shapes only
             model = build_segmentor_for_bench(recipe)
@@ -297,45 +389,25 @@ def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: 
         "flops": count_flops(recipe, height, width, device, train="train" in phases),
         "memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else
                        ("cpu_peak_rss_per_phase" if resettable else "cpu_peak_rss_process_high_water_mark"),
+        "compile": compile,
+        "loadavg_start": load_average(),
     }
-    for phase in phases:
-        if progress:
-            progress(phase)
-        result[phase] = _run_phase(phase, recipe, cfg, device, resettable)
+    set_compile(compile)
+    try:
+        for phase in phases:
+            if progress:
+                progress(phase)
+            result[phase] = _run_phase(phase, recipe, cfg, device, resettable)
+    finally:
+        set_compile(False)
+    result["loadavg_end"] = load_average()
     return result
 
 
+
 def measure_case(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device | str = "cpu") -> dict:
-    """One benchmark case of the side-by-side tools (ctxseg/tools/bench_*.py): `timed` runs, their
-    median, the peak RSS growth of one extra call (VmHWM reset first; CPU) or the CUDA peak, and the
-    1-minute load average at the start and end (the machine may be shared)."""
-    import gc
-
-    device = torch.device(device)
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    times = timed(fn, repeats, warmup, device)
-    gc.collect()
-    _malloc_trim()  # freed heap goes back to the OS first, so the growth is this call's working set
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        base = rss_now()
-        exact = reset_peak_rss()
-        fn()
-        peak = peak_rss() - base if exact else None
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 5) for t in times],
-            "peak_mb": None if peak is None else round(peak / 2**20, 1),
-            "loadavg": [load0, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-        import ctypes.util
-
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    """`measure` for the side-by-side tools (ctxseg/tools/bench_*.py), with the load average as one
+    [before, after] pair as ref_bench writes it."""
+    m = measure(fn, repeats, warmup, device)
+    m["loadavg"] = [m["loadavg_before"], m["loadavg_after"]]
+    return m

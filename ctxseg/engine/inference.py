@@ -2,15 +2,93 @@
 
 Returns class scores at the input size. Single scale without flip returns the logits; with
 several scales/flips the softmax probabilities are averaged (mmseg's aug_test). Sliding windows
-are batched `window_batch` at a time.
+are batched `window_batch` at a time on accelerators and run one at a time on the CPU (where a
+batch of windows is no faster, only larger in memory).
+
+Fast path (default; same results up to float rounding, checked by the golden tests and
+tests/test_inference.py): an eval-mode model runs through a cached copy of itself with every
+BatchNorm folded into the convolution before it and ReLU / residual adds fused into the
+convolution call (ctxseg.models.layers.fuse_for_inference), in channels-last memory layout.
+The copy shares every tensor it does not fold and is rebuilt when the model's weights change
+(any in-place update bumps a tensor's version counter). `plain_inference()` switches it off
+(FLOP counting, debugging); `set_compile(True)` additionally wraps the copy in torch.compile
+(`--compile` of the CLI: faster again once compiled, but compiling takes minutes on a CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import weakref
+
 import torch
 
 from ctxseg.engine.settings import InferenceSettings
-from ctxseg.models.layers import resize
+from ctxseg.models.layers import fuse_for_inference, resize
+
+_FAST = {"enabled": True, "compile": False}
+_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def plain_inference():
+    """Run infer() on the model exactly as given (no folded/fused copy, no layout change)."""
+    old = _FAST["enabled"]
+    _FAST["enabled"] = False
+    try:
+        yield
+    finally:
+        _FAST["enabled"] = old
+
+
+def set_compile(enabled: bool) -> None:
+    """Also torch.compile the inference copy (inductor; compile time is paid on the first call
+    at each input size). Off by default: on a 2-core CPU compiling HRNet takes minutes."""
+    _FAST["compile"] = bool(enabled)
+    _PREPARED.clear()
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors), _FAST["compile"],
+            tuple(m.training for m in model.modules()), getattr(model, "with_aux", None))
+
+
+def _dispatch_mode_active() -> bool:
+    """True under a TorchDispatchMode (FlopCounterMode, fake/meta tracing): such tools see aten
+    convolutions, not the fused oneDNN ops, so they get the plain model."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        return _get_current_dispatch_mode() is not None
+    except ImportError:  # pragma: no cover - private API moved
+        return False
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to run for inference: a cached, folded/fused, channels-last copy of an eval-mode
+    model; the model itself when it is training, when the fast path is off, or while tracing."""
+    if (not _FAST["enabled"] or model.training or torch.jit.is_tracing() or not isinstance(model, torch.nn.Module)
+            or _dispatch_mode_active()):
+        return model
+    key = _fingerprint(model)
+    hit = _PREPARED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    try:
+        fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
+    except (TypeError, RuntimeError, copy.Error):  # a wrapper that cannot be copied: run it as it is
+        return model
+    fast = fast.to(memory_format=torch.channels_last)
+    if _FAST["compile"]:
+        fast = torch.compile(fast)
+    _PREPARED[model] = (key, fast)
+    return fast
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 
 def _forward_logits(model, images: torch.Tensor, align_corners: bool) -> torch.Tensor:
@@ -33,15 +111,18 @@ def slide_logits(model, images: torch.Tensor, num_classes: int, crop: tuple[int,
             boxes.append((y1, y2, x1, x2))
     out = images.new_zeros((n, num_classes, h, w))
     count = images.new_zeros((1, 1, h, w))
-    # every window has the same size (min(crop, image)), so windows of all images batch together
-    for start in range(0, len(boxes), max(window_batch, 1)):
-        chunk = boxes[start:start + window_batch]
+    # every window has the same size (min(crop, image)), so windows of all images batch together;
+    # on the CPU one at a time: a batch of windows runs no faster there and multiplies the memory
+    batch = 1 if images.device.type == "cpu" else max(window_batch, 1)
+    for start in range(0, len(boxes), batch):
+        chunk = boxes[start:start + batch]
         crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        logits = _forward_logits(model, crops, align_corners)
+        logits = _forward_logits(model, _channels_last(crops), align_corners)
         for k, (y1, y2, x1, x2) in enumerate(chunk):
             out[:, :, y1:y2, x1:x2] += logits[k * n:(k + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
-    return out / count
+        del logits, crops
+    return out.div_(count)  # in place: no second full-size score map
 
 
 def flip_scores(scores: torch.Tensor, flip_pairs) -> torch.Tensor:
@@ -63,12 +144,14 @@ def infer(model, images: torch.Tensor, settings: InferenceSettings, out_size: tu
     window_batch, align_corners = settings.window_batch, settings.align_corners
     h, w = images.shape[-2:]
     out_size = out_size or (h, w)
+    original = model
+    model = inference_model(model)
 
     def run(x):
         if mode == "slide":
             s = slide_logits(model, x, num_classes, crop, stride, window_batch, align_corners)
         else:
-            s = _forward_logits(model, x, align_corners)
+            s = _forward_logits(model, _channels_last(x) if model is not original else x, align_corners)
         return resize(s, out_size, align_corners)
 
     scales = list(scales) or [1.0]

@@ -1,86 +1,130 @@
-"""OCR head micro-benchmark: forward and forward+backward of the full OCRNet-HRNet head
-(region FCN + gather + object attention + classifier) on random HRNet branch outputs.
+"""ctxseg's side of ref_bench.py's `mmseg` group: OCRNet HRNetV2p-W18 on exactly its inputs.
 
-    python -m ctxseg.tools.bench_ocr --width 48 --height 64 --feat-width 128 --batch 2
+    python -m ctxseg.tools.bench_ocr [--case NAME ...] [--repeats 3] [--warmup 1] [--json out.json]
 
-Reports medians (ms) and the share of the gather + attention matmuls. Used for
-docs/benchmarks/ocrnet.md; not a test.
+Cases (names as in ref_bench.py; `CASES` maps each to a function returning engine.bench.measure's dict):
+  ocrnet_train_step        recipe ocrnet-hr18-cityscapes-80k, random init, batch 2, 512x1024: forward,
+                           decode + region (0.4) CE losses, backward, SGD step, zero_grad
+  ocrnet_whole_inference   1 image 512x1024: normalise + infer(mode="whole") + argmax
+  ocrnet_slide_inference   1 image 1024x2048: normalise + infer(mode="slide", crop 512x1024,
+                           stride 341x341: 3x5 = 15 windows, as ref_bench sets mmseg's test_cfg) + argmax
+Inputs: ctxseg.tools.ref_inputs (ref_bench's generators and seeds: 2024 for the train batch, 2025 for
+the inference images, the 512x1024 one drawn first). mmseg's test_step includes its preprocessing
+and the argmax, so ctxseg's side includes normalisation and argmax too. Threads: 2 (as ref_bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
+from typing import Any, Callable
 
 import torch
 
-from ctxseg.models.heads.ocr import OCRHead
+RECIPE = "ocrnet-hr18-cityscapes-80k"
+RUNS = {"repeats": 3, "warmup": 1}
 
 
-def _median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+def _recipe():
+    from ctxseg.config import load_recipe
+    from ctxseg.engine.bench import without_pretrained
+
+    return without_pretrained(load_recipe(RECIPE))
+
+
+def _model(train: bool):
+    from ctxseg.models.segmentor import build_segmentor
+
+    torch.manual_seed(0)
+    return build_segmentor(_recipe()).train(train)
+
+
+def ocrnet_train_step() -> dict[str, Any]:
+    from ctxseg.engine.bench import measure
+    from ctxseg.engine.trainer import build_optimizer
+    from ctxseg.losses import Criterion
+    from ctxseg.tools.ref_inputs import mmseg_normalize, seg_batch
+
+    recipe = _recipe()
+    model = _model(True)
+    optimizer = build_optimizer(model, recipe)
+    criterion = Criterion(recipe)
+    images_u8, labels = seg_batch(torch.Generator().manual_seed(2024), 2, 512, 1024)
+
+    def step():
+        images = mmseg_normalize(images_u8)  # mmseg's train_step preprocesses inside the timed call too
+        outputs = model(images, labels)
+        loss, _ = criterion(model, outputs, labels, 1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    res = measure(step, RUNS["repeats"], RUNS["warmup"], setup=lambda: torch.manual_seed(7))
+    res["settings"] = dict(recipe=RECIPE, batch=2, size=[512, 1024], init="random")
+    return res
+
+
+def _inference(height: int, width: int, mode: str) -> dict[str, Any]:
+    from ctxseg.engine.bench import measure
+    from ctxseg.engine.inference import infer
+    from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.tools.ref_inputs import mmseg_normalize, seg_batch
+
+    model = _model(False)
+    gen = torch.Generator().manual_seed(2025)
+    images_u8, _ = seg_batch(gen, 1, 512, 1024)  # ref_bench draws the whole-inference image first
+    if (height, width) != (512, 1024):
+        images_u8, _ = seg_batch(gen, 1, height, width)
+    crop, stride = (512, 1024), (341, 341)
+
+    def run():
+        scores = infer(model, mmseg_normalize(images_u8), InferenceSettings(num_classes=19, mode=mode, crop=crop, stride=stride))
+        return scores.argmax(1)
+
+    res = measure(run, RUNS["repeats"], RUNS["warmup"])
+    res["settings"] = dict(recipe=RECIPE, size=[height, width], mode=mode, init="random",
+                           **({"crop": list(crop), "stride": list(stride), "windows": 15} if mode == "slide" else {}))
+    return res
+
+
+def ocrnet_whole_inference() -> dict[str, Any]:
+    return _inference(512, 1024, "whole")
+
+
+def ocrnet_slide_inference() -> dict[str, Any]:
+    return _inference(1024, 2048, "slide")
+
+
+CASES: dict[str, Callable[[], dict[str, Any]]] = {
+    "ocrnet_train_step": ocrnet_train_step,
+    "ocrnet_whole_inference": ocrnet_whole_inference,
+    "ocrnet_slide_inference": ocrnet_slide_inference,
+}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=48, help="HRNet width (18 or 48)")
-    ap.add_argument("--height", type=int, default=64, help="branch-0 feature height (input/4)")
-    ap.add_argument("--feat-width", type=int, default=128, help="branch-0 feature width (input/4)")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--classes", type=int, default=19)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--case", action="append", default=[], help="case name (repeatable, comma list); default all")
+    ap.add_argument("--repeats", type=int, default=RUNS["repeats"])
+    ap.add_argument("--warmup", type=int, default=RUNS["warmup"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    chans = [args.width * 2**i for i in range(4)]
-    head = OCRHead(in_channels=chans, num_classes=args.classes, channels=512, ocr_channels=256, in_index=[0, 1, 2, 3], input_transform="resize_concat",
-                   dropout_ratio=-1, region_head=dict(in_index=[0, 1, 2, 3], input_transform="resize_concat", channels=sum(chans),
-                                                      kernel_size=1, num_convs=1, concat_input=False, dropout_ratio=-1))
-    g = torch.Generator().manual_seed(0)
-    feats = [torch.randn(args.batch, c, args.height // 2**i, args.feat_width // 2**i, generator=g) for i, c in enumerate(chans)]
+    names = [n.strip() for c in args.case for n in c.split(",") if n.strip()] or list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}", file=sys.stderr)
+        raise SystemExit(2)
+    torch.set_num_threads(args.threads)
+    RUNS.update(repeats=args.repeats, warmup=args.warmup)
+    res = {n: CASES[n]() for n in names}
+    text = json.dumps(res, indent=1)
+    if args.json:
+        from ctxseg.io import write_json
 
-    head.eval()
-
-    @torch.no_grad()
-    def fwd():
-        head(feats)
-
-    head.train()
-    inputs = [f.clone().requires_grad_(True) for f in feats]
-
-    def fwd_bwd():
-        out = head(inputs)
-        (out["logits"].sum() + 0.4 * out["aux_logits"].sum()).backward()
-
-    # the context part alone: gather + object attention on the head's pixel representation
-    pixels = torch.randn(args.batch, 512, args.height, args.feat_width, generator=g)
-    regions = torch.randn(args.batch, args.classes, args.height, args.feat_width, generator=g)
-    head.eval()
-
-    @torch.no_grad()
-    def context():
-        head.object_context_block(pixels, head.spatial_gather_module(pixels, regions))
-
-    res = {
-        "config": vars(args),
-        "threads": torch.get_num_threads(),
-        "forward_ms": _median_ms(fwd, args.repeats, args.warmup),
-        "context_forward_ms": _median_ms(context, args.repeats, args.warmup),
-    }
-    head.train()
-    res["forward_backward_ms"] = _median_ms(fwd_bwd, args.repeats, args.warmup)
-    print(json.dumps(res, indent=1))
+        write_json(args.json, res)
+    print(text)
     return res
 
 

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 CONTRAST_IGNORE = -1  # ContrastiveSeg: dataset 255 -> -1
 SSSEG_IGNORE = -100  # sssegmentation's update_cfg.ignore_index
 MM_IGNORE = 255  # mmseg / CAC fork
+MMSEG_MEAN = (123.675, 116.28, 103.53)  # RGB, mmseg's SegDataPreProcessor for Cityscapes
+MMSEG_STD = (58.395, 57.12, 57.375)
 
 
 def voronoi_labels(gen: torch.Generator, b: int, h: int, w: int, n_cells: int, num_classes: int, ignore_value: int,
@@ -116,3 +118,28 @@ def cac_inputs(head: torch.nn.Module) -> dict:
     x = torch.randn(4, 2048, 64, 64, generator=gen).relu_()
     gt = voronoi_labels(gen, 4, 512, 512, 16, 150, MM_IGNORE, 0.08)
     return {"inputs": x, "labels": gt}
+
+
+# the mmseg group (OCRNet-HR18): ref_bench's `_seg_batch`
+def smooth_image_u8(gen: torch.Generator, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    n, c, h, w = shape
+    low = torch.rand((n, c, max(h // 16, 2), max(w // 16, 2)), generator=gen)
+    low = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    img = (0.7 * low + 0.3 * torch.rand((n, c, h, w), generator=gen)) * 255.0
+    return img.round().clamp(0, 255).to(torch.uint8)
+
+
+def seg_batch(gen: torch.Generator, batch: int, height: int, width: int, num_classes: int = 19,
+              ignore_value: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [B,3,H,W] as mmseg receives them (BGR), labels [B,H,W])."""
+    images = smooth_image_u8(gen, (batch, 3, height, width))
+    labels = voronoi_labels(gen, batch, height, width, 32, num_classes, ignore_value, 0.08)
+    return images, labels
+
+
+def mmseg_normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """mmseg's data preprocessor: BGR -> RGB, float, (x - mean) / std."""
+    x = images_u8[:, [2, 1, 0]].float()
+    mean = torch.tensor(MMSEG_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(MMSEG_STD).view(1, 3, 1, 1)
+    return (x - mean) / std

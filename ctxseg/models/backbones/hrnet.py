@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ctxseg.models.backbones.pretrained import Mapped, load_pretrained, rename
-from ctxseg.models.layers import resize
+from ctxseg.models.layers import FusedConv2d, foldable, resize
 
 # (num_modules, num_blocks, num_channels) for stages 1..4; stage 1 uses Bottleneck, the rest BasicBlock
 ARCHS: dict[str, list[dict[str, Any]]] = {
@@ -62,9 +62,21 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.fused = False
+
+    def fuse_for_inference(self) -> None:
+        """Eval copies only (ctxseg.models.layers.fuse_for_inference): BN folded, ReLU and the
+        residual add fused into the convolutions."""
+        if not (foldable(self.bn1) and foldable(self.bn2)):
+            return
+        self.conv1, self.bn1 = FusedConv2d(self.conv1, self.bn1, relu=True), nn.Identity()
+        self.conv2, self.bn2 = FusedConv2d(self.conv2, self.bn2, relu=True), nn.Identity()
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if self.fused:
+            return self.conv2(self.conv1(x), identity)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
@@ -85,9 +97,21 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.fused = False
+
+    def fuse_for_inference(self) -> None:
+        """As BasicBlock.fuse_for_inference."""
+        if not (foldable(self.bn1) and foldable(self.bn2) and foldable(self.bn3)):
+            return
+        self.conv1, self.bn1 = FusedConv2d(self.conv1, self.bn1, relu=True), nn.Identity()
+        self.conv2, self.bn2 = FusedConv2d(self.conv2, self.bn2, relu=True), nn.Identity()
+        self.conv3, self.bn3 = FusedConv2d(self.conv3, self.bn3, relu=True), nn.Identity()
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if self.fused:
+            return self.conv3(self.conv2(self.conv1(x)), identity)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))

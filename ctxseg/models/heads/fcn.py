@@ -25,7 +25,10 @@ class FCNHead(DecodeHead):
             self.conv_cat = ConvModule(self.in_channels + channels, channels, kernel_size, padding=kernel_size // 2)
 
     def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        x = self.select(inputs)
+        return self.features_of_selected(self.select(inputs))
+
+    def features_of_selected(self, x: torch.Tensor) -> torch.Tensor:
+        """features() on an input already selected/transformed (lets a cascade share it)."""
         feats = self.convs(x)
         if self.concat_input:
             feats = self.conv_cat(torch.cat([x, feats], dim=1))

@@ -13,6 +13,12 @@ OCR stage:
   object_context = ObjectAttentionBlock(pixel_repr, object_repr)  (q k^T * ocr_channels^-0.5)
   logits         = conv_seg(dropout(object_context))
 Gather and attention are batched matrix products over all pixels and classes.
+
+Cost notes (same values up to float rounding): the region head and the OCR bottleneck read the
+same resize_concat of the backbone outputs when their input settings agree (mmseg builds it
+twice); out_project's 1x1 convolution is applied to the K object values before the attention
+mixes them (a 1x1 conv commutes with a convex combination over objects; with BN folded in
+eval its bias too, since attention weights sum to 1), i.e. on K vectors instead of H*W pixels.
 """
 
 from __future__ import annotations
@@ -63,6 +69,14 @@ class ObjectAttentionBlock(nn.Module):
         self.out_project = _project(channels, in_channels, 1)
         self.bottleneck = ConvModule(in_channels * 2, in_channels, 1)
 
+    def fuse_for_inference(self) -> None:
+        """out_project's conv runs before the attention mixing, so its ReLU must not be fused into it."""
+        from ctxseg.models.layers import FusedConv2d, foldable
+
+        proj = self.out_project
+        if foldable(proj.bn):
+            proj.conv, proj.bn = FusedConv2d(proj.conv, proj.bn, relu=False), nn.Identity()
+
     def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
         n = query_feats.shape[0]
         query = self.query_project(query_feats)
@@ -73,8 +87,11 @@ class ObjectAttentionBlock(nn.Module):
         key = self.key_project(key_feats).reshape(n, self.channels, -1)  # N, c, K
         value = self.value_project(key_feats).reshape(n, self.channels, -1).transpose(1, 2)  # N, K, c
         sim = (torch.bmm(query, key) * self.channels**-0.5).softmax(dim=-1)
-        context = torch.bmm(sim, value).transpose(1, 2).reshape(n, self.channels, *q_hw)
-        context = self.out_project(context)
+        proj = self.out_project  # ConvModule: its conv runs on the K values, BN + ReLU after mixing
+        k = value.shape[1]
+        value = proj.conv(value.transpose(1, 2).reshape(n, self.channels, k, 1)).reshape(n, -1, k).transpose(1, 2)
+        context = torch.bmm(sim, value).transpose(1, 2).reshape(n, value.shape[2], *q_hw)  # channels-last view
+        context = proj.activate(proj.bn(context))
         if self.query_downsample is not None:
             context = resize(context, query_feats.shape[2:])
         return self.bottleneck(torch.cat([context, query_feats], dim=1))
@@ -101,14 +118,28 @@ class OCRHead(DecodeHead):
         self.spatial_gather_module = SpatialGatherModule(scale)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels, scale)
 
-    def features(self, inputs: list[torch.Tensor], region_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def _shares_input(self) -> bool:
+        r = self.region_head
+        return (type(r) is FCNHead and (r.in_index, r.input_transform, r.align_corners)
+                == (self.in_index, self.input_transform, self.align_corners))
+
+    def features(self, inputs: list[torch.Tensor], region_logits: torch.Tensor | None = None,
+                 selected: torch.Tensor | None = None) -> torch.Tensor:
+        if selected is None:
+            selected = self.select(inputs)
         if region_logits is None:
-            region_logits = self.region_head(inputs)["logits"]
-        pixels = self.bottleneck(self.select(inputs))
+            region_logits = self._region_logits(inputs, selected)
+        pixels = self.bottleneck(selected)
         objects = self.spatial_gather_module(pixels, region_logits)
         return self.object_context_block(pixels, objects)
 
+    def _region_logits(self, inputs: list[torch.Tensor], selected: torch.Tensor) -> torch.Tensor:
+        if self._shares_input():
+            return self.region_head.cls_seg(self.region_head.features_of_selected(selected))
+        return self.region_head(inputs)["logits"]
+
     def forward(self, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        region_logits = self.region_head(inputs)["logits"]
-        feats = self.features(inputs, region_logits)
+        selected = self.select(inputs)
+        region_logits = self._region_logits(inputs, selected)
+        feats = self.features(inputs, region_logits, selected)
         return {"logits": self.cls_seg(feats), "feats": feats, "aux_logits": region_logits}
