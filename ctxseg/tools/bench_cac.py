@@ -34,7 +34,7 @@ from ctxseg.tools.ref_inputs import MM_IGNORE, cac_inputs
 
 PAIRS = {"cac_train_fwbw": "plain_train_fwbw", "cac_forward_train": "plain_forward_train",
          "cac_forward_test": "plain_forward"}
-CASES = tuple(PAIRS)
+RUNS: dict = {"repeats": 5, "warmup": 1}  # set by ctxseg.tools.side_by_side
 NUM_CLASSES = 150
 
 
@@ -94,9 +94,13 @@ def run_pair(name: str, repeats: int, warmup: int) -> dict:
     return res
 
 
+# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+CASES: dict = {name: (lambda n=name: run_pair(n, RUNS["repeats"], RUNS["warmup"])) for name in PAIRS}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

@@ -23,8 +23,9 @@ from ctxseg.engine.bench import machine, measure_case
 from ctxseg.losses.contrast import pixel_contrast_loss
 from ctxseg.tools.ref_inputs import CONTRAST_IGNORE, CONTRAST_SETTINGS, contrast_inputs
 
-CASES = ("contrast_nomem", "contrast_nomem_fwbw", "contrast_mem", "contrast_mem_fwbw")
-RUNS = {"contrast_nomem": (2, 7), "contrast_nomem_fwbw": (1, 5), "contrast_mem": (2, 7), "contrast_mem_fwbw": (1, 5)}
+# (warm-up, repeats) per case, as ref_bench's defaults
+DEFAULT_RUNS = {"contrast_nomem": (2, 7), "contrast_nomem_fwbw": (1, 5), "contrast_mem": (2, 7), "contrast_mem_fwbw": (1, 5)}
+RUNS: dict = {"repeats": None, "warmup": None}  # set by ctxseg.tools.side_by_side; None: DEFAULT_RUNS
 
 
 def _loss(data: dict, embed: torch.Tensor, with_queue: bool) -> torch.Tensor:
@@ -60,7 +61,7 @@ def run_cases(names, repeats: int | None = None, warmup: int | None = None) -> d
             continue
         data = contrast_inputs(with_queue)
         for name in wanted:
-            w, r = RUNS[name]
+            w, r = DEFAULT_RUNS[name]
             w, r = warmup if warmup is not None else w, repeats if repeats is not None else r
             fn = case_forward_backward if name.endswith("_fwbw") else case_forward
             results[name] = fn(data, with_queue, r, w)
@@ -68,9 +69,13 @@ def run_cases(names, repeats: int | None = None, warmup: int | None = None) -> d
     return results
 
 
+# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in DEFAULT_RUNS}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--warmup", type=int)

@@ -24,7 +24,8 @@ from ctxseg.engine.bench import machine, measure_case
 from ctxseg.models.context.memory import update_memory
 from ctxseg.tools.ref_inputs import MCIBI_MOMENTUM, SSSEG_IGNORE, mcibi_inputs
 
-CASES = ("mcibi_update", "mcibi_update_with_upsample")
+CASE_NAMES = ("mcibi_update", "mcibi_update_with_upsample")
+RUNS: dict = {"repeats": 5, "warmup": 1}  # set by ctxseg.tools.side_by_side
 
 
 def case_update(data: dict, key: str, repeats: int, warmup: int) -> dict:
@@ -45,9 +46,13 @@ def run_cases(names, repeats: int = 5, warmup: int = 1) -> dict:
     return {name: case_update(data, keys[name], repeats, warmup) for name in names}
 
 
+# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in CASE_NAMES}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
