@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 
 from ctxseg.config import Recipe
+from ctxseg.engine.offline import without_pretrained
 from ctxseg.engine.settings import InferenceSettings
 
 PHASES = ("inference_whole", "inference_slide", "train")
@@ -343,17 +344,6 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
         # growth over the RSS before the phase (so it includes building the model and inputs)
         res["peak_growth_bytes"] = max(res["peak_memory_bytes"] - start_rss, 0)
     return res
-
-
-def without_pretrained(recipe: Recipe) -> Recipe:
-    """The recipe with random-init backbone: timing needs no weights, and loading them may need a download."""
-    from ctxseg.config import validate_recipe
-
-    d = recipe.to_dict()
-    if d["model"]["backbone"].get("pretrained"):
-        d["model"]["backbone"]["pretrained"] = None
-        return validate_recipe(d)
-    return recipe
 
 
 def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: int = 5, warmup: int = 2,

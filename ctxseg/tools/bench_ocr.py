@@ -28,7 +28,7 @@ RUNS = {"repeats": 3, "warmup": 1}
 
 def _recipe():
     from ctxseg.config import load_recipe
-    from ctxseg.engine.bench import without_pretrained
+    from ctxseg.engine.offline import without_pretrained
 
     return without_pretrained(load_recipe(RECIPE))
 
