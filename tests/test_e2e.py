@@ -116,3 +116,12 @@ def test_help_shows_examples():
         proc = run_cli(cmd, "--help")
         assert "ctxseg" in proc.stdout
     assert "ctxseg train --recipe demo" in run_cli("train", "--help").stdout
+
+
+def test_usage_errors_are_one_message_exit_2(tmp_path: Path):
+    """An unknown option or a bad value: click's usage message and exit 2, never a traceback (recent
+    typer releases raise their vendored click's exceptions, not click's own)."""
+    for args in (("eval", "--no-such-option"), ("train", "--recipe")):
+        proc = run_cli(*args, cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "Error:" in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -69,15 +70,30 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors (unknown option, bad value) arrive here in non-standalone mode
+        usage, abort = _click_exception_types()
+        if isinstance(e, usage):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, abort):
             sys.exit(1)
         raise
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's ClickException / Abort classes: recent typer releases raise those of their vendored
+    copy (typer._click), older ones those of click itself; accept both."""
+    usage: list[type] = []
+    abort: list[type] = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        if hasattr(mod, "Abort"):  # typer's vendored copy has none (it raises KeyboardInterrupt)
+            abort.append(mod.Abort)
+    return tuple(usage), tuple(abort)
 
 
 def _escape(s: str) -> str:
