@@ -164,3 +164,18 @@ def test_object_attention_out_projection_before_mixing_equals_after():
     for train in (True, False):
         block.train(train)
         torch.testing.assert_close(block(pixels, objects), straightforward(block), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_leaves_the_models_own_tensors_alone():
+    """The inference copy shares unfolded tensors with the model; making the copy channels-last
+    must not change the layout (or storage) of the model's own parameters: a periodic eval during
+    training would otherwise change the training numerics from then on."""
+    from ctxseg.engine.inference import inference_model
+
+    model = _tiny_ocrnet()
+    before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
+    fast = inference_model(model)
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and p.shape[1] > 1
+               and not p.is_contiguous() for p in fast.parameters())  # the copy is channels-last
+    after = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
+    assert after == before

@@ -80,11 +80,26 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
         fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
     except (TypeError, RuntimeError, copy.Error):  # a wrapper that cannot be copied: run it as it is
         return model
-    fast = fast.to(memory_format=torch.channels_last)
+    _to_channels_last(fast)
     if _FAST["compile"]:
         fast = torch.compile(fast)
     _PREPARED[model] = (key, fast)
     return fast
+
+
+def _to_channels_last(fast: torch.nn.Module) -> None:
+    """Channels-last 4-d weights in the inference copy only.
+
+    `Module.to(memory_format=...)` assigns `param.data`, and the copy shares its unfolded
+    parameters with the model: the training model's weights would silently change layout after
+    the first evaluation (same values, other oneDNN kernels, so training drifted by float
+    rounding from the first periodic eval on). The copy gets its own parameter objects instead.
+    """
+    for module in fast.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.dim() == 4 and not param.is_contiguous(memory_format=torch.channels_last):
+                module._parameters[name] = torch.nn.Parameter(
+                    param.detach().contiguous(memory_format=torch.channels_last), requires_grad=False)
 
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
