@@ -240,7 +240,8 @@ def cac_tolerances() -> dict[str, tuple[float, float]]:
     feats = _find(text, rf"prototypes/centres/features: atol {_NUM}, rtol {_NUM}", where)
     rtol, atol = _find(text, rf"- loss scalars: rtol {_NUM}, atol {_NUM}", where)
     g_rtol, g_frac, g_frac_ocr = _find(
-        text, rf"- gradients: rtol {_NUM} with atol = {_NUM} \* max\|ref\| per tensor \({_NUM} \* max\|ref\| for the OCR object_context_block", where)
+        text, rf"- gradients: rtol {_NUM} with atol = {_NUM} \* max\|ref\| per tensor "
+              rf"\({_NUM} \* max\|ref\| for the OCR object_context_block", where)
     assert re.search(r"- label-derived tensors \([^)]*\): exact", text), f"{where}: label-derived tensors are no longer 'exact'"
     return {"logits": logits, "features": feats, "scalar": (atol, rtol), "grad": (g_frac, g_rtol),
             "grad_ocr_context": (g_frac_ocr, g_rtol), "exact": (0.0, 0.0)}

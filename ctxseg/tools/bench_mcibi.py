@@ -14,8 +14,6 @@ same all-initialised state before every call, as ref_bench does outside its timi
 
 from __future__ import annotations
 
-import torch
-
 from ctxseg.engine.bench import measure
 from ctxseg.models.context.memory import update_memory
 from ctxseg.tools.common import default_summary, run_cases_cli

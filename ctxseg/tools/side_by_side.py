@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 # ref_bench.py's groups (its CASES table), so `--case mmseg` works without importing it
 GROUPS = {
