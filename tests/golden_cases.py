@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.conftest import GOLDEN
 
@@ -136,3 +136,198 @@ def ssseg_mcibi_recipe(case: str) -> dict:
         # ssseg's CrossEntropyLoss(reduction="mean") averages over the non-ignored pixels
         "train": {"iters": 10, "loss": {"aux_weight": losses["loss_aux"]["scale_factor"], "avg_non_ignore": True}},
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Every stored tensor is compared: the one place that says which stored tensors are inputs
+
+
+# Stored tensors a test FEEDS to the computation (inputs, labels, start states) rather than
+# compares, per reference, as regular expressions over the key -> why. A stored key that a test
+# neither compares (through Stored.ref) nor finds here fails that test, with the key's name.
+GOLDEN_INPUTS: dict[str, dict[str, str]] = {
+    "mmseg": {
+        r"input": "the network input; `image_bgr_uint8` is compared against it through ctxseg's preprocessing",
+    },
+    "ssseg-mcibi": {
+        r"input": "the network input",
+        r"labels": "segmentation labels fed to the update / training step",
+        r"features": "the features passed to update() (image resolution, as the segmentor passes them)",
+        r"memory_before": "the memory state the update starts from",
+        r"memory_loss\.memory": "the memory the memory loss is computed on",
+        r"learning_rate|base_lr|base_momentum|epoch": "schedule values the update / step is run with "
+                                                      "(the derived `momentum` is compared)",
+    },
+    "contrastiveseg": {
+        r"(contrast_nomem|contrast_mem)/[^/]+/(X_f32|X_f64|y|queue_f32)": "anchors, their labels and the queue fed to _contrastive",
+        r"sampling/[^/]+/(labels|predict)": "ground truth and prediction fed to the anchor sampler",
+        r"forward/[^/]+/(embed|labels|predict|segment_queue|pixel_queue)": "inputs of PixelContrastLoss.forward",
+        r"contrast_ce/[^/]+/(seg|embed|target|segment_queue|pixel_queue)": "outputs / labels / queues fed to the loss",
+        r"queue/[^/]+/init/.*": "the queue state the first step starts from",
+        r"queue/[^/]+/step\d+/(keys|labels)": "the keys and labels enqueued at a step",
+        r"input_f(32|64)": "the network input",
+    },
+    "cac": {
+        r"input\..*": "head inputs and labels (input.gt_semantic_seg)",
+        r"train_dropout\.mask": "the fixed Dropout2d mask the train_dropout run applies",
+    },
+}
+
+# Stored tensors no test can compare, with the reason. Empty: everything stored is compared.
+NOT_COMPARABLE: dict[str, dict[str, str]] = {}
+
+
+class Stored:
+    """The tensors of one golden .safetensors file. `stored[key]` reads an input (it must be
+    listed in GOLDEN_INPUTS); `stored.ref(key)` reads a reference value and records it as compared;
+    `assert_all_compared()` fails naming every stored key that was neither."""
+
+    def __init__(self, reference: str, *parts: str):
+        from safetensors.torch import load_file
+
+        from tests.conftest import golden
+
+        self.reference, self.name = reference, "/".join(parts)
+        self.tensors = load_file(str(golden(*parts)))
+        self.compared: set[str] = set()
+        self.exempt = {**GOLDEN_INPUTS.get(reference, {}), **NOT_COMPARABLE.get(reference, {})}
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def is_input(self, key: str) -> bool:
+        return any(re.fullmatch(p, key) for p in self.exempt)
+
+    def __getitem__(self, key: str):
+        assert self.is_input(key), f"{self.name}: {key} is read as an input but GOLDEN_INPUTS['{self.reference}'] does not list it"
+        return self.tensors[key]
+
+    def ref(self, key: str):
+        self.compared.add(key)
+        return self.tensors[key]
+
+    def uncompared(self, where: Callable[[str], bool] = lambda key: True) -> list[str]:
+        """Stored keys (those `where` selects) neither compared nor listed as inputs."""
+        return sorted(k for k in self.tensors if where(k) and k not in self.compared and not self.is_input(k))
+
+    def assert_all_compared(self, where: Callable[[str], bool] = lambda key: True) -> None:
+        missing = self.uncompared(where)
+        assert not missing, (f"{self.name}: stored tensors no test compares: {missing} (compare them, or list them with "
+                             f"the reason in tests/golden_cases.py GOLDEN_INPUTS / NOT_COMPARABLE)")
+
+
+# --------------------------------------------------------------------------------------------
+# README "Suggested tolerances" of the cac and contrastiveseg folders
+
+_NUM = r"([0-9.]+e-?[0-9]+|[0-9.]+)"
+
+
+def _find(text: str, pattern: str, where: str) -> tuple[float, ...]:
+    m = re.search(pattern, text)
+    assert m, f"{where}: no tolerance line matching {pattern!r}"
+    return tuple(float(g) for g in m.groups())
+
+
+def cac_tolerances() -> dict[str, tuple[float, float]]:
+    """kind -> (atol, rtol) from cac/README.md; for "grad" and "grad_ocr_context" atol is a
+    fraction of max|ref| of each tensor."""
+    text = (GOLDEN / "cac" / "README.md").read_text()
+    where = "cac/README.md"
+    logits = _find(text, rf"- logits[^:\n]*: atol {_NUM}, rtol {_NUM}", where)
+    feats = _find(text, rf"prototypes/centres/features: atol {_NUM}, rtol {_NUM}", where)
+    rtol, atol = _find(text, rf"- loss scalars: rtol {_NUM}, atol {_NUM}", where)
+    g_rtol, g_frac, g_frac_ocr = _find(
+        text, rf"- gradients: rtol {_NUM} with atol = {_NUM} \* max\|ref\| per tensor "
+              rf"\({_NUM} \* max\|ref\| for the OCR object_context_block", where)
+    assert re.search(r"- label-derived tensors \([^)]*\): exact", text), f"{where}: label-derived tensors are no longer 'exact'"
+    return {"logits": logits, "features": feats, "scalar": (atol, rtol), "grad": (g_frac, g_rtol),
+            "grad_ocr_context": (g_frac_ocr, g_rtol), "exact": (0.0, 0.0)}
+
+
+def contrast_tolerances() -> dict[str, tuple[float, float]]:
+    """kind -> (atol, rtol) from contrastiveseg/README.md "Suggested tolerances"."""
+    text = (GOLDEN / "contrastiveseg" / "README.md").read_text()
+    where = "contrastiveseg/README.md"
+    (f64_rtol,) = _find(text, rf"`_contrastive` float64: rtol {_NUM}", where)
+    loss_rtol, loss_atol = _find(text, rf"float32 losses \(all groups\): rtol {_NUM}, atol {_NUM}", where)
+    (queue_atol,) = _find(text, rf"\* queues: atol {_NUM}", where)
+    m32_atol, m32_rtol = _find(text, rf"tiny model: float32 atol {_NUM}, rtol {_NUM}", where)
+    (m64_atol,) = _find(text, rf"float64 atol {_NUM}", where)
+    assert re.search(r"integer outputs \([^)]*\): exact\. anchors: exact", text), f"{where}: integer outputs / anchors no longer exact"
+    return {"loss_f64": (0.0, f64_rtol), "loss_f32": (loss_atol, loss_rtol), "queue": (queue_atol, 0.0),
+            "model_f32": (m32_atol, m32_rtol), "model_f64": (m64_atol, m64_atol), "exact": (0.0, 0.0)}
+
+
+# --------------------------------------------------------------------------------------------
+# CAC config.json (official mmseg 0.x head arguments) -> ctxseg recipe
+
+CAC_HEADS = {"FCNHeadCAC": "fcn", "DepthwiseSeparableASPPHeadCAC": "sep_aspp", "UPerHeadCAC": "uper", "OCRHeadCAC": "ocr"}
+
+
+def cac_case_folders() -> list[str]:
+    return sorted(p.parent.name for p in (GOLDEN / "cac").glob("*-cac/config.json"))
+
+
+def cac_config(case: str) -> dict[str, Any]:
+    return json.loads((GOLDEN / "cac" / case / "config.json").read_text())
+
+
+def _cac_head(hc: dict) -> dict:
+    assert hc["type"] in CAC_HEADS, f"no ctxseg head for {hc['type']}: extend tests/golden_cases.py CAC_HEADS"
+    kind = CAC_HEADS[hc["type"]]
+    keys = {"fcn": ("in_index", "channels", "num_convs", "concat_input", "kernel_size", "dropout_ratio", "input_transform"),
+            "sep_aspp": ("in_index", "channels", "dilations", "c1_in_channels", "c1_channels", "dropout_ratio"),
+            "uper": ("in_index", "channels", "pool_scales", "dropout_ratio"),
+            "ocr": ("in_index", "channels", "ocr_channels", "dropout_ratio", "input_transform")}[kind]
+    return {"type": kind, **{k: hc[k] for k in keys if k in hc}}
+
+
+def cac_recipe(case: str) -> dict:
+    """A ctxseg recipe dict for a CAC golden head. The golden inputs are the head inputs, so the
+    backbone is a stand-in (tests put an identity in its place); losses and weights from config.json."""
+    c = cac_config(case)
+    hc = c["head_cfg"]
+    head = _cac_head(hc)
+    if "prev_head_cfg" in c:  # OCR cascade: decode_head.0 (plain FCN) is ctxseg's region head
+        pc = c["prev_head_cfg"]
+        assert pc["type"] == "FCNHead", pc
+        head["region_head"] = {k: v for k, v in _mmseg_head(pc).items() if k != "type"}
+    main = hc["loss_decode"]
+    assert main["type"] == "CrossEntropyLoss" and not main.get("use_sigmoid") and not main.get("avg_non_ignore", False), main
+    loss = {"decode_weight": main.get("loss_weight", 1.0), "avg_non_ignore": False}  # mmseg 0.19: sum / ALL pixels
+    if "prev_head_cfg" in c:
+        loss["aux_weight"] = c["prev_head_cfg"]["loss_decode"]["loss_weight"]
+    return {"name": f"golden-cac-{case}", "description": f"built from cac/{case}/config.json",
+            "data": {"num_classes": hc["num_classes"], "ignore_index": c["ignore_index"]},
+            "model": {"align_corners": hc.get("align_corners", False), "backbone": {"type": "resnet"}, "head": head,
+                      "plugins": [{"type": "cac"}]},
+            "train": {"loss": loss}}
+
+
+# --------------------------------------------------------------------------------------------
+# ContrastiveSeg hrnet-contrast/config.json (openseg HRNet_W48_CONTRAST) -> ctxseg recipe
+
+
+def contrast_model_folders() -> list[str]:
+    return sorted(p.parent.name for p in (GOLDEN / "contrastiveseg").glob("*/config.json"))
+
+
+def contrast_model_recipe(case: str) -> dict:
+    c = json.loads((GOLDEN / "contrastiveseg" / case / "config.json").read_text())
+    assert c["reference"]["class"].endswith("HRNet_W48_CONTRAST"), f"no ctxseg model for {c['reference']['class']}"
+    hr = c["backbone"]["hrnet_config"]
+    # stem and layer1 (4 Bottlenecks of 64) are fixed in openseg's code, not part of the config
+    stages = [{"num_modules": 1, "num_blocks": [4], "num_channels": [64]}]
+    for s in ("STAGE2", "STAGE3", "STAGE4"):
+        assert hr[s]["BLOCK"] == "BASIC" and hr[s]["FUSE_METHOD"] == "SUM", hr[s]
+        stages.append({"num_modules": hr[s]["NUM_MODULES"], "num_blocks": hr[s]["NUM_BLOCKS"], "num_channels": hr[s]["NUM_CHANNELS"]})
+    assert c["concat"]["upsample_mode"] == "bilinear", c["concat"]
+    return {"name": f"golden-contrast-{case}", "description": f"built from contrastiveseg/{case}/config.json",
+            "data": {"num_classes": c["num_classes"], "ignore_index": -1},  # openseg: dataset 255 -> -1
+            "model": {"align_corners": c["concat"]["align_corners"],
+                      "backbone": {"type": "hrnet", "fuse_upsample": "openseg", "stages": stages},
+                      "head": {"type": "openseg_hrnet"},
+                      "plugins": [{"type": "pixel_contrast", "proj": c["proj"], "proj_dim": c["proj_dim"]}]}}

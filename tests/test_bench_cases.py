@@ -24,12 +24,13 @@ def _ref_bench():
     return mod
 
 
-@pytest.mark.parametrize("name", ["bench_contrast", "bench_mcibi", "bench_cac"])
+@pytest.mark.parametrize("name", ["bench_contrast", "bench_mcibi", "bench_cac", "bench_ocr", "side_by_side", "common"])
 def test_tools_do_nothing_on_import(name, capsys):
     sys.modules.pop(f"ctxseg.tools.{name}", None)
     mod = importlib.import_module(f"ctxseg.tools.{name}")
     assert capsys.readouterr().out == ""
-    assert callable(mod.main) and mod.CASES
+    assert callable(mod.main if name != "common" else mod.run_cases_cli)
+    assert name in ("side_by_side", "common") or mod.CASES
 
 
 def test_generators_reproduce_ref_bench():
@@ -46,10 +47,82 @@ def test_generators_reproduce_ref_bench():
     assert torch.equal(got, want)
 
 
-def test_case_function_returns_timings():
-    from ctxseg.engine.bench import measure_case
+def test_measure_returns_the_side_by_side_record():
+    from ctxseg.engine.bench import measure
 
     calls = []
-    res = measure_case(lambda: calls.append(torch.ones(1000).sum()), repeats=3, warmup=1)
+    res = measure(lambda: calls.append(torch.ones(1000).sum()), repeats=3, warmup=1)
     assert len(calls) == 5  # warm-up + 3 timed + 1 for the memory figure
-    assert len(res["times_s"]) == 3 and res["median_s"] >= 0 and len(res["loadavg"]) == 2
+    assert len(res["times_s"]) == 3 and res["median_s"] >= 0
+    assert res["loadavg"] == [res["loadavg_before"], res["loadavg_after"]]  # ref_bench's [before, after] pair
+
+
+# ------------------------------------------------------------------------------------------------
+# one command line for every bench script (ctxseg.tools.common)
+
+BENCH_MODULES = ["bench_contrast", "bench_mcibi", "bench_cac", "bench_ocr"]
+
+
+def _fake_case(calls: list, runs: dict):
+    from ctxseg.engine.bench import measure
+
+    def case():
+        calls.append((runs.get("repeats"), runs.get("warmup"), torch.get_num_threads()))
+        res = measure(lambda: sum(range(100)), 1, 0, memory_call=False)
+        res.update(memory_sum_after=0.0, cac=dict(res), plain=dict(res), overhead=0.0)  # what each script's summary prints
+        return res
+
+    return case
+
+
+@pytest.mark.parametrize("name", BENCH_MODULES)
+def test_every_bench_script_uses_the_shared_command_line(name, tmp_path, monkeypatch, capsys):
+    """--case (comma lists), --repeats / --warmup into RUNS, --threads, --json {machine, argv, results}."""
+    import json
+
+    mod = importlib.import_module(f"ctxseg.tools.{name}")
+    calls: list = []
+    monkeypatch.setattr(mod, "RUNS", dict(mod.RUNS))  # main() hands the script's RUNS to the runner
+    monkeypatch.setattr(mod, "CASES", {k: _fake_case(calls, mod.RUNS) for k in "abc"})
+    if hasattr(mod, "PAIRS"):  # bench_cac's summary names each case's plain counterpart
+        monkeypatch.setattr(mod, "PAIRS", {k: f"plain_{k}" for k in "abc"})
+    threads = torch.get_num_threads()
+    out = tmp_path / "r.json"
+    try:
+        res = mod.main(["--case", "c,a", "--repeats", "4", "--warmup", "0", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert list(res) == ["c", "a"] and calls == [(4, 0, 1), (4, 0, 1)]
+    written = json.loads(out.read_text())
+    assert set(written) == {"machine", "argv", "results"} and list(written["results"]) == ["c", "a"]
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["c", "a"]
+
+
+@pytest.mark.parametrize("name", BENCH_MODULES)
+def test_unknown_case_is_a_usage_error(name, capsys):
+    mod = importlib.import_module(f"ctxseg.tools.{name}")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--case", "no_such_case"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no_such_case" in err and next(iter(mod.CASES)) in err  # names the bad case and the valid ones
+
+
+def test_tool_commands_from_the_docs(tmp_path):
+    """`side_by_side --list` and a bench script's bad --case, as a user types them."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, env=env, timeout=300)  # noqa: E731
+    listed = run("ctxseg.tools.side_by_side", "--list")
+    assert listed.returncode == 0
+    for case, module in (("ocrnet_whole_inference", "bench_ocr"), ("contrast_mem", "bench_contrast"),
+                         ("mcibi_update", "bench_mcibi"), ("cac_forward_test", "bench_cac")):
+        assert any(line.split() == [case, f"ctxseg.tools.{module}"] for line in listed.stdout.splitlines()), listed.stdout
+    bad = run("ctxseg.tools.bench_ocr", "--case", "nope", "--json", str(tmp_path / "x.json"))
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -1,5 +1,6 @@
-"""ContrastiveSeg plug-in: queue goldens, queue state through save/load, the tiny official HRNet
-contrast model through `ctxseg convert openseg`, and the full-size key manifests."""
+"""ContrastiveSeg plug-in: the intended queue update, queue state through save/load, plug-in outputs,
+and the full-size key manifests. The tensor goldens (official queue update, the tiny official HRNet
+contrast model through `ctxseg convert openseg`) are in tests/test_contrast_golden.py."""
 
 from __future__ import annotations
 
@@ -8,37 +9,17 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
-from tests.conftest import REPO, golden, run_cli
+from tests.conftest import golden
+from tests.golden_cases import contrast_model_recipe
 
-QMETA = json.loads(golden("contrastiveseg", "queue.json").read_text())
-Q = load_file(str(golden("contrastiveseg", "queue.safetensors")))
 STATE = ("segment_queue", "segment_queue_ptr", "pixel_queue", "pixel_queue_ptr")
 
 
 class _Head(torch.nn.Module):
     channels = 8
-
-
-@pytest.mark.parametrize("case", QMETA["queue"], ids=lambda c: c["name"])
-def test_official_queue_update(case):
-    p = f"queue/{case['name']}/"
-    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=case["C"], proj_dim=case["D"], use_queue=True, memory_size=case["M"],
-                      pixel_update_freq=case["K"], official_queue_update=True, network_stride=case["stride"], ignore_index=-1)
-    m.random_sampling = False  # identity permutation, as the golden
-    for k in STATE:
-        getattr(m, k).copy_(Q[p + "init/" + k])
-    for s in range(case["num_steps"]):
-        m.update_queues(Q[p + f"step{s}/keys"], Q[p + f"step{s}/labels"])
-        for k in STATE:
-            got, want = getattr(m, k), Q[p + f"step{s}/{k}"]
-            if k.endswith("_ptr"):
-                assert torch.equal(got, want), (s, k)
-            else:
-                assert torch.allclose(got, want, atol=1e-6, rtol=0), (s, k)
 
 
 def test_intended_queue_update_is_a_ring_buffer():
@@ -67,19 +48,14 @@ def test_plugin_outputs_only_while_training():
     assert m(outs, [], None) == {}
 
 
-def _tiny_recipe_with_queue(tmp_path):
-    text = (REPO / "tests" / "recipes" / "contrast_hrnet_tiny.toml").read_text()
-    path = tmp_path / "tiny_mem.toml"
-    path.write_text(text + "use_queue = true\nmemory_size = 7\npixel_update_freq = 3\nmax_views = 1\n")
-    return path
-
-
 def test_queue_state_survives_save_and_load(tmp_path):
-    from ctxseg.config import load_recipe
+    from ctxseg.config import validate_recipe
     from ctxseg.engine.checkpoint import load_model, save_weights
     from ctxseg.models.segmentor import build_segmentor
 
-    recipe = load_recipe(_tiny_recipe_with_queue(tmp_path))
+    raw = contrast_model_recipe("hrnet-contrast")  # the tiny official model, with queues
+    raw["model"]["plugins"][0].update(use_queue=True, memory_size=7, pixel_update_freq=3, max_views=1)
+    recipe = validate_recipe(raw)
     model = build_segmentor(recipe).train()
     images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     out = model(images, labels)
@@ -90,29 +66,6 @@ def test_queue_state_survives_save_and_load(tmp_path):
     loaded, _, _ = load_model(path)
     for k in STATE:
         assert torch.equal(getattr(loaded.plugins["contrast"], k), getattr(plug, k)), k
-
-
-def test_tiny_official_hrnet_contrast_through_cli(tmp_path):
-    dst = tmp_path / "tiny.safetensors"
-    run_cli("convert", "openseg", str(golden("contrastiveseg", "hrnet-contrast", "checkpoint.pth")),
-            "--recipe", str(REPO / "tests" / "recipes" / "contrast_hrnet_tiny.toml"), "-o", str(dst))
-    from ctxseg.engine.checkpoint import load_model
-
-    model, _, _ = load_model(dst)
-    io = load_file(str(golden("contrastiveseg", "hrnet-contrast", "io.safetensors")))
-    for dt, tol in (("f32", 1e-4), ("f64", 1e-9)):
-        m = (model.double() if dt == "f64" else model.float()).eval()
-        with torch.no_grad():
-            feats = m.backbone(io[f"input_{dt}"])
-            for i in range(4):
-                assert torch.allclose(feats[i], io[f"backbone_out{i}_{dt}"], atol=tol, rtol=tol), (dt, i)
-            out = m.decode_head(feats)
-            assert torch.allclose(out["feats"], io[f"feats_{dt}"], atol=tol, rtol=tol)
-            assert torch.allclose(out["logits"], io[f"seg_{dt}"], atol=tol, rtol=tol)
-            embed = m.plugins["contrast"].project(out, feats)
-            assert torch.allclose(embed, io[f"embed_{dt}"], atol=tol, rtol=tol)
-            assert set(m(io[f"input_{dt}"])) == {"logits", "feats"}  # nothing added at test time
-            assert torch.allclose(m(io[f"input_{dt}"])["logits"], io[f"seg_{dt}"], atol=tol, rtol=tol)
 
 
 def _manifest_check(name: str, recipe_name: str, overrides: list[str]):

@@ -53,13 +53,21 @@ def test_manifest_maps_onto_recipe_model(stem):
         assert out["backbone.downsample.0.weight"].shape == (720, 720, 3, 3)
 
 
+def _golden_recipe(*overrides: str):
+    """The tiny ssseg-mcibi-deeplabv3 model, built from its config.json."""
+    from ctxseg.config import apply_overrides, validate_recipe
+    from tests.golden_cases import ssseg_mcibi_recipe
+
+    return validate_recipe(apply_overrides(ssseg_mcibi_recipe("ssseg-mcibi-deeplabv3"), list(overrides)))
+
+
 def test_coco_182_to_171_rows_land_in_the_right_target_rows():
     """The fix-up keeps ssseg row (1-based COCO-Stuff id - 1) of every used id, in ctxseg's class
     order, in every class-indexed tensor; the 11 dropped ids are reported."""
     from ctxseg.convert.ssseg import class_rows
     from ctxseg.data.prepare.cocostuff import CLASSES, UNUSED_1BASED, USED_1BASED
 
-    recipe = load_recipe("tests/recipes/mcibi_golden_r18.toml", ["data.num_classes=171"])
+    recipe = _golden_recipe("data.num_classes=171")
     model = build_segmentor(recipe)
     target = model.state_dict()
     # a tiny synthetic ssseg source: class-indexed tensors with 182 rows whose values encode the row
@@ -92,7 +100,7 @@ def test_coco_182_to_171_rows_land_in_the_right_target_rows():
     assert [int(d.split()[0]) for d in dropped] == list(UNUSED_1BASED)
     assert dropped[0] == "12 street sign (row 11)"
     # a 182-class recipe takes the checkpoint as it is
-    assert class_rows(load_recipe("tests/recipes/mcibi_golden_r18.toml", ["data.num_classes=182"]), src) is None
+    assert class_rows(_golden_recipe("data.num_classes=182"), src) is None
 
 
 def _tiny_ssseg_source(target: dict) -> dict:

@@ -20,16 +20,16 @@ from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.inference import infer
 from ctxseg.engine.settings import InferenceSettings
 from tests.conftest import GOLDEN, golden, run_cli
-from tests.golden_cases import case_folders, config, mmseg_recipe, readme_tolerance
+from tests.golden_cases import Stored, case_folders, config, mmseg_recipe, readme_tolerance
 
 FOLDERS = case_folders("mmseg-")
 CASES = [f[len("mmseg-"):] for f in FOLDERS]
-IOS = ["io", "io_odd"]
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 def _io_files(case: str) -> list[str]:
-    return sorted(p.stem for p in (GOLDEN / f"mmseg-{case}").glob("io*.safetensors"))
+    files = sorted(p.stem for p in (GOLDEN / f"mmseg-{case}").glob("*.safetensors"))
+    assert files and all(f.startswith("io") for f in files), f"mmseg-{case}: files the tests do not read: {files}"
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,9 @@ def _model(converted, case):
     return model, recipe
 
 
-def _close(ours: torch.Tensor, ref: torch.Tensor, name: str, rel: float = 1e-4) -> None:
+def _close(ours: torch.Tensor, ref: torch.Tensor, name: str, rel: float | None = None) -> None:
+    """max |ours - ref| <= rel * max(1, max |ref|); rel defaults to the README tolerance of the case `name` starts with."""
+    rel = readme_tolerance(f"mmseg-{name.split('/')[0]}") if rel is None else rel
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
     tol = rel * max(1.0, ref.abs().max().item())
     err = (ours.float() - ref.float()).abs().max().item()
@@ -123,18 +125,19 @@ def test_converted_model_matches_mmseg(converted, case):
     rel = readme_tolerance(f"mmseg-{case}")
     pre = config(f"mmseg-{case}")["data_preprocessor"]
     for io in _io_files(case):
-        g = load_file(str(golden(f"mmseg-{case}", f"{io}.safetensors")))
+        g = Stored("mmseg", f"mmseg-{case}", f"{io}.safetensors")
         res = _run(model, recipe, g["input"])
-        for name, ref in g.items():
+        for name in g.keys():
             where = f"{case}/{io}/{name}"
+            if g.is_input(name):
+                continue  # the network input itself (checked against image_bgr_uint8)
+            ref = g.ref(name)
             if name == "image_bgr_uint8":  # the raw input: our preprocessing must give `input`
                 assert pre["bgr_to_rgb"], where
                 ours = np.stack([normalize(im.transpose(1, 2, 0), pre["mean"], pre["std"]) for im in ref.numpy()])
                 np.testing.assert_allclose(ours, g["input"].numpy(), atol=2e-6, rtol=0, err_msg=where)
-            elif name == "input":
-                continue  # the network input itself (checked against image_bgr_uint8 above)
             elif name == "pred":  # may differ only where the golden top-2 logits are within tolerance
-                ref_up = g["logits_upsampled"]
+                ref_up = g.ref("logits_upsampled")
                 diff = res["logits_upsampled"].argmax(1) != ref.long()
                 if diff.any():
                     top2 = ref_up.topk(2, dim=1).values
@@ -143,15 +146,7 @@ def test_converted_model_matches_mmseg(converted, case):
             else:
                 assert name in res, f"{where}: stored tensor with no ctxseg counterpart (map it in _run)"
                 _close(res[name], ref, where, rel)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_preprocessing_matches_seg_data_preprocessor(case):
-    for io in IOS:
-        g = load_file(str(golden(f"mmseg-{case}", f"{io}.safetensors")))
-        imgs = g["image_bgr_uint8"].numpy()
-        ours = np.stack([normalize(im.transpose(1, 2, 0), MEAN, STD) for im in imgs])
-        np.testing.assert_allclose(ours, g["input"].numpy(), atol=2e-6, rtol=0)
+        g.assert_all_compared()
 
 
 def test_converter_report_and_cascade_key_layout(converted):
@@ -205,10 +200,10 @@ def test_quirk_hrnet_double_bilinear_resize(converted):
     g_even = load_file(str(golden("mmseg-ocrnet-hrnet", "io.safetensors")))
     g_odd = load_file(str(golden("mmseg-ocrnet-hrnet", "io_odd.safetensors")))
     with torch.no_grad():
-        _close(direct(g_even["input"])["logits"], g_even["logits"], "direct/io")  # identity on even sizes
+        _close(direct(g_even["input"])["logits"], g_even["logits"], "ocrnet-hrnet/direct/io")  # identity on even sizes
         ours = model(g_odd["input"])["logits"]
         alt = direct(g_odd["input"])["logits"]
-    _close(ours, g_odd["logits"], "mmseg/io_odd")
+    _close(ours, g_odd["logits"], "ocrnet-hrnet/io_odd")
     rel = (alt - g_odd["logits"]).abs().max() / g_odd["logits"].abs().max()
     assert rel > 1e-2, "single resize should NOT match mmseg at odd sizes"
     # and the upsampling is bilinear: nearest (timm's HRNet) is far off
@@ -264,7 +259,7 @@ def test_quirk_ocr_cascade_layout_and_attention_scaling(converted):
             head.object_context_block.register_forward_hook(_store(seen, "ocr.object_context")),
             head.region_head.convs.register_forward_hook(_store(seen, "aux.head_input", use_input=True)),
         ]
-        for io in IOS:
+        for io in _io_files(case):
             seen.clear()
             g = load_file(str(golden(f"mmseg-{case}", f"{io}.safetensors")))
             with torch.no_grad():
@@ -303,7 +298,7 @@ def test_quirk_exact_size_final_resize(converted):
     h, w = g["input"].shape[2:]
     with torch.no_grad():
         up = infer(model, g["input"], InferenceSettings(recipe.data.num_classes))
-    _close(up, g["logits_upsampled"], "logits_upsampled")
+    _close(up, g["logits_upsampled"], "ocrnet-resnet/io_odd/logits_upsampled")
     # what a stride-based upsampling would do: x8 then crop to the image; or align_corners=True
     by_stride = F.interpolate(g["logits"], scale_factor=8, mode="bilinear", align_corners=False)[:, :, :h, :w]
     corners = F.interpolate(g["logits"], size=(h, w), mode="bilinear", align_corners=True)

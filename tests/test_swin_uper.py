@@ -1,37 +1,39 @@
 """Swin + UPerNet against ../shared/golden/mmseg-upernet-swin (mmseg 1.2.2), one test per quirk.
-
-Tolerance from the golden README: max |ours - ref| <= 1e-4 * max(1, max |ref|).
+The model is built from the case's config.json (tests/golden_cases.py mmseg_recipe); every stored
+tensor is compared by tests/test_mmseg_golden.py. Tolerance: the README's
+max |ours - ref| <= T * max(1, max |ref|).
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ctxseg.config import apply_overrides, load_recipe, validate_recipe
+from ctxseg.config import apply_overrides, load_recipe, to_toml, validate_recipe
 from ctxseg.convert.base import convert_state_dict, load_foreign
 from ctxseg.convert.mmseg import keymap_for
 from ctxseg.convert.mmseg_swin import orig_to_unfold, swin_keymap, unfold_to_orig
-from ctxseg.data.transforms import normalize
 from ctxseg.engine.checkpoint import load_model, read_checkpoint
-from ctxseg.engine.inference import infer
-from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
 from ctxseg.models.segmentor import build_segmentor
-from tests.conftest import REPO, golden, run_cli
+from tests.conftest import golden, run_cli
+from tests.golden_cases import mmseg_recipe, readme_tolerance
 
 CASE = "mmseg-upernet-swin"
-RECIPE = str(REPO / "tests" / "recipes" / "swin_upernet_golden.toml")
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+TOL = readme_tolerance(CASE)
+
+
+def _recipe(*overrides: str):
+    """The case's model as built from its config.json, with recipe overrides."""
+    return validate_recipe(apply_overrides(mmseg_recipe(CASE), list(overrides)))
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor, name: str) -> None:
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
-    tol = 1e-4 * max(1.0, ref.abs().max().item())
+    tol = TOL * max(1.0, ref.abs().max().item())
     err = (ours.float() - ref.float()).abs().max().item()
     assert err <= tol, f"{name}: max abs err {err:.3g} > {tol:.3g}"
 
@@ -42,8 +44,10 @@ def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> str:
-    dst = tmp_path_factory.mktemp("swin") / "swin.safetensors"
-    proc = run_cli("convert", "mmseg", str(golden(CASE, "checkpoint.pth")), "--recipe", RECIPE, "-o", str(dst))
+    out = tmp_path_factory.mktemp("swin")
+    dst, recipe = out / "swin.safetensors", out / "swin.toml"
+    recipe.write_text(to_toml(mmseg_recipe(CASE)) + "\n")
+    proc = run_cli("convert", "mmseg", str(golden(CASE, "checkpoint.pth")), "--recipe", str(recipe), "-o", str(dst))
     assert "mapped" in proc.stdout and dst.is_file()
     return str(dst)
 
@@ -58,7 +62,7 @@ def model(converted):
 
 def _variant(model, *overrides: str, state: dict | None = None):
     """The golden model rebuilt with recipe overrides (same weights unless `state` is given)."""
-    recipe = validate_recipe(apply_overrides(load_recipe(RECIPE).to_dict(), list(overrides)))
+    recipe = _recipe(*overrides)
     m = build_segmentor(recipe).eval()
     m.load_state_dict(state or model.state_dict())
     return m
@@ -66,32 +70,6 @@ def _variant(model, *overrides: str, state: dict | None = None):
 
 def _gold(io: str) -> dict:
     return load_file(str(golden(CASE, f"{io}.safetensors")))
-
-
-@pytest.mark.parametrize("io", ["io", "io_odd"])
-def test_converted_swin_upernet_matches_mmseg(model, io):
-    g = _gold(io)
-    x = g["input"]
-    with torch.no_grad():
-        feats = model.backbone(x)
-        out = model(x)
-        up = infer(model, x, InferenceSettings(5, mode="whole", align_corners=False))
-    for i, f in enumerate(feats):
-        _close(f, g[f"backbone.{i}"], f"{io}/backbone.{i}")
-    for k in ("aux_logits", "feats", "logits"):
-        _close(out[k], g[k], f"{io}/{k}")
-    _close(up, g["logits_upsampled"], f"{io}/logits_upsampled")
-    diff = up.argmax(1) != g["pred"].long()
-    if diff.any():  # only where the reference top-2 are within tolerance
-        top2 = g["logits_upsampled"].topk(2, dim=1).values
-        assert ((top2[:, 0] - top2[:, 1])[diff] <= 1e-4 * max(1.0, g["logits_upsampled"].abs().max().item())).all()
-
-
-def test_preprocessing_matches_seg_data_preprocessor():
-    for io in ("io", "io_odd"):
-        g = _gold(io)
-        ours = np.stack([normalize(im.transpose(1, 2, 0), MEAN, STD) for im in g["image_bgr_uint8"].numpy()])
-        np.testing.assert_allclose(ours, g["input"].numpy(), atol=2e-6, rtol=0)
 
 
 def test_converter_report(converted):
@@ -163,7 +141,7 @@ def test_quirk_relative_position_index_and_bias(model):
     assert tuple(attn.relative_position_bias_table.shape) == (169, 8)
     bad = dict(src)
     bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"].flip(0)
-    recipe = load_recipe(RECIPE)
+    recipe = _recipe()
     with pytest.raises(UserError, match="relative_position_index"):
         convert_state_dict(bad, model, keymap_for(recipe, bad))
 

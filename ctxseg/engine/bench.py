@@ -20,11 +20,11 @@ resident set size of the process during the phase (Linux VmHWM, reset before eac
 beside it). Where the counter cannot be reset (non-Linux) it falls back to ru_maxrss, a process
 high-water mark that only grows; `memory_kind` says which one the figures are.
 
-This module is the project's one timing helper: `timed()` (a list of wall times) and `measure()`
-(the figures ../shared/perf/ref_bench.py reports for the official code: median / min / max,
-peak memory growth of a call, process CPU time, load average) are what `ctxseg bench`, the
-per-method scripts ctxseg/tools/bench_*.py and the side-by-side driver
-(python -m ctxseg.tools.side_by_side) all use.
+This module is the project's one timing helper: `measure()` (the figures ../shared/perf/ref_bench.py
+reports for the official code: median / min / max, peak memory growth of a call, process CPU time,
+load average) is what `ctxseg bench`, the per-method scripts ctxseg/tools/bench_*.py and the
+side-by-side driver (python -m ctxseg.tools.side_by_side) all use; `timed()` is its bare loop (a
+list of wall times), for callers that interleave two functions call by call (bench_cac's ABBA).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def measure(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: to
     min_s, max_s, times_s, cpu_s (this process's CPU time per call: on a loaded machine wall time
     also counts the waits for a core), loadavg_before/after, and peak memory: on CUDA
     max_memory_allocated growth over the call; on CPU the peak RSS growth of one extra untimed
-    call made after malloc_trim (peak_rss_mb, as ref_bench's), or None where it cannot be measured."""
+    call made after malloc_trim (peak_rss_mb, as ref_bench's), or None where it cannot be measured.
+    `loadavg` holds the same two load averages as one [before, after] pair, as ref_bench writes them."""
     import gc
 
     device = torch.device(device)
@@ -147,11 +148,14 @@ def measure(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: to
                 base = rss_now()
                 fn()
                 peak_mb = (peak_rss() - base) / 2**20
+    load_after = load_average()
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
             "warmup": warmup, "times_s": [round(t, 4) for t in times], "cpu_s": [round(c, 3) for c in cpu],
             "peak_mb": None if peak_mb is None else round(peak_mb, 1),
             "memory_kind": "cuda_max_allocated_growth" if device.type == "cuda" else "cpu_peak_rss_growth",
-            "loadavg_before": load_before, "loadavg_after": load_average(), "torch_threads": torch.get_num_threads()}
+            "loadavg_before": load_before, "loadavg_after": load_after,
+            "loadavg": [load_before, load_after],  # the [before, after] pair as ref_bench.py writes it
+            "torch_threads": torch.get_num_threads()}
 
 
 def _status_kib(field: str) -> int | None:
@@ -240,7 +244,7 @@ def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: in
     m = measure(train_step, repeats, warmup, device, memory_call=False)
     t = m["median_s"]
     return {"step_time_s": t, "images_per_s": batch / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
-            "cpu_s": m["cpu_s"], "loadavg": [m["loadavg_before"], m["loadavg_after"]]}
+            "cpu_s": m["cpu_s"], "loadavg": m["loadavg"]}
 
 
 def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats: int, warmup: int, device: torch.device) -> dict:
@@ -262,7 +266,7 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
     m = measure(run, repeats, warmup, device, memory_call=False)
     t = m["median_s"]
     out = {"time_per_image_s": t, "images_per_s": 1 / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
-           "cpu_s": m["cpu_s"], "loadavg": [m["loadavg_before"], m["loadavg_after"]]}
+           "cpu_s": m["cpu_s"], "loadavg": m["loadavg"]}
     if mode == "slide":
         rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
         cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
@@ -392,12 +396,3 @@ def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: 
         set_compile(False)
     result["loadavg_end"] = load_average()
     return result
-
-
-
-def measure_case(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device | str = "cpu") -> dict:
-    """`measure` for the side-by-side tools (ctxseg/tools/bench_*.py), with the load average as one
-    [before, after] pair as ref_bench writes it."""
-    m = measure(fn, repeats, warmup, device)
-    m["loadavg"] = [m["loadavg_before"], m["loadavg_after"]]
-    return m

@@ -1,6 +1,6 @@
 """ctxseg's side of ref_bench's 'cac' group: CAC's overhead over the plain FCN head, same inputs.
 
-    python -m ctxseg.tools.bench_cac [--case NAME ...] [--threads 2] [--repeats 5] [--json out.json]
+    python -m ctxseg.tools.bench_cac [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
 
 Head: FCN (in 2048, 512 channels, 2 convs + concat_input, dropout 0.1, 150 classes, BN), inputs
 relu(randn) [4, 2048, 64, 64], labels [4, 512, 512] (ctxseg.tools.ref_inputs, as ref_bench).
@@ -17,19 +17,17 @@ per-pair ratios minus 1.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 
 import torch
 from torch import nn
 
-from ctxseg.engine.bench import machine, measure_case, timed
+from ctxseg.engine.bench import measure, timed
 from ctxseg.losses.cross_entropy import seg_ce_term
 from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.heads.fcn import FCNHead
 from ctxseg.models.segmentor import Segmentor
+from ctxseg.tools.common import run_cases_cli
 from ctxseg.tools.ref_inputs import MM_IGNORE, cac_inputs
 
 PAIRS = {"cac_train_fwbw": "plain_train_fwbw", "cac_forward_train": "plain_forward_train",
@@ -86,7 +84,7 @@ def run_pair(name: str, repeats: int, warmup: int) -> dict:
         for f, acc in order:
             acc.extend(timed(f, 1, 0, torch.device("cpu")))
         ratios.append(ta[-1] / tb[-1])
-    res = {"cac": measure_case(fa, 1, 0), "plain": measure_case(fb, 1, 0)}  # peak memory (one extra call each)
+    res = {"cac": measure(fa, 1, 0), "plain": measure(fb, 1, 0)}  # peak memory (one extra call each)
     for key, times in (("cac", ta), ("plain", tb)):
         res[key].update(median_s=statistics.median(times), min_s=min(times), times_s=[round(t, 4) for t in times])
     res["overhead"] = statistics.median(ratios) - 1
@@ -98,25 +96,14 @@ def run_pair(name: str, repeats: int, warmup: int) -> dict:
 CASES: dict = {name: (lambda n=name: run_pair(n, RUNS["repeats"], RUNS["warmup"])) for name in PAIRS}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    res = {}
-    for name in args.case or CASES:
-        r = run_pair(name, args.repeats, args.warmup)
-        res[name] = r
-        print(f"{name:18s} CAC {r['cac']['median_s']:.3f} s, {PAIRS[name]} {r['plain']['median_s']:.3f} s, "
-              f"overhead {100 * r['overhead']:+.1f}% (median of per-pair ratios), peak +{r['cac']['peak_mb']} / "
-              f"+{r['plain']['peak_mb']} MB, load {r['cac']['loadavg']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "argv": sys.argv, "results": res}, f, indent=1)
+def summary(name: str, r: dict) -> str:
+    return (f"{name:18s} CAC {r['cac']['median_s']:.3f} s, {PAIRS[name]} {r['plain']['median_s']:.3f} s, "
+            f"overhead {100 * r['overhead']:+.1f}% (median of per-pair ratios), peak +{r['cac']['peak_mb']} / "
+            f"+{r['plain']['peak_mb']} MB, load {r['cac']['loadavg']}")
+
+
+def main(argv=None) -> dict:
+    return run_cases_cli(__doc__, CASES, RUNS, argv, summary)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """ctxseg's side of ref_bench's 'contrast' group: the pixel contrast loss on exactly its inputs.
 
-    python -m ctxseg.tools.bench_contrast [--case NAME ...] [--threads 2] [--repeats 5] [--json out.json]
+    python -m ctxseg.tools.bench_contrast [--case NAME ...] [--threads 2] [--repeats N] [--warmup N] [--json out.json]
 
 Cases (names as ref_bench's; inputs from ctxseg.tools.ref_inputs, settings of the official
 configs H_48_D_4.json / H_48_D_4_MEM.json):
@@ -13,14 +13,11 @@ torch.manual_seed(99) before every call, as ref_bench (the sampler's random draw
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
 import torch
 
-from ctxseg.engine.bench import machine, measure_case
+from ctxseg.engine.bench import measure
 from ctxseg.losses.contrast import pixel_contrast_loss
+from ctxseg.tools.common import run_cases_cli
 from ctxseg.tools.ref_inputs import CONTRAST_IGNORE, CONTRAST_SETTINGS, contrast_inputs
 
 # (warm-up, repeats) per case, as ref_bench's defaults
@@ -40,7 +37,7 @@ def case_forward(data: dict, with_queue: bool, repeats: int, warmup: int) -> dic
         with torch.no_grad():
             _loss(data, data["embed"], with_queue)
 
-    return measure_case(run, repeats, warmup)
+    return measure(run, repeats, warmup)
 
 
 def case_forward_backward(data: dict, with_queue: bool, repeats: int, warmup: int) -> dict:
@@ -50,7 +47,7 @@ def case_forward_backward(data: dict, with_queue: bool, repeats: int, warmup: in
         leaf.grad = None
         _loss(data, leaf, with_queue).backward()
 
-    return measure_case(run, repeats, warmup)
+    return measure(run, repeats, warmup)
 
 
 def run_cases(names, repeats: int | None = None, warmup: int | None = None) -> dict:
@@ -73,21 +70,8 @@ def run_cases(names, repeats: int | None = None, warmup: int | None = None) -> d
 CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in DEFAULT_RUNS}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int)
-    ap.add_argument("--warmup", type=int)
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    res = run_cases(args.case or CASES, args.repeats, args.warmup)
-    for name, r in res.items():
-        print(f"{name:22s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  peak +{r['peak_mb']} MB  load {r['loadavg']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "argv": sys.argv, "results": res}, f, indent=1)
+def main(argv=None) -> dict:
+    return run_cases_cli(__doc__, CASES, RUNS, argv)
 
 
 if __name__ == "__main__":

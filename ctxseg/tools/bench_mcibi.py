@@ -1,6 +1,6 @@
 """ctxseg's side of ref_bench's 'mcibi' group: the MCIBI memory update on exactly its inputs.
 
-    python -m ctxseg.tools.bench_mcibi [--case NAME ...] [--threads 2] [--repeats 5] [--json out.json]
+    python -m ctxseg.tools.bench_mcibi [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
 
 Cases (names as ref_bench's; inputs from ctxseg.tools.ref_inputs; cosine_similarity strategy,
 150 classes, 1 slot, momentum 0.9 / 0.01 x lr 0.005, ignore -100; the memory is reset to the
@@ -14,14 +14,9 @@ same all-initialised state before every call, as ref_bench does outside its timi
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-import torch
-
-from ctxseg.engine.bench import machine, measure_case
+from ctxseg.engine.bench import measure
 from ctxseg.models.context.memory import update_memory
+from ctxseg.tools.common import default_summary, run_cases_cli
 from ctxseg.tools.ref_inputs import MCIBI_MOMENTUM, SSSEG_IGNORE, mcibi_inputs
 
 CASE_NAMES = ("mcibi_update", "mcibi_update_with_upsample")
@@ -35,7 +30,7 @@ def case_update(data: dict, key: str, repeats: int, warmup: int) -> dict:
         memory.copy_(data["memory"])
         update_memory(memory, data[key], data["segmentation"], MCIBI_MOMENTUM, "cosine_similarity", SSSEG_IGNORE)
 
-    res = measure_case(run, repeats, warmup)
+    res = measure(run, repeats, warmup)
     res["memory_sum_after"] = float(memory.double().sum())  # same state as ref_bench's output check
     return res
 
@@ -50,22 +45,12 @@ def run_cases(names, repeats: int = 5, warmup: int = 1) -> dict:
 CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in CASE_NAMES}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=list(CASES), help="repeatable; default: all")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--json", help="write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    res = run_cases(args.case or CASES, args.repeats, args.warmup)
-    for name, r in res.items():
-        print(f"{name:28s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  peak +{r['peak_mb']} MB  "
-              f"load {r['loadavg']}  memory sum {r['memory_sum_after']:.4f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "argv": sys.argv, "results": res}, f, indent=1)
+def summary(name: str, r: dict) -> str:
+    return f"{default_summary(name, r)}  memory sum {r['memory_sum_after']:.4f}"
+
+
+def main(argv=None) -> dict:
+    return run_cases_cli(__doc__, CASES, RUNS, argv, summary)
 
 
 if __name__ == "__main__":

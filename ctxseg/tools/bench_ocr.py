@@ -1,6 +1,6 @@
 """ctxseg's side of ref_bench.py's `mmseg` group: OCRNet HRNetV2p-W18 on exactly its inputs.
 
-    python -m ctxseg.tools.bench_ocr [--case NAME ...] [--repeats 3] [--warmup 1] [--json out.json]
+    python -m ctxseg.tools.bench_ocr [--case NAME ...] [--threads 2] [--repeats 3] [--warmup 1] [--json out.json]
 
 Cases (names as in ref_bench.py; `CASES` maps each to a function returning engine.bench.measure's dict):
   ocrnet_train_step        recipe ocrnet-hr18-cityscapes-80k, random init, batch 2, 512x1024: forward,
@@ -15,9 +15,6 @@ and the argmax, so ctxseg's side includes normalisation and argmax too. Threads:
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any, Callable
 
 import torch
@@ -104,28 +101,9 @@ CASES: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", default=[], help="case name (repeatable, comma list); default all")
-    ap.add_argument("--repeats", type=int, default=RUNS["repeats"])
-    ap.add_argument("--warmup", type=int, default=RUNS["warmup"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    names = [n.strip() for c in args.case for n in c.split(",") if n.strip()] or list(CASES)
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        print(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}", file=sys.stderr)
-        raise SystemExit(2)
-    torch.set_num_threads(args.threads)
-    RUNS.update(repeats=args.repeats, warmup=args.warmup)
-    res = {n: CASES[n]() for n in names}
-    text = json.dumps(res, indent=1)
-    if args.json:
-        from ctxseg.io import write_json
+    from ctxseg.tools.common import run_cases_cli
 
-        write_json(args.json, res)
-    print(text)
-    return res
+    return run_cases_cli(__doc__, CASES, RUNS, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 # ref_bench.py's groups (its CASES table), so `--case mmseg` works without importing it
 GROUPS = {
@@ -70,16 +70,17 @@ def discover() -> dict[str, str]:
 
 
 def resolve(tokens: list[str], known: dict[str, str]) -> list[str]:
+    from ctxseg.tools.common import case_names
+
     names: list[str] = []
-    for tok in (t.strip() for item in tokens for t in item.split(",")):
-        if not tok:
-            continue
+    for tok in case_names(tokens):
         if tok in GROUPS:
             names += [n for n in GROUPS[tok] if n in known]
         elif tok in known:
             names.append(tok)
         else:
-            raise SystemExit(f"unknown case {tok!r}; --list shows the cases found")
+            print(f"unknown case {tok!r}; --list shows the cases found", file=sys.stderr)
+            raise SystemExit(2)  # a usage error, as argparse's
     return list(dict.fromkeys(names)) or list(known)
 
 
@@ -190,13 +191,10 @@ def _machine() -> str:
 
 
 def worker(args) -> None:
-    import torch
+    from ctxseg.tools.common import apply_runs
 
-    torch.set_num_threads(args.threads)
     mod = importlib.import_module(args.worker_module)
-    runs = getattr(mod, "RUNS", None)
-    if isinstance(runs, dict):  # modules that read their repeat counts from RUNS
-        runs.update(repeats=args.repeats, warmup=args.warmup)
+    apply_runs(getattr(mod, "RUNS", None), args.threads, args.repeats, args.warmup)  # modules read their counts from RUNS
     res = mod.CASES[args.worker]()
     from ctxseg.io import write_json
 
@@ -204,13 +202,12 @@ def worker(args) -> None:
 
 
 def main(argv=None) -> dict | None:
+    from ctxseg.tools.common import add_timing_options
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", action="append", default=[], help="case or ref_bench group (repeatable, comma list); default all found")
+    add_timing_options(ap, {"repeats": 3, "warmup": 1})  # --case also takes ref_bench group names here
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ref-bench", default=os.environ.get("CTXSEG_REF_BENCH"), help="path of ref_bench.py (official side)")
     ap.add_argument("--ref-python", default=os.environ.get("CTXSEG_REF_PYTHON", sys.executable),
                     help="interpreter with the official packages (mmsegmentation, ...)")
