@@ -146,6 +146,11 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
     return Anchors(chosen.float(), cls, pairs, indices, num_hard, num_easy, hard_keep, easy_keep)
 
 
+# candidates per (image, group) sorted by the random sampler: about factor x kept + extra (the
+# fallback for a group short of candidates keeps the choice exact whatever these are)
+CANDIDATE_MARGIN = (2, 16)
+
+
 def _random_candidates(group: torch.Tensor, counts: torch.Tensor, img: torch.Tensor, cls: torch.Tensor,
                        hard_keep: torch.Tensor, easy_keep: torch.Tensor, generator: torch.Generator | None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +170,8 @@ def _random_candidates(group: torch.Tensor, counts: torch.Tensor, img: torch.Ten
     need[img, 2 * cls + 1] = easy_keep
     top = 2**31 - 1
     key = torch.randint(0, top, (b, n), generator=generator, device=dev)
-    share = (2 * need + 16).double() / counts.clamp(min=1)
+    factor, extra = CANDIDATE_MARGIN
+    share = (factor * need + extra).double() / counts.clamp(min=1)
     threshold = torch.where(need > 0, (share * top).clamp(max=top).long(), 0)
     take = key < threshold.gather(1, group)
     found = torch.zeros_like(counts).scatter_add_(1, group, take.long())
