@@ -118,12 +118,12 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
     return ClassStats(count, sums, num, den)
 
 
-# Columns of a [C, N] map handled at once at label resolution (16384 = 32 rows of a 512-wide map,
-# typically a few classes). Measured on 2 shared cores, ADE20K size, against whole-image matmuls
-# with every class of the image: 1 thread 4096 ~ 16384 ~ 32768 columns, all ~1.8x faster; 2 threads
-# on a loaded machine 4096 columns were slower than whole-image (each chunk's large operations are
-# thread synchronisations), 16384 1.6x and 65536 2.2x faster. 16384 is the compromise.
-CHUNK_COLUMNS = 16384
+# Columns of a [C, N] map handled at once at label resolution (32768 = 64 rows of a 512-wide map,
+# typically a few classes). Measured at ADE20K size (512 channels, 150 classes) on 2 shared cores,
+# against whole-image matmuls with every class of the image: 1 thread 4096 / 16384 / 32768
+# columns 1.8x / 1.7x / 1.7x faster; 2 threads on a loaded machine 4096 columns slower (each
+# chunk's large operations are thread synchronisations), 16384 1.0-1.6x, 32768 1.5x, 65536 1.5x.
+CHUNK_COLUMNS = 32768
 
 
 def _statistics_at_label_size(features: torch.Tensor, labels: torch.Tensor, mem_rows: torch.Tensor,
