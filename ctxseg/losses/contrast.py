@@ -225,7 +225,10 @@ def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: flo
     onehot = F.one_hot(row_labels, int(row_labels.max()) + 1).to(rows.dtype)
     own = row_labels[:, None]
     neg_sum = (exp @ onehot).scatter(1, own, 0.0).sum(1, keepdim=True)  # other classes' blocks only
-    log_prob = logits - torch.log(exp + neg_sum)
+    if torch.is_grad_enabled() and rows.requires_grad:
+        log_prob = logits - torch.log(exp + neg_sum)
+    else:  # forward only: the same operations in place (no fresh [R, R] buffers)
+        log_prob = logits.sub_(exp.add_(neg_sum).log_())
     pos_sum = (log_prob @ onehot).gather(1, own)[:, 0] - log_prob.diagonal()
     num_pos = torch.bincount(row_labels)[row_labels] - 1
     # no positive: NaN, as the official 0 / 0 (the subtraction above need not give an exact 0)
