@@ -11,13 +11,23 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tests.reference_impls.contrast import (full_sort_random_indices, naive_contrastive_loss, naive_sample_anchors,
-                                           reference_matrix_loss)
 from ctxseg.losses import contrast as contrast_module
-from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, queue_contrast_set, sample_anchors
-from ctxseg.models.heads.base import ClassifierSlot
+from ctxseg.losses.contrast import (
+    contrastive_loss,
+    downsample_labels,
+    pixel_contrast_loss,
+    queue_contrast_set,
+    sample_anchors,
+)
 from ctxseg.models.context.contrast import PixelContrast
+from ctxseg.models.heads.base import ClassifierSlot
 from tests.conftest import golden
+from tests.reference_impls.contrast import (
+    full_sort_random_indices,
+    naive_contrastive_loss,
+    naive_sample_anchors,
+    reference_matrix_loss,
+)
 
 META = json.loads(golden("contrastiveseg", "loss.json").read_text())
 T = load_file(str(golden("contrastiveseg", "loss.safetensors")))
