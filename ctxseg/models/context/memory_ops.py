@@ -67,7 +67,8 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
 
     weighted [K] bool: classes whose cosine-weighted sums are wanted (slot of each pixel = highest
     cosine similarity among the class's S slots); summed [K] bool: classes whose plain sums are
-    wanted. Labels equal to `ignore_index` or outside [0, K) are skipped.
+    wanted (at label resolution a class may not be both; update_memory never asks for both).
+    Labels equal to `ignore_index` or outside [0, K) are skipped.
     """
     k, s, c = memory.shape
     dev = features.device
@@ -75,17 +76,17 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
     H, W = labels.shape[-2:]
     mem_rows = memory.reshape(k * s, c).float()
     mem_norm = mem_rows.norm(dim=1)
-    if (h, w) == (H, W) and not bool((weighted & summed).any()):
+    if (h, w) == (H, W):
+        if bool((weighted & summed).any()):
+            raise ValueError("class_statistics at label resolution: a class is either weighted or summed")
         return _statistics_at_label_size(features, labels, mem_rows, mem_norm, s, weighted, summed, ignore_index,
                                          max_elements)
     count = torch.zeros(k, dtype=torch.float64, device=dev)
     sums = torch.zeros(k, c, dtype=torch.float64, device=dev)
     num = torch.zeros(k * s, c, dtype=torch.float64, device=dev)
     den = torch.zeros(k * s, dtype=torch.float64, device=dev)
-    same = (h, w) == (H, W)
-    if not same:
-        iy, ly = source_taps(H, h, align_corners, dev)
-        ix, lx = source_taps(W, w, align_corners, dev)
+    iy, ly = source_taps(H, h, align_corners, dev)
+    ix, lx = source_taps(W, w, align_corners, dev)
     for i in range(b):
         y = labels[i].reshape(-1).long()
         valid = _valid_labels(y, k, ignore_index)
@@ -106,12 +107,8 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
         ps = torch.where(valid, s_pos[yv], -1)
         rows = (w_cls[:, None] * s + torch.arange(s, device=dev)).reshape(-1)  # memory rows of the wanted classes
         m = mem_rows[rows]  # [Kw*S, C]
-        if same:  # only when a class is both weighted and summed (not a combination update_memory asks for)
-            a_num, a_sum, wsum = _stats_same(features[i].reshape(c, -1), pw, ps, m, mem_norm[rows], s,
-                                             s_cls.numel(), max_elements)
-        else:
-            a_num, a_sum, wsum = _stats_upsampled(features[i], pw, ps, m, mem_norm[rows], s, s_cls.numel(),
-                                                  (iy, ly, ix, lx))
+        a_num, a_sum, wsum = _stats_upsampled(features[i], pw, ps, m, mem_norm[rows], s, s_cls.numel(),
+                                              (iy, ly, ix, lx))
         num.index_add_(0, rows, a_num)
         den.index_add_(0, rows, wsum)
         sums.index_add_(0, s_cls, a_sum)
@@ -218,48 +215,6 @@ def _slot_and_weight(per_slot: torch.Tensor, norms: torch.Tensor, pw: torch.Tens
     cos = dot / (norms.clamp_min(NORM_EPS) * mem_norm[row].clamp_min(NORM_EPS))
     weight = torch.where(use, 1 - cos, torch.zeros_like(cos))
     return row, weight
-
-
-def _stats_same(g: torch.Tensor, pw: torch.Tensor, ps: torch.Tensor, m: torch.Tensor, mem_norm: torch.Tensor, s: int,
-                n_sum: int, max_elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features at label resolution, g [C, N] channel-first (a view: no permuted copy of the map).
-
-    A handful of large operations per image (a matmul for the dots with the present classes'
-    memory rows, the pixel norms, the weights, a matmul for the sums), in column chunks only as
-    far as `max_elements` bounds the [rows, columns] coefficient matrix: many small operations are
-    what a shared multi-threaded CPU punishes most."""
-    c, n = g.shape
-    dev = g.device
-    r = m.shape[0]
-    a_num = torch.zeros(r, c, dtype=torch.float64, device=dev)
-    a_sum = torch.zeros(n_sum, c, dtype=torch.float64, device=dev)
-    wsum = torch.zeros(r, dtype=torch.float64, device=dev)
-    step = max(1, min(n, max_elements // max(r + n_sum, 1)))
-    for a in range(0, n, step):
-        gc = g[:, a:a + step].float()
-        cols = gc.shape[1]
-        blocks = []
-        if r:
-            sel = pw[a:a + step]
-            dots = (m @ gc).view(-1, s, cols)
-            per_slot = dots.gather(0, sel.clamp(min=0).view(1, 1, cols).expand(1, s, cols))[0]
-            row, wgt = _slot_and_weight(per_slot, _column_norms(gc), sel, mem_norm, s)
-            blocks.append(torch.zeros(r, cols, device=dev).scatter_(0, row.view(1, -1), wgt.view(1, -1)))
-            wsum += blocks[0].sum(1, dtype=torch.float64)
-        if n_sum:
-            sel = ps[a:a + step]
-            blocks.append(torch.zeros(n_sum, cols, device=dev).scatter_(0, sel.clamp(min=0).view(1, -1),
-                                                                        (sel >= 0).to(gc.dtype).view(1, -1)))
-        acc = (torch.cat(blocks) if len(blocks) > 1 else blocks[0]) @ gc.t()
-        a_num += acc[:r]
-        a_sum += acc[r:]
-    return a_num, a_sum, wsum
-
-
-def _column_norms(g: torch.Tensor, cols: int = 8192) -> torch.Tensor:
-    """L2 norm of every column of a channel-first [C, N] map: squares summed over blocks of columns
-    that fit in cache (a strided vector_norm over dim 0 is several times slower)."""
-    return torch.cat([g[:, a:a + cols].square().sum(0) for a in range(0, g.shape[1], cols)]).sqrt_()
 
 
 def _neighbour_gram(g: torch.Tensor) -> dict[str, torch.Tensor]:
