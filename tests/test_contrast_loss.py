@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference_impls.contrast import naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
+from tests.reference_impls.contrast import full_sort_random_indices, naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
+from ctxseg.losses import contrast as contrast_module
 from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, sample_anchors
 from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
@@ -180,3 +181,24 @@ def test_pixel_contrast_gradient_equals_permuted_reference(with_queue):
     (wgrad,) = torch.autograd.grad(want, embed)
     torch.testing.assert_close(res.loss, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, wgrad, rtol=1e-4, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("margin", [(2, 16), (1, 0)], ids=["default", "short-of-candidates"])
+def test_random_sampling_equals_full_sort(monkeypatch, margin):
+    """The random sampler sorts only pixels below a per-group key threshold; its choice equals the
+    choice by sorting every pixel's key (same draws), also when groups run short of candidates
+    (margin (1, 0): about as many candidates as kept, so the all-pixels fallback runs)."""
+    monkeypatch.setattr(contrast_module, "CANDIDATE_MARGIN", margin)
+    g = torch.Generator().manual_seed(21)
+    b, n, c = 3, 900, 5
+    labels = torch.randint(-1, c, (b, n), generator=g)
+    predict = torch.where(torch.rand(b, n, generator=g) < 0.4, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0))
+    feats = torch.randn(b, n, 4, generator=g)
+    for max_samples, max_views in ((60, 12), (400, 100)):
+        got = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=True,
+                             generator=torch.Generator().manual_seed(5))
+        want = full_sort_random_indices(labels, predict, got.pairs, got.num_hard_keep, got.num_easy_keep, -1,
+                                        torch.Generator().manual_seed(5))
+        assert torch.equal(got.indices, want)
+        assert torch.equal(got.feats, feats[got.pairs[:, :1], got.indices])

@@ -105,10 +105,11 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
     the official code does under an identity `torch.randperm` (the golden data). Returns None
     where the official code returns (None, None) or would build an empty anchor set (n_view 0).
 
-    One sort per image does all the work: each pixel gets the key (group, tie-break) with
+    One sort does all the work: each pixel gets the key (group, tie-break) with
     group = 2 * class + (prediction correct), so the hard then easy candidates of every class
     sit in contiguous runs of the sorted order; the tie-break is random (a uniformly random
-    subset in random order, as randperm) or the pixel index (identity permutation).
+    subset in random order, as randperm; only the pixels that can be chosen are sorted,
+    `_random_candidates`) or the pixel index (identity permutation: a stable sort per image).
     """
     b, n = labels.shape
     dev = labels.device
@@ -123,25 +124,66 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
     num_groups = 2 * (int(pairs[:, 1].max()) + 1) + 1
     group = torch.where(valid, 2 * labels + (predict == labels).long(), num_groups - 1)
     group = group.clamp(max=num_groups - 1)  # classes above every eligible one: out of the way
-    if random:
-        tie = torch.randint(0, 2**31 - 1, (b, n), generator=generator, device=dev)
-        order = torch.sort(group * 2**31 + tie, dim=1).indices
-    else:
-        order = torch.sort(group, dim=1, stable=True).indices  # stable: index order within a group
     counts = torch.zeros(b, num_groups, dtype=torch.long, device=dev).scatter_add_(1, group, torch.ones_like(group))
-    starts = counts.cumsum(1) - counts
     img, cls = pairs[:, 0], pairs[:, 1]
     num_hard, num_easy = counts[img, 2 * cls], counts[img, 2 * cls + 1]
     hard_keep, easy_keep = kept_counts(num_hard, num_easy, n_view)
+    if random:
+        order, starts = _random_candidates(group, counts, img, cls, hard_keep, easy_keep, generator)
+    else:
+        # flat over the batch: image i's pixels sit at i * n + (index), its groups' runs start likewise
+        offset = (torch.arange(b, device=dev) * n)[:, None]
+        order = (torch.sort(group, dim=1, stable=True).indices + offset).view(-1)  # stable: index order
+        starts = (counts.cumsum(1) - counts + offset).view(-1)
     j = torch.arange(n_view, device=dev).expand(total, n_view)
-    pos = torch.where(j < hard_keep[:, None], starts[img, 2 * cls][:, None] + j,
-                      starts[img, 2 * cls + 1][:, None] + j - hard_keep[:, None])
-    indices = order[img[:, None], pos]
+    first = img * num_groups + 2 * cls  # the pair's hard group; its easy group is the next one
+    pos = torch.where(j < hard_keep[:, None], starts[first][:, None] + j, starts[first + 1][:, None] + j - hard_keep[:, None])
+    indices = order[pos] - (img * n)[:, None]  # flat over the batch -> pixel index in its image
     if channels_first:  # feats [B, D, N]: gather the anchors' vectors without a permuted copy of the map
         chosen = feats[img[:, None], :, indices]  # advanced indices around a slice: [T, V, D]
     else:
         chosen = feats[img[:, None], indices]
     return Anchors(chosen.float(), cls, pairs, indices, num_hard, num_easy, hard_keep, easy_keep)
+
+
+# candidates per (image, group) sorted by the random sampler: about factor x kept + extra (the
+# fallback for a group short of candidates keeps the choice exact whatever these are)
+CANDIDATE_MARGIN = (2, 16)
+
+
+def _random_candidates(group: torch.Tensor, counts: torch.Tensor, img: torch.Tensor, cls: torch.Tensor,
+                       hard_keep: torch.Tensor, easy_keep: torch.Tensor, generator: torch.Generator | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random keys for every pixel; per (image, group) the kept pixels are those of smallest key
+    (a uniformly random subset in random order, as the official randperm). Only a few keys per
+    group can be among the smallest, so only pixels whose key lies below a per-group threshold
+    (about twice the number kept, out of the group's size) are sorted, not the whole batch; a group
+    short of candidates (unlikely) takes all its pixels, so the choice is exact.
+
+    -> (flat batch pixel ids i * n + index sorted by (image, group, key), candidates only;
+        [B * G] position in that list where each (image, group) run starts)."""
+    b, n = group.shape
+    num_groups = counts.shape[1]
+    dev = group.device
+    need = torch.zeros_like(counts)
+    need[img, 2 * cls] = hard_keep
+    need[img, 2 * cls + 1] = easy_keep
+    top = 2**31 - 1
+    key = torch.randint(0, top, (b, n), generator=generator, device=dev)
+    factor, extra = CANDIDATE_MARGIN
+    share = (factor * need + extra).double() / counts.clamp(min=1)
+    threshold = torch.where(need > 0, (share * top).clamp(max=top).long(), 0)
+    take = key < threshold.gather(1, group)
+    found = torch.zeros_like(counts).scatter_add_(1, group, take.long())
+    if not bool((found >= need).all()):  # a group short of candidates: all of its pixels (keys < top)
+        threshold = torch.where(found >= need, threshold, top)
+        take = key < threshold.gather(1, group)
+        found = torch.zeros_like(counts).scatter_add_(1, group, take.long())
+    flat = take.view(-1).nonzero().squeeze(1)  # candidates, flat batch ids in (image, index) order
+    image_group = (flat // n) * num_groups + group.view(-1)[flat]
+    order = flat[torch.sort(image_group * 2**31 + key.view(-1)[flat]).indices]
+    starts = found.view(-1).cumsum(0) - found.view(-1)
+    return order, starts
 
 
 def queue_contrast_set(queue: torch.Tensor, skip_class0: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,16 +217,22 @@ def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: flo
     row_labels = labels.repeat(v)
     if queue is not None:
         return _queue_loss(rows, row_labels, queue.to(rows.dtype), temperature, base_temperature, skip_class0, self_mask)
-    logits = rows @ rows.T / temperature
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    same = row_labels[:, None] == row_labels[None, :]
-    pos = same.clone()
-    pos.fill_diagonal_(False)
+    # the official masked sums as matmuls with the rows' one-hot labels [R, K]: no [R, R] masks,
+    # no bool -> float conversions; the self column is taken out by subtracting the diagonal
+    logits = (rows @ rows.T).div_(temperature)  # the official order: divide after the product
+    logits = logits.sub_(logits.max(dim=1, keepdim=True).values.detach())
     exp = logits.exp()
-    neg_sum = (exp * (~same)).sum(1, keepdim=True)
-    log_prob = logits - torch.log(exp + neg_sum)
-    num_pos = pos.sum(1)
-    mean_log_prob_pos = (log_prob * pos).sum(1) / num_pos
+    onehot = F.one_hot(row_labels, int(row_labels.max()) + 1).to(rows.dtype)
+    own = row_labels[:, None]
+    neg_sum = (exp @ onehot).scatter(1, own, 0.0).sum(1, keepdim=True)  # other classes' blocks only
+    if torch.is_grad_enabled() and rows.requires_grad:
+        log_prob = logits - torch.log(exp + neg_sum)
+    else:  # forward only: the same operations in place (no fresh [R, R] buffers)
+        log_prob = logits.sub_(exp.add_(neg_sum).log_())
+    pos_sum = (log_prob @ onehot).gather(1, own)[:, 0] - log_prob.diagonal()
+    num_pos = torch.bincount(row_labels)[row_labels] - 1
+    # no positive: NaN, as the official 0 / 0 (the subtraction above need not give an exact 0)
+    mean_log_prob_pos = torch.where(num_pos > 0, pos_sum / num_pos, torch.full_like(pos_sum, float("nan")))
     return -(temperature / base_temperature) * mean_log_prob_pos.mean(), num_pos
 
 

@@ -2,6 +2,7 @@
 structure, re-written): independent checks of the vectorised / fused code in ctxseg.losses.contrast.
 
 * `naive_sample_anchors`   per-image / per-class loops
+* `full_sort_random_indices` the random sampler's choice by a full sort of every pixel's key
 * `naive_contrastive_loss` row by row (tiny inputs only)
 * `reference_matrix_loss`  the official matrix form: float masks built by repeat/scatter, the queue
                            copied class by class; plain autograd (gradient reference)
@@ -101,3 +102,21 @@ def reference_matrix_loss(feats: torch.Tensor, labels: torch.Tensor, temperature
     neg = (logits.exp() * neg_mask).sum(1, keepdim=True)
     log_prob = logits - torch.log(logits.exp() + neg)
     return -(temperature / base_temperature) * ((mask * log_prob).sum(1) / mask.sum(1)).mean()
+
+
+def full_sort_random_indices(labels: torch.Tensor, predict: torch.Tensor, pairs: torch.Tensor, hard_keep: torch.Tensor,
+                             easy_keep: torch.Tensor, ignore_index: int, generator: torch.Generator) -> torch.Tensor:
+    """ctxseg's random choice (key = torch.randint(0, 2**31 - 1, [B, N]) from `generator`; per
+    (image, class) the hard pixels of smallest key, then the easy ones) by sorting every pixel of
+    every class, one (image, class, kind) at a time."""
+    b, n = labels.shape
+    key = torch.randint(0, 2**31 - 1, (b, n), generator=generator)
+    rows = []
+    for (i, c), nh, ne in zip(pairs.tolist(), hard_keep.tolist(), easy_keep.tolist()):
+        ok = (labels[i] == c) & (labels[i] != ignore_index)
+        hard = (ok & (predict[i] != c)).nonzero().squeeze(1)
+        easy = (ok & (predict[i] == c)).nonzero().squeeze(1)
+        hard = hard[key[i, hard].argsort()][:nh]
+        easy = easy[key[i, easy].argsort()][:ne]
+        rows.append(torch.cat([hard, easy]))
+    return torch.stack(rows)

@@ -92,7 +92,8 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
 
     `features` [B, C, h, w] may be below the label resolution: they stand for their bilinear
     upsampling to the labels' size (F.interpolate, `align_corners`), which is never materialised
-    (memory_ops.class_statistics). `max_elements` bounds the temporaries (rows x pixels).
+    (memory_ops.class_statistics). `max_elements` bounds the temporaries (at label size: channels x
+    pixels per chunk; below it: rows x pixels).
 
     Per present class k: if one of its slots is all zeros, the first such slot is set to the plain
     mean of the class's pixels and nothing else happens for k this step. Otherwise
