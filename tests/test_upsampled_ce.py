@@ -30,7 +30,6 @@ def _case(seed, b, n, h, w, hh, ww, scale=3.0):
 @pytest.mark.parametrize("block_bytes", [1, 4 << 20])  # 1 byte: one label row per block
 def test_loss_and_gradient_equal_straightforward(monkeypatch, align_corners, shape, block_bytes):
     monkeypatch.setitem(uce.BLOCK_BYTES, "cpu", block_bytes)
-    b, n, h, w, hh, ww = shape
     x, y = _case(sum(shape), *shape)
     xr = x.clone().requires_grad_()
     ref = straightforward(xr, y, align_corners)
@@ -90,3 +89,42 @@ def test_low_precision_logits_get_a_gradient_of_their_dtype():
     assert out.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
     ref = straightforward(x.to(torch.bfloat16).float(), y, False)
     torch.testing.assert_close(out, ref.float(), rtol=1e-4, atol=1e-3)
+
+
+def test_cac_pre_terms_equal_the_straightforward_upsampled_ce():
+    """CAC's PreSelf / Pre losses (and their gradients into the head) through the fused path equal
+    torch CrossEntropyLoss(ignore_index) after align_corners=True upsampling, as the reference."""
+    from torch import nn
+
+    from ctxseg.models.context.cac import ContextAwareClassifier
+    from ctxseg.models.heads.fcn import FCNHead
+    from ctxseg.models.segmentor import Segmentor
+
+    torch.manual_seed(0)
+    n = 9
+    head = FCNHead(in_channels=[12], num_classes=n, channels=10, num_convs=1, concat_input=False, in_index=0,
+                   dropout_ratio=0.0)
+    cac = ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=n)
+    model = Segmentor(nn.Identity(), head, None, {"cac": cac}, n, False).train()
+    x = torch.randn(2, 12, 12, 10)
+    _, y = _case(5, 2, n, 12, 10, 45, 38)
+
+    def losses(fused: bool):
+        model.zero_grad(set_to_none=True)
+        out = model([x], y)
+        if fused:
+            pre_self, pre = cac.pre_ce(out["vanilla_logits"], y), cac.pre_ce(out["cac_apd_logits"], y)
+        else:
+            den = (y != 255).sum()
+            pre_self = straightforward(out["vanilla_logits"], y, True) / den
+            pre = straightforward(out["cac_apd_logits"], y, True) / den
+        (pre_self + 2 * pre).backward()
+        return pre_self.detach(), pre.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    a, b = losses(True), losses(False)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    assert a[2].keys() == b[2].keys() and len(a[2]) > 4
+    for k in a[2]:
+        torch.testing.assert_close(a[2][k], b[2][k], rtol=1e-4, atol=1e-6, msg=k)
+    assert set(cac.losses(model([x], y), y, 0)) == {"loss_cac_pre_self", "loss_cac_pre", "loss_cac_kl"}
