@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctxseg.errors import UserError
+from ctxseg.losses.upsampled_ce import upsampled_ce_sum
 from ctxseg.models.context.base import ContextPlugin
 from ctxseg.models.heads.base import ClassifierSlot
-from ctxseg.models.layers import resize
 
 EPS = 1e-12  # every epsilon of the reference (centre denominators, L2, entropy log, class means)
 
@@ -205,10 +205,10 @@ class ContextAwareClassifier(ContextPlugin):
 
     def pre_ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """torch CrossEntropyLoss(ignore_index) mean after align_corners=True upsampling; 0 when
-        every pixel is ignored (torch would return NaN)."""
+        every pixel is ignored (torch would return NaN). The upsampled [B, n, H, W] map is never
+        materialised (ctxseg.losses.upsampled_ce: same values up to float rounding)."""
         y = targets.squeeze(1) if targets.dim() == 4 else targets
-        logits = resize(_at_least_f32(logits), y.shape[-2:], self.pre_align_corners)
-        total = F.cross_entropy(logits, y.long(), ignore_index=self.ignore_index, reduction="sum")
+        total = upsampled_ce_sum(_at_least_f32(logits), y, self.pre_align_corners, self.ignore_index)
         return total / (y != self.ignore_index).sum().clamp(min=1)
 
     # ---------------------------------------------------------------------------------------
