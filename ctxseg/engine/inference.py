@@ -80,11 +80,25 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
         fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
     except (TypeError, RuntimeError, copy.Error):  # a wrapper that cannot be copied: run it as it is
         return model
-    fast = fast.to(memory_format=torch.channels_last)
+    _to_channels_last(fast)
     if _FAST["compile"]:
         fast = torch.compile(fast)
     _PREPARED[model] = (key, fast)
     return fast
+
+
+def _to_channels_last(fast: torch.nn.Module) -> None:
+    """Give the copy channels-last 4-d weights WITHOUT touching the tensors it shares with the
+    model: Module.to(memory_format=...) would assign `param.data` of the shared Parameters, i.e.
+    change the model's own weights (their data_ptr, hence the cache key: one rebuild per call)."""
+    fmt = torch.channels_last
+    for module in fast.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in list(store.items()):
+                if t is None or t.dim() != 4 or t.is_contiguous(memory_format=fmt):
+                    continue
+                cl = t.detach().contiguous(memory_format=fmt)
+                store[name] = torch.nn.Parameter(cl, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cl
 
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
