@@ -114,8 +114,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 def channels_last_training(device: torch.device) -> bool:
     """Train in channels-last memory layout on the CPU (model and images): oneDNN's NHWC
-    convolution kernels, forward and backward, need ~25% less CPU time per OCRNet-HRNetV2p-W18
-    step than NCHW (docs/benchmarks.md). Same results up to float rounding. GPUs keep NCHW
+    convolution kernels, forward and backward, took 6-24% less CPU time per OCRNet-HRNetV2p-W18
+    step than NCHW (docs/benchmarks.md, measured on a loaded 2-core machine). Same results up to float rounding. GPUs keep NCHW
     (there the choice depends on the card, the precision and cuDNN)."""
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
