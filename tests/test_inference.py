@@ -179,3 +179,29 @@ def test_fast_path_leaves_the_models_own_tensors_alone():
                and not p.is_contiguous() for p in fast.parameters())  # the copy is channels-last
     after = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     assert after == before
+def test_fast_copy_is_built_once_and_leaves_the_model_untouched():
+    """The channels-last copy must not re-layout the tensors it shares with the model (that
+    changed the model's weights and the cache key, so the copy was rebuilt on every call)."""
+    from ctxseg.engine.inference import inference_model
+
+    model = _tiny_ocrnet()
+    before = {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()}
+    first = inference_model(model)
+    assert inference_model(model) is first
+    assert {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()} == before
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in first.parameters() if p.dim() == 4)
+
+
+def test_object_context_is_channels_last_for_a_single_image():
+    """N == 1: the attention output must have true channels-last strides, or the concat before
+    the OCR bottleneck silently falls back to NCHW (a slow transposing copy, then a re-layout)."""
+    from ctxseg.models.heads.ocr import ObjectAttentionBlock
+    from ctxseg.models.layers import fuse_for_inference
+
+    block = fuse_for_inference(ObjectAttentionBlock(12, 8).eval()).to(memory_format=torch.channels_last)
+    seen = {}
+    block.bottleneck.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    pixels = torch.randn(1, 12, 7, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        block(pixels, torch.randn(1, 12, 5, 1))
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last)

@@ -220,13 +220,14 @@ def _autocast(recipe: Recipe, device: torch.device):
 
 def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: int, warmup: int, device: torch.device,
                 compile: bool = False) -> dict:
-    from ctxseg.engine.trainer import build_optimizer
+    from ctxseg.engine.trainer import build_optimizer, to_training_layout
     from ctxseg.losses import Criterion
 
-    model = _build(recipe, device).train()
+    model = to_training_layout(_build(recipe, device).train(), device)  # the trainer's layout
     optimizer = build_optimizer(model, recipe)
     criterion = Criterion(recipe).to(device)
     images, labels = synthetic_batch(recipe, batch, height, width, device)
+    images = to_training_layout(images, device)
     # mid-schedule step: losses gated by a warm-up (pixel contrast) are active, as for most of training
     step = max((recipe.train.iters or 2) // 2, 1)
     lr = optimizer.param_groups[0]["lr"]

@@ -88,18 +88,19 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _to_channels_last(fast: torch.nn.Module) -> None:
-    """Channels-last 4-d weights in the inference copy only.
-
-    `Module.to(memory_format=...)` assigns `param.data`, and the copy shares its unfolded
-    parameters with the model: the training model's weights would silently change layout after
-    the first evaluation (same values, other oneDNN kernels, so training drifted by float
-    rounding from the first periodic eval on). The copy gets its own parameter objects instead.
-    """
+    """Give the copy channels-last 4-d weights WITHOUT touching the tensors it shares with the
+    model: Module.to(memory_format=...) would assign `param.data` of the shared Parameters, i.e.
+    change the model's own weights (their data_ptr, hence the cache key: one rebuild per call) and,
+    during training, switch the training weights to channels-last after the first periodic eval (other
+    oneDNN kernels: the demo drifted by float rounding from then on)."""
+    fmt = torch.channels_last
     for module in fast.modules():
-        for name, param in module._parameters.items():
-            if param is not None and param.dim() == 4 and not param.is_contiguous(memory_format=torch.channels_last):
-                module._parameters[name] = torch.nn.Parameter(
-                    param.detach().contiguous(memory_format=torch.channels_last), requires_grad=False)
+        for store in (module._parameters, module._buffers):
+            for name, t in list(store.items()):
+                if t is None or t.dim() != 4 or t.is_contiguous(memory_format=fmt):
+                    continue
+                cl = t.detach().contiguous(memory_format=fmt)
+                store[name] = torch.nn.Parameter(cl, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cl
 
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
