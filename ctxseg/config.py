@@ -281,8 +281,9 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     raw = _read_toml(path)
     check_legacy_plugins(raw, path.name)
     if isinstance(raw.get("imports"), list):  # plug-in files relative to the recipe that names them
-        raw["imports"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x.endswith(".py") else x
-                          for x in raw["imports"]]
+        raw["imports"] = [
+            str((path.parent / x).resolve()) if isinstance(x, str) and x.endswith(".py") else x for x in raw["imports"]
+        ]
     extends = raw.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -363,9 +364,10 @@ def check_legacy_plugins(raw: dict, where: str) -> None:
     k = old[0]
     raise UserError(
         f"{where}: [model.{k}] is the old plug-in syntax. Context plug-ins are now an ordered list, one table "
-        f"per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = \"{LEGACY_PLUGIN_SECTIONS[k]}\"\n"
+        f'per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = "{LEGACY_PLUGIN_SECTIONS[k]}"\n'
         f"  # ...the keys of [model.{k}] (without ignore_index: it is data.ignore_index)\n\n"
-        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins').")
+        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins')."
+    )
 
 
 def upgrade_legacy_plugins(raw: dict) -> dict:
@@ -387,8 +389,10 @@ def upgrade_legacy_plugins(raw: dict) -> dict:
         cfg = dict(cfg)
         own = cfg.pop("ignore_index", ignore)
         if own != ignore:
-            raise UserError(f"model.{section}.ignore_index = {own} differs from data.ignore_index = {ignore}; "
-                            "plug-ins now take data.ignore_index")
+            raise UserError(
+                f"model.{section}.ignore_index = {own} differs from data.ignore_index = {ignore}; "
+                "plug-ins now take data.ignore_index"
+            )
         plugins.append(cfg)
     model["plugins"] = plugins
     return raw
@@ -419,7 +423,9 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
             ann = node.model_fields[part].annotation
-            node = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            node = next(
+                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann
+            )
         else:
             return []
     if isinstance(node, type) and issubclass(node, BaseModel):

@@ -7,8 +7,8 @@ A leaf module (torch only): converters (ctxseg.convert) and backbones' pretraine
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -53,7 +53,9 @@ class Report:
         return "\n".join(lines)
 
 
-def apply_keymap(src: dict[str, torch.Tensor], target: dict[str, torch.Tensor], keymap: KeyMap) -> tuple[dict[str, torch.Tensor], Report]:
+def apply_keymap(
+    src: dict[str, torch.Tensor], target: dict[str, torch.Tensor], keymap: KeyMap
+) -> tuple[dict[str, torch.Tensor], Report]:
     rules = [(re.compile(p), r) for p, r in keymap.rules]
     ignore = [re.compile(p) for p in keymap.ignore]
     out: dict[str, torch.Tensor] = {}
@@ -73,7 +75,9 @@ def apply_keymap(src: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
                 used.add(k)
                 break
     unused = [k for k in src if k not in used and k not in ignored]
-    mismatches = [(k, tuple(out[k].shape), tuple(t.shape)) for k, t in target.items() if k in out and out[k].shape != t.shape]
+    mismatches = [
+        (k, tuple(out[k].shape), tuple(t.shape)) for k, t in target.items() if k in out and out[k].shape != t.shape
+    ]
     defaulted = [k for k in target if k not in out and any(re.fullmatch(p, k) for p in keymap.target_defaults)]
     missing = [k for k in target if k not in out and k not in defaulted]
     unused += [f"{k} (-> {k} has no ctxseg target)" for k in out if k not in target]

@@ -32,7 +32,9 @@ class ConfusionMatrix:
         return self.full[: self.num_classes, : self.num_classes]
 
     @staticmethod
-    def compute_full(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    def compute_full(
+        pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    ) -> torch.Tensor:
         """(C+1) x (C+1) counts; row/column C collects ground truth/predictions outside [0, C)."""
         valid = target != ignore_index
         t = target[valid].long()

@@ -69,8 +69,22 @@ KEYS: dict[str, str] = {
 PUBLISHED_KEYS = ("miou", "miou_flip", "miou_ms")  # absent in a row = the paper has no such number
 # keys every row must state (directly or through a profile); the others depend on the row (test crop
 # and stride for sliding windows, momentum for SGD, ms_scales where the official config defines them)
-REQUIRED = tuple(k for k in KEYS if k not in ("iters", "epochs", "test_crop", "test_stride", "rotate_degree", "momentum", "ms_mode", "ms_scales",
-                                              *PUBLISHED_KEYS))
+REQUIRED = tuple(
+    k
+    for k in KEYS
+    if k
+    not in (
+        "iters",
+        "epochs",
+        "test_crop",
+        "test_stride",
+        "rotate_degree",
+        "momentum",
+        "ms_mode",
+        "ms_scales",
+        *PUBLISHED_KEYS,
+    )
+)
 META_KEYS = {"use", "config", "deviations", "published_source", "notes", "source"}
 
 
@@ -107,7 +121,10 @@ def resolve_row(name: str, table: dict | None = None) -> tuple[dict[str, Any], d
     table = table or load_table()
     rows = table.get("recipes", {})
     if name not in rows:
-        raise UserError(f"No provenance row for recipe '{name}'" + (f" (own setting: {table['own'][name]})" if name in table.get("own", {}) else ""))
+        raise UserError(
+            f"No provenance row for recipe '{name}'"
+            + (f" (own setting: {table['own'][name]})" if name in table.get("own", {}) else "")
+        )
     row = rows[name]
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -190,7 +207,17 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
             status, note = "deviation", deviations[key]
         else:
             status, note = "MISMATCH", ""
-        lines.append(Line(key, path, ours, official, sources.get(key, "") if key in values else row.get("published_source", row.get("config", "")), status, note))
+        lines.append(
+            Line(
+                key,
+                path,
+                ours,
+                official,
+                sources.get(key, "") if key in values else row.get("published_source", row.get("config", "")),
+                status,
+                note,
+            )
+        )
     for key in deviations:
         if key not in values and key not in KEYS:
             lines.append(Line(key, key, None, None, "", "MISMATCH", "deviation names a setting the row does not state"))

@@ -30,7 +30,7 @@ class PreparedIndex:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, root: str | Path) -> "PreparedIndex":
+    def open(cls, root: str | Path) -> PreparedIndex:
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():

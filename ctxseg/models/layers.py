@@ -10,18 +10,32 @@ from torch import nn
 def resize(x: torch.Tensor, size, align_corners: bool = False, mode: str = "bilinear") -> torch.Tensor:
     """mmseg's `resize`: a plain interpolate to an explicit size (never a scale factor)."""
     if torch.jit.is_tracing():  # ONNX export: keep traced sizes symbolic so --dynamic graphs follow the input
-        return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
+        return F.interpolate(
+            x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None
+        )
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
+    return F.interpolate(
+        x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None
+    )
 
 
 class ConvModule(nn.Sequential):
     """conv -> BN -> ReLU with mmseg's state-dict names (`conv.weight`, `bn.*`); no conv bias before BN."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, groups: int = 1, norm: bool = True, act: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        act: bool = True,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, groups, bias=not norm)
         if norm:
@@ -56,8 +70,13 @@ def _mkldnn_pointwise():
 
 def foldable(bn: nn.Module) -> bool:
     # exact types: subclasses (timm's BatchNormAct2d) do more than normalise
-    return (type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and not bn.training and bn.track_running_stats
-            and bn.running_mean is not None and bn.running_var is not None)
+    return (
+        type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm)
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
 
 
 class FusedConv2d(nn.Module):
@@ -72,7 +91,8 @@ class FusedConv2d(nn.Module):
         weight, bias = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
         if bn is not None:
             weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
-                weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+                weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
             weight, bias = weight.detach(), bias.detach()
         if bias is None:
             bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
@@ -80,19 +100,41 @@ class FusedConv2d(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.relu = relu
-        self.pointwise = _mkldnn_pointwise() if conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) else None
+        self.pointwise = (
+            _mkldnn_pointwise() if conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) else None
+        )
 
     def _fast(self, x: torch.Tensor) -> bool:
-        return (self.pointwise is not None and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.jit.is_tracing() and not x.requires_grad)
+        return (
+            self.pointwise is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.jit.is_tracing()
+            and not x.requires_grad
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self._fast(x):
             args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if residual is not None:  # the op wants the residual in the output's layout (x's)
-                fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-                return self.pointwise.binary(x, residual.contiguous(memory_format=fmt), self.weight, self.bias, *args,
-                                             "add", None, "relu" if self.relu else None, [None], "")
+                fmt = (
+                    torch.channels_last
+                    if x.is_contiguous(memory_format=torch.channels_last)
+                    else torch.contiguous_format
+                )
+                return self.pointwise.binary(
+                    x,
+                    residual.contiguous(memory_format=fmt),
+                    self.weight,
+                    self.bias,
+                    *args,
+                    "add",
+                    None,
+                    "relu" if self.relu else None,
+                    [None],
+                    "",
+                )
             return self.pointwise(x, self.weight, self.bias, *args, "relu" if self.relu else "none", [None], "")
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:

@@ -25,8 +25,15 @@ if TYPE_CHECKING:
 
 
 class Segmentor(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
-                 plugins: dict[str, nn.Module] | None = None, num_classes: int = 0, align_corners: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+        plugins: dict[str, nn.Module] | None = None,
+        num_classes: int = 0,
+        align_corners: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.decode_head = head
@@ -63,8 +70,11 @@ class Segmentor(nn.Module):
 
 def data_facts(recipe: Recipe) -> DataFacts:
     """The one place data facts are read from a recipe for every component."""
-    return DataFacts(num_classes=recipe.data.num_classes, ignore_index=recipe.data.ignore_index,
-                     align_corners=recipe.model.align_corners)
+    return DataFacts(
+        num_classes=recipe.data.num_classes,
+        ignore_index=recipe.data.ignore_index,
+        align_corners=recipe.model.align_corners,
+    )
 
 
 def build_segmentor(recipe: Recipe) -> Segmentor:

@@ -51,7 +51,12 @@ class DatasetInfo:
             from ctxseg.viz.palette import default_palette
 
             n = num_classes or 256
-            self.classes, self.palette, self.ignore, self.reduce_zero_label = [str(i) for i in range(n)], default_palette(n), 255, False
+            self.classes, self.palette, self.ignore, self.reduce_zero_label = (
+                [str(i) for i in range(n)],
+                default_palette(n),
+                255,
+                False,
+            )
 
     def ground_truth(self, path: str | Path) -> np.ndarray:
         label = read_label(path).astype(np.int64)

@@ -26,13 +26,28 @@ _STEM = {50: 32, 101: 64, 200: 64, 269: 64}  # stem_width (ResNeSt-50 uses 32)
 
 
 class ResNeStD8(nn.Module):
-    def __init__(self, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
-                 out_indices=(0, 1, 2, 3)):
+    def __init__(
+        self,
+        depth: int = 101,
+        output_stride: int = 8,
+        radix: int = 2,
+        drop_path_rate: float = 0.0,
+        out_indices=(0, 1, 2, 3),
+    ):
         super().__init__()
         self.net = ResNet(
-            ResNestBottleneck, _DEPTHS[depth], num_classes=0, global_pool="", output_stride=output_stride,
-            stem_type="deep", stem_width=_STEM[depth], avg_down=True, base_width=64, cardinality=1,
-            block_args=dict(radix=radix, avd=True, avd_first=False), drop_path_rate=drop_path_rate,
+            ResNestBottleneck,
+            _DEPTHS[depth],
+            num_classes=0,
+            global_pool="",
+            output_stride=output_stride,
+            stem_type="deep",
+            stem_width=_STEM[depth],
+            avg_down=True,
+            base_width=64,
+            cardinality=1,
+            block_args=dict(radix=radix, avd=True, avd_first=False),
+            drop_path_rate=drop_path_rate,
         )
         for layer in (self.net.layer3, self.net.layer4):
             ds = layer[0].downsample
@@ -46,8 +61,15 @@ class ResNeStD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnest(*, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
-            pretrained: str | None = None, pretrained_strict: bool = True) -> ResNeStD8:
+def resnest(
+    *,
+    depth: int = 101,
+    output_stride: int = 8,
+    radix: int = 2,
+    drop_path_rate: float = 0.0,
+    pretrained: str | None = None,
+    pretrained_strict: bool = True,
+) -> ResNeStD8:
     """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG`, a URL or a local file in
     timm naming (the classifier `fc` is skipped). pretrained_strict: false loads what fits."""
     if depth not in _DEPTHS:

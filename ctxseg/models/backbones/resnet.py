@@ -47,9 +47,12 @@ def timm_resnet_stages(net: ResNet, x: torch.Tensor, out_indices) -> list[torch.
 _CLASSIFIER = [(r"fc\.(weight|bias)", "ImageNet classifier")]
 # openseg / CSAIL deep-base stem -> timm's deep stem Sequential (conv, bn, act, conv, bn, act, conv) + bn1
 _DEEPBASE_STEM = [
-    (r"(?:resinit\.)?conv1\.(.+)", r"conv1.0.\1"), (r"(?:resinit\.)?bn1\.(.+)", r"conv1.1.\1"),
-    (r"(?:resinit\.)?conv2\.(.+)", r"conv1.3.\1"), (r"(?:resinit\.)?bn2\.(.+)", r"conv1.4.\1"),
-    (r"(?:resinit\.)?conv3\.(.+)", r"conv1.6.\1"), (r"(?:resinit\.)?bn3\.(.+)", r"bn1.\1"),
+    (r"(?:resinit\.)?conv1\.(.+)", r"conv1.0.\1"),
+    (r"(?:resinit\.)?bn1\.(.+)", r"conv1.1.\1"),
+    (r"(?:resinit\.)?conv2\.(.+)", r"conv1.3.\1"),
+    (r"(?:resinit\.)?bn2\.(.+)", r"conv1.4.\1"),
+    (r"(?:resinit\.)?conv3\.(.+)", r"conv1.6.\1"),
+    (r"(?:resinit\.)?bn3\.(.+)", r"bn1.\1"),
 ]
 
 
@@ -63,18 +66,35 @@ def resnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped
 class ResNetD8(nn.Module):
     """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8)."""
 
-    def __init__(self, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
-                 deep_stem: bool = True, avg_down: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 pretrained: str | None = None, drop_path_rate: float = 0.0, stem_pool_ceil: bool = False,
-                 pretrained_strict: bool = True):
+    def __init__(
+        self,
+        depth: int = 50,
+        stem_channels: int = 64,
+        base_channels: int = 64,
+        output_stride: int = 8,
+        deep_stem: bool = True,
+        avg_down: bool = False,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        pretrained: str | None = None,
+        drop_path_rate: float = 0.0,
+        stem_pool_ceil: bool = False,
+        pretrained_strict: bool = True,
+    ):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
         block, layers = _DEPTHS[depth]
         self.net = ResNet(
-            block, layers, num_classes=0, global_pool="", output_stride=output_stride,
-            stem_type="deep" if deep_stem else "", stem_width=stem_channels // 2 if deep_stem else stem_channels,
-            avg_down=avg_down, channels=tuple(base_channels * 2**i for i in range(4)), drop_path_rate=drop_path_rate,
+            block,
+            layers,
+            num_classes=0,
+            global_pool="",
+            output_stride=output_stride,
+            stem_type="deep" if deep_stem else "",
+            stem_width=stem_channels // 2 if deep_stem else stem_channels,
+            avg_down=avg_down,
+            channels=tuple(base_channels * 2**i for i in range(4)),
+            drop_path_rate=drop_path_rate,
         )
         if block is BasicBlock:
             # mmseg/ssseg dilate only conv1 of a BasicBlock (conv2 stays 3x3, padding 1); timm dilates both
@@ -94,14 +114,33 @@ class ResNetD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnet(*, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
-           deep_stem: bool = True, avg_down: bool = False, pretrained: str | None = None,
-           drop_path_rate: float = 0.0, stem_pool_ceil: bool = False, pretrained_strict: bool = True) -> ResNetD8:
+def resnet(
+    *,
+    depth: int = 50,
+    stem_channels: int = 64,
+    base_channels: int = 64,
+    output_stride: int = 8,
+    deep_stem: bool = True,
+    avg_down: bool = False,
+    pretrained: str | None = None,
+    drop_path_rate: float = 0.0,
+    stem_pool_ceil: bool = False,
+    pretrained_strict: bool = True,
+) -> ResNetD8:
     """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)).
 
     pretrained: "timm" (timm's resnet{depth}c / d), "timm:NAME.TAG", a URL or a local file in timm
     or openseg deep-base layout (module docstring). stem_pool_ceil: openseg's ceil-mode stem pool.
     pretrained_strict: false loads what fits and lists the rest instead of stopping."""
-    return ResNetD8(depth, stem_channels, base_channels, output_stride, deep_stem, avg_down,
-                    pretrained=pretrained, drop_path_rate=drop_path_rate, stem_pool_ceil=stem_pool_ceil,
-                    pretrained_strict=pretrained_strict)
+    return ResNetD8(
+        depth,
+        stem_channels,
+        base_channels,
+        output_stride,
+        deep_stem,
+        avg_down,
+        pretrained=pretrained,
+        drop_path_rate=drop_path_rate,
+        stem_pool_ceil=stem_pool_ceil,
+        pretrained_strict=pretrained_strict,
+    )

@@ -85,15 +85,26 @@ def shift_attn_mask(hp: int, wp: int, ws: int, shift: int, device=None) -> torch
 class ShiftWindowMSA(nn.Module):
     """Padding, cyclic shift, window partition around timm's WindowAttention (mmseg's ShiftWindowMSA)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, always_shift: bool = True, mask_padding: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        always_shift: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.always_shift = always_shift
         self.mask_padding = mask_padding
-        self.w_msa = WindowAttention(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias,
-                                     attn_drop=attn_drop, proj_drop=proj_drop)
+        self.w_msa = WindowAttention(
+            dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
+        )
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, _, c = x.shape
@@ -126,12 +137,25 @@ class ShiftWindowMSA(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm block: x + DropPath(W-MSA(norm1(x))); x + DropPath(MLP(norm2(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 always_shift: bool = True, mask_padding: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        always_shift: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = ShiftWindowMSA(dim, num_heads, window_size, shift, qkv_bias, attn_drop, drop, always_shift, mask_padding)
+        self.attn = ShiftWindowMSA(
+            dim, num_heads, window_size, shift, qkv_bias, attn_drop, drop, always_shift, mask_padding
+        )
         self.norm2 = nn.LayerNorm(dim)
         # GELU exact (erf), as mmcv's FFN; the dropouts are mmcv's ffn_drop
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -185,8 +209,17 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, out_dim: int | None, dpr: list[float],
-                 merge_order: str, **block_kw):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        out_dim: int | None,
+        dpr: list[float],
+        merge_order: str,
+        **block_kw,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, drop_path=dpr[i], **block_kw) for i in range(depth)
@@ -205,11 +238,28 @@ class SwinStage(nn.Module):
 class SwinTransformer(nn.Module):
     """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW)."""
 
-    def __init__(self, *, embed_dims: int = 96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size: int = 7,
-                 patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, pretrain_img_size: int = 224,
-                 use_abs_pos_embed: bool = False, patch_norm: bool = True, out_indices=(0, 1, 2, 3),
-                 always_shift: bool = True, mask_padding: bool = False, merge_order: str = "unfold", in_chans: int = 3):
+    def __init__(
+        self,
+        *,
+        embed_dims: int = 96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size: int = 7,
+        patch_size: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        pretrain_img_size: int = 224,
+        use_abs_pos_embed: bool = False,
+        patch_norm: bool = True,
+        out_indices=(0, 1, 2, 3),
+        always_shift: bool = True,
+        mask_padding: bool = False,
+        merge_order: str = "unfold",
+        in_chans: int = 3,
+    ):
         super().__init__()
         if len(depths) != len(num_heads):
             raise UserError(f"swin: depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
@@ -225,14 +275,30 @@ class SwinTransformer(nn.Module):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.drop_after_pos = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows linearly
-        block_kw = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                        always_shift=always_shift, mask_padding=mask_padding)
+        block_kw = dict(
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            always_shift=always_shift,
+            mask_padding=mask_padding,
+        )
         self.stages = nn.ModuleList()
         for i in range(n):
             start = sum(depths[:i])
             out_dim = self.num_features[i + 1] if i < n - 1 else None
-            self.stages.append(SwinStage(self.num_features[i], depths[i], num_heads[i], window_size, out_dim,
-                                         dpr[start:start + depths[i]], merge_order, **block_kw))
+            self.stages.append(
+                SwinStage(
+                    self.num_features[i],
+                    depths[i],
+                    num_heads[i],
+                    window_size,
+                    out_dim,
+                    dpr[start : start + depths[i]],
+                    merge_order,
+                    **block_kw,
+                )
+            )
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
         self.apply(_init_weights)
@@ -272,13 +338,28 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def swin(*, arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: int | None = None,
-         depths: list[int] | None = None, num_heads: list[int] | None = None, window_size: int = 7,
-         pretrain_img_size: int = 224, patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-         drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3,
-         use_abs_pos_embed: bool = False, patch_norm: bool = True, out_indices: list[int] = (0, 1, 2, 3),
-         always_shift: bool = True, mask_padding: bool = False, merge_order: Literal["unfold", "timm"] = "unfold",
-         pretrained: str | None = None) -> SwinTransformer:
+def swin(
+    *,
+    arch: Literal["tiny", "small", "base", "large"] = "tiny",
+    embed_dims: int | None = None,
+    depths: list[int] | None = None,
+    num_heads: list[int] | None = None,
+    window_size: int = 7,
+    pretrain_img_size: int = 224,
+    patch_size: int = 4,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    drop_rate: float = 0.0,
+    attn_drop_rate: float = 0.0,
+    drop_path_rate: float = 0.3,
+    use_abs_pos_embed: bool = False,
+    patch_norm: bool = True,
+    out_indices: list[int] = (0, 1, 2, 3),
+    always_shift: bool = True,
+    mask_padding: bool = False,
+    merge_order: Literal["unfold", "timm"] = "unfold",
+    pretrained: str | None = None,
+) -> SwinTransformer:
     """Swin-T/S/B/L as mmseg's SwinTransformer. `arch` presets embed_dims/depths/num_heads; the
     explicit keys override it (tiny test models). `pretrained`: a local backbone file (mmseg
     naming, e.g. from mmseg's swin2mmseg converter, or a full mmseg checkpoint) or
@@ -286,10 +367,22 @@ def swin(*, arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims
     ed, dp, nh = ARCHS[arch]
     # keywords only: a reordered constructor parameter cannot silently take another's value
     model = SwinTransformer(
-        embed_dims=embed_dims or ed, depths=tuple(depths or dp), num_heads=tuple(num_heads or nh), window_size=window_size,
-        patch_size=patch_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-        drop_path_rate=drop_path_rate, pretrain_img_size=pretrain_img_size, use_abs_pos_embed=use_abs_pos_embed,
-        patch_norm=patch_norm, out_indices=tuple(out_indices), always_shift=always_shift, mask_padding=mask_padding,
+        embed_dims=embed_dims or ed,
+        depths=tuple(depths or dp),
+        num_heads=tuple(num_heads or nh),
+        window_size=window_size,
+        patch_size=patch_size,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=qkv_bias,
+        drop_rate=drop_rate,
+        attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate,
+        pretrain_img_size=pretrain_img_size,
+        use_abs_pos_embed=use_abs_pos_embed,
+        patch_norm=patch_norm,
+        out_indices=tuple(out_indices),
+        always_shift=always_shift,
+        mask_padding=mask_padding,
         merge_order=merge_order,
     )
     if pretrained:
