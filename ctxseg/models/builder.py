@@ -98,7 +98,13 @@ INJECTED: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DataFacts:
-    """Facts about the data every component may need, read once from the recipe."""
+    """Facts about the data every component may need, read once from the recipe.
+
+    Args:
+        num_classes: number of classes (data.num_classes).
+        ignore_index: label value not trained on nor scored (data.ignore_index).
+        align_corners: `align_corners` of every bilinear resize (model.align_corners).
+    """
 
     num_classes: int
     ignore_index: int = 255

@@ -22,7 +22,19 @@ def resize(x: torch.Tensor, size, align_corners: bool = False, mode: str = "bili
 
 
 class ConvModule(nn.Sequential):
-    """conv -> BN -> ReLU with mmseg's state-dict names (`conv.weight`, `bn.*`); no conv bias before BN."""
+    """conv -> BN -> ReLU with mmseg's state-dict names (`conv.weight`, `bn.*`); no conv bias before BN.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        kernel_size: convolution kernel size.
+        stride: convolution stride.
+        padding: zero padding on each side, in pixels.
+        dilation: convolution dilation.
+        groups: convolution groups (`in_ch` for a depthwise convolution).
+        norm: add a BatchNorm2d (`bn`); the convolution then has no bias.
+        act: add an in-place ReLU (`activate`).
+    """
 
     def __init__(
         self,
@@ -45,7 +57,15 @@ class ConvModule(nn.Sequential):
 
 
 class DepthwiseSeparableConvModule(nn.Sequential):
-    """mmcv's depthwise-separable ConvModule: depthwise 3x3 (BN, ReLU) then pointwise 1x1 (BN, ReLU)."""
+    """mmcv's depthwise-separable ConvModule: depthwise 3x3 (BN, ReLU) then pointwise 1x1 (BN, ReLU).
+
+    Args:
+        in_ch: input channels (also the depthwise convolution's groups).
+        out_ch: output channels of the pointwise convolution.
+        kernel_size: kernel size of the depthwise convolution.
+        padding: zero padding of the depthwise convolution.
+        dilation: dilation of the depthwise convolution.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, padding: int = 1, dilation: int = 1):
         super().__init__()
@@ -84,7 +104,13 @@ class FusedConv2d(nn.Module):
 
     On CPU float32 the fused oneDNN op computes it in one pass over the output (no separate BN,
     add or ReLU passes, each of which reads and writes the whole map and synchronises the
-    threads); elsewhere it is F.conv2d followed by the in-place add/ReLU."""
+    threads); elsewhere it is F.conv2d followed by the in-place add/ReLU.
+
+    Args:
+        conv: the convolution to fuse; its weights are copied (frozen), the module itself is not kept.
+        bn: the BatchNorm that follows it (eval statistics are folded in); None: no norm.
+        relu: apply ReLU after the (optional) residual add.
+    """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.Module | None = None, relu: bool = False):
         super().__init__()

@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
 
 class Segmentor(nn.Module):
+    """Backbone + decode head + optional auxiliary head + context plug-ins (see the module docstring).
+
+    Build one from a recipe with `build_segmentor`.
+
+    Args:
+        backbone: maps images [N, 3, H, W] to a list of feature maps (`out_channels` lists their channels).
+        head: the decode head; returns a dict with `logits` (and `feats`) at feature resolution.
+        aux_head: auxiliary head on the same features, run in training (or with `with_aux`); None: none.
+        plugins: context plug-ins (ContextPlugin) by name, applied and hooked in this order.
+        num_classes: number of classes of the logits.
+        align_corners: `align_corners` of the bilinear resizes (kept for inference and export).
+    """
+
     def __init__(
         self,
         backbone: nn.Module,
