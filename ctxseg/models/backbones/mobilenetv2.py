@@ -40,7 +40,18 @@ def make_divisible(value: float, divisor: int = 8, min_ratio: float = 0.9) -> in
 
 
 class ConvModule6(nn.Sequential):
-    """conv -> BN -> (ReLU6); mmseg names `conv`, `bn`."""
+    """conv -> BN -> (ReLU6); mmseg names `conv`, `bn`.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: kernel size.
+        stride: convolution stride.
+        padding: zero padding on each side.
+        dilation: convolution dilation.
+        groups: convolution groups (`cin` for the depthwise 3x3).
+        act: end with an in-place ReLU6 (`activate`); False for the linear projection.
+    """
 
     def __init__(self, cin, cout, k=1, stride=1, padding=0, dilation=1, groups=1, act=True):
         super().__init__()
@@ -51,6 +62,16 @@ class ConvModule6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (unless expand_ratio is 1) -> depthwise 3x3 -> linear 1x1 projection.
+
+    Args:
+        cin: input channels.
+        cout: output channels; a residual connection is added when stride is 1 and cin == cout.
+        stride: stride of the depthwise 3x3.
+        expand_ratio: hidden channels = round(cin x expand_ratio).
+        dilation: dilation (and padding) of the depthwise 3x3.
+    """
+
     def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int, dilation: int = 1):
         super().__init__()
         hidden = int(round(cin * expand_ratio))
@@ -69,6 +90,15 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+    """mmseg's MobileNetV2: stem + seven layers of inverted residuals (module docstring).
+
+    Args:
+        widen_factor: channel multiplier (channels rounded to multiples of 8).
+        strides: stride of the first block of each of the seven layers.
+        dilations: dilation of every block of each of the seven layers.
+        out_indices: which layers' outputs (0..6) forward returns.
+    """
+
     def __init__(
         self,
         widen_factor: float = 1.0,
@@ -152,11 +182,21 @@ def mobilenetv2(
     pretrained: str | None = None,
     pretrained_strict: bool = True,
 ) -> MobileNetV2:
-    """MobileNetV2-D8 (mmseg). `pretrained`: the official mmcls file or its URL
-    (https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth,
-    mmseg's `mmcls://mobilenet_v2`), "timm" (mobilenetv2_100, another training) or "timm:NAME.TAG".
-    norm: "model" follows model.norm; "BN" keeps plain per-process BatchNorm under SyncBN (mmseg's
-    default for this backbone). pretrained_strict: false loads what fits and lists the rest."""
+    """MobileNetV2-D8 (mmseg); recipe type "mobilenetv2".
+
+    Args:
+        widen_factor: channel multiplier.
+        strides: stride of each of the seven layers (D8: (1, 2, 2, 1, 1, 1, 1)).
+        dilations: dilation of each of the seven layers (D8: (1, 1, 1, 2, 2, 4, 4)).
+        out_indices: which layers' outputs forward returns ((1, 2, 4, 6): channels 24, 32, 96, 320).
+        norm: "model" follows model.norm; "BN" keeps plain per-process BatchNorm under SyncBN (mmseg's
+            default for this backbone).
+        pretrained: the official mmcls file or its URL
+            (https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth,
+            mmseg's `mmcls://mobilenet_v2`), "timm" (mobilenetv2_100, another training) or "timm:NAME.TAG";
+            None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     model = MobileNetV2(widen_factor, tuple(strides), tuple(dilations), tuple(out_indices))
     model.keep_plain_bn = norm == "BN"  # read by ctxseg.models.norm.convert_sync_batchnorm
     if pretrained:

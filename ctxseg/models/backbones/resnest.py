@@ -26,6 +26,16 @@ _STEM = {50: 32, 101: 64, 200: 64, 269: 64}  # stem_width (ResNeSt-50 uses 32)
 
 
 class ResNeStD8(nn.Module):
+    """Dilated ResNeSt (timm's resnest*e layout) returning the outputs of `out_indices`.
+
+    Args:
+        depth: 50, 101, 200 or 269.
+        output_stride: 8 (stages 3 and 4 dilated) or 16.
+        radix: split-attention radix.
+        drop_path_rate: stochastic depth rate (timm's).
+        out_indices: which stage outputs (0..3) forward returns.
+    """
+
     def __init__(
         self,
         depth: int = 101,
@@ -70,8 +80,17 @@ def resnest(
     pretrained: str | None = None,
     pretrained_strict: bool = True,
 ) -> ResNeStD8:
-    """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG`, a URL or a local file in
-    timm naming (the classifier `fc` is skipped). pretrained_strict: false loads what fits."""
+    """ResNeSt-D8 (sssegmentation's ResNeSt, MCIBI's S-101-D8); recipe type "resnest".
+
+    Args:
+        depth: 50, 101, 200 or 269.
+        output_stride: 8 or 16.
+        radix: split-attention radix.
+        drop_path_rate: stochastic depth rate.
+        pretrained: "timm" (timm's resnest{depth}e), "timm:NAME.TAG", a URL or a local file in timm
+            naming (the classifier `fc` is skipped); None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     if depth not in _DEPTHS:
         from ctxseg.errors import UserError
 

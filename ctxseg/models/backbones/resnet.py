@@ -64,7 +64,24 @@ def resnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped
 
 
 class ResNetD8(nn.Module):
-    """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8)."""
+    """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8).
+
+    Args:
+        depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
+        stem_channels: output channels of the stem; a deep stem's first two convs have half as many
+            (64: timm/mmseg 32-32-64; 128: openseg deep-base 64-64-128).
+        base_channels: channels of the first stage's blocks before expansion (doubled at each stage).
+        output_stride: 8 (stages 3 and 4 dilated 2 and 4) or 16 (stage 4 dilated 2); 32: no dilation.
+        deep_stem: three 3x3 stem convolutions (V1c) instead of one 7x7.
+        avg_down: average-pool + 1x1 conv shortcut in downsampling blocks (ResNet-D).
+        out_indices: which stage outputs (0..3) forward returns.
+        pretrained: ImageNet weights: "timm", "timm:NAME.TAG", a URL or a local file (see `resnet`);
+            None: random initialisation.
+        drop_path_rate: stochastic depth rate (timm's, linearly increasing over the blocks).
+        stem_pool_ceil: the stem max-pool rounds up (ceil_mode=True), as openseg's deep-base ResNet.
+        pretrained_strict: stop when the pretrained weights do not fit exactly; False loads what fits
+            and lists the rest.
+    """
 
     def __init__(
         self,
@@ -127,11 +144,21 @@ def resnet(
     stem_pool_ceil: bool = False,
     pretrained_strict: bool = True,
 ) -> ResNetD8:
-    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)).
+    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)); recipe type "resnet".
 
-    pretrained: "timm" (timm's resnet{depth}c / d), "timm:NAME.TAG", a URL or a local file in timm
-    or openseg deep-base layout (module docstring). stem_pool_ceil: openseg's ceil-mode stem pool.
-    pretrained_strict: false loads what fits and lists the rest instead of stopping."""
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        stem_channels: output channels of the stem (64: timm/mmseg; 128: openseg deep-base).
+        base_channels: channels of the first stage's blocks before expansion.
+        output_stride: 8, 16 or 32.
+        deep_stem: three 3x3 stem convolutions (V1c) instead of one 7x7.
+        avg_down: average-pool shortcut in downsampling blocks (ResNet-D).
+        pretrained: "timm" (timm's resnet{depth}c, or resnet{depth}d with avg_down), "timm:NAME.TAG",
+            a URL or a local file in timm or openseg deep-base layout (module docstring); None: none.
+        drop_path_rate: stochastic depth rate.
+        stem_pool_ceil: openseg's ceil-mode stem max-pool.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     return ResNetD8(
         depth,
         stem_channels,
