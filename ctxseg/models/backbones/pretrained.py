@@ -34,7 +34,15 @@ from ctxseg.errors import UserError
 
 @dataclass
 class Mapped:
-    """A key filter's result: tensors under the backbone's names, and what it left out on purpose."""
+    """A key filter's result: tensors under the backbone's names, and what it left out on purpose.
+
+    Args:
+        state: the source tensors renamed to the backbone's state-dict keys.
+        layout: name of the recognised source layout (e.g. "timm ResNet"), for the report.
+        skipped: source key -> why it is deliberately not loaded (e.g. the ImageNet classifier).
+        kept_init: backbone key pattern (regex) -> why no source tensor fills it (keeps its initialisation).
+        notes: functional fix-ups applied (e.g. the position embedding resized).
+    """
 
     state: dict[str, torch.Tensor]
     layout: str
@@ -49,6 +57,20 @@ KeyFilter = Callable[[dict[str, torch.Tensor], nn.Module], Mapped]
 
 @dataclass
 class PretrainedReport:
+    """What loading pretrained weights did, printed after loading and used to refuse a bad fit.
+
+    Args:
+        source: the weights' origin (file, URL or `timm:NAME`).
+        layout: the key filter's recognised layout.
+        loaded: backbone keys filled from the source.
+        skipped: source key -> why it was deliberately not loaded.
+        kept_init: backbone key -> why it keeps its initialisation.
+        unexpected: source tensors the backbone has no place for.
+        missing: backbone tensors no source tensor fills.
+        shape_mismatches: (key, source shape, backbone shape) of tensors that do not fit.
+        notes: functional fix-ups the key filter applied.
+    """
+
     source: str
     layout: str
     loaded: list[str]

@@ -83,7 +83,21 @@ def shift_attn_mask(hp: int, wp: int, ws: int, shift: int, device=None) -> torch
 
 
 class ShiftWindowMSA(nn.Module):
-    """Padding, cyclic shift, window partition around timm's WindowAttention (mmseg's ShiftWindowMSA)."""
+    """Padding, cyclic shift, window partition around timm's WindowAttention (mmseg's ShiftWindowMSA).
+
+    Args:
+        dim: token channels.
+        num_heads: attention heads.
+        window_size: side of the square attention windows, in tokens.
+        shift: cyclically shift the map by window_size // 2 before partitioning (odd blocks).
+        qkv_bias: bias on the qkv projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        always_shift: shift even when the padded map is a single window (mmseg); False skips it there
+            (classification Swin).
+        mask_padding: mask the window-padding tokens out of the attention; False (mmseg) lets them attend
+            (their keys/values are the qkv bias).
+    """
 
     def __init__(
         self,
@@ -135,7 +149,21 @@ class ShiftWindowMSA(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """Pre-norm block: x + DropPath(W-MSA(norm1(x))); x + DropPath(MLP(norm2(x)))."""
+    """Pre-norm block: x + DropPath(W-MSA(norm1(x))); x + DropPath(MLP(norm2(x))).
+
+    Args:
+        dim: token channels.
+        num_heads: attention heads.
+        window_size: side of the attention windows, in tokens.
+        shift: shifted-window block (the odd blocks of a stage).
+        mlp_ratio: hidden channels of the MLP = dim x mlp_ratio.
+        qkv_bias: bias on the qkv projection.
+        drop: dropout after the attention projection and in the MLP (mmcv's ffn_drop).
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate of this block.
+        always_shift: see ShiftWindowMSA.
+        mask_padding: see ShiftWindowMSA.
+    """
 
     def __init__(
         self,
@@ -167,7 +195,14 @@ class SwinBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv k=s=patch_size after corner padding, then LayerNorm; returns tokens and their (H, W)."""
+    """Conv k=s=patch_size after corner padding, then LayerNorm; returns tokens and their (H, W).
+
+    Args:
+        in_chans: input image channels.
+        dim: embedding channels.
+        patch_size: patch side in pixels (kernel size and stride of the projection).
+        norm: LayerNorm after the projection.
+    """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, norm: bool = True):
         super().__init__()
@@ -187,7 +222,14 @@ class PatchEmbed(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbourhood -> 4C (corner padded) -> LayerNorm -> Linear(4C, 2C, no bias)."""
+    """2x2 neighbourhood -> 4C (corner padded) -> LayerNorm -> Linear(4C, 2C, no bias).
+
+    Args:
+        dim: input token channels C.
+        out_dim: output channels (2C in Swin).
+        order: channel order of the concatenated 2x2 neighbourhood: "unfold" (mmseg's nn.Unfold order)
+            or "timm" (the original Swin / timm order), see the module docstring.
+    """
 
     def __init__(self, dim: int, out_dim: int, order: Literal["unfold", "timm"] = "unfold"):
         super().__init__()
@@ -209,6 +251,20 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
+    """`depth` Swin blocks (alternately regular and shifted windows), then an optional patch merging.
+
+    forward returns (tokens for the next stage, their (H, W), this stage's output tokens, their (H, W)).
+
+    Args:
+        dim: token channels of the stage.
+        depth: number of blocks.
+        num_heads: attention heads of every block.
+        window_size: side of the attention windows, in tokens.
+        out_dim: output channels of the patch merging at the end; None: no merging (last stage).
+        dpr: stochastic depth rate of each block (length `depth`).
+        merge_order: PatchMerging's `order`.
+    """
+
     def __init__(
         self,
         dim: int,
@@ -236,7 +292,28 @@ class SwinStage(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW)."""
+    """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW).
+
+    Args:
+        embed_dims: channels of the first stage (doubled at each stage).
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: side of the attention windows, in tokens.
+        patch_size: patch side of the patch embedding, in pixels.
+        mlp_ratio: MLP hidden channels / token channels.
+        qkv_bias: bias on the qkv projections.
+        drop_rate: dropout after the position embedding, the attention projections and in the MLPs.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block (rising linearly from 0 over all blocks).
+        pretrain_img_size: image size of the pretraining, which sizes the absolute position embedding.
+        use_abs_pos_embed: add a learned absolute position embedding after the patch embedding.
+        patch_norm: LayerNorm after the patch embedding.
+        out_indices: which stages' outputs (0..3) forward returns.
+        always_shift: see ShiftWindowMSA (mmseg: True).
+        mask_padding: see ShiftWindowMSA (mmseg: False).
+        merge_order: PatchMerging's `order` ("unfold": mmseg; "timm": original Swin).
+        in_chans: input image channels.
+    """
 
     def __init__(
         self,
@@ -360,10 +437,31 @@ def swin(
     merge_order: Literal["unfold", "timm"] = "unfold",
     pretrained: str | None = None,
 ) -> SwinTransformer:
-    """Swin-T/S/B/L as mmseg's SwinTransformer. `arch` presets embed_dims/depths/num_heads; the
-    explicit keys override it (tiny test models). `pretrained`: a local backbone file (mmseg
-    naming, e.g. from mmseg's swin2mmseg converter, or a full mmseg checkpoint) or
-    `timm:swin_base_patch4_window12_384.ms_in22k` (timm / original naming, converted on load)."""
+    """Swin-T/S/B/L as mmseg's SwinTransformer; recipe type "swin".
+
+    Args:
+        arch: preset of embed_dims / depths / num_heads: "tiny", "small", "base" or "large".
+        embed_dims: overrides the preset's first-stage channels (tiny test models).
+        depths: overrides the preset's blocks per stage.
+        num_heads: overrides the preset's attention heads per stage.
+        window_size: side of the attention windows, in tokens (7; 12 for the 384-pretrained models).
+        pretrain_img_size: image size of the pretraining (absolute position embedding size).
+        patch_size: patch side of the patch embedding, in pixels.
+        mlp_ratio: MLP hidden channels / token channels.
+        qkv_bias: bias on the qkv projections.
+        drop_rate: dropout rate (position embedding, attention projections, MLPs).
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block (rising linearly from 0).
+        use_abs_pos_embed: learned absolute position embedding.
+        patch_norm: LayerNorm after the patch embedding.
+        out_indices: which stages' outputs forward returns.
+        always_shift: see ShiftWindowMSA.
+        mask_padding: see ShiftWindowMSA.
+        merge_order: "unfold" (mmseg) or "timm" (original Swin) patch-merging channel order.
+        pretrained: a local backbone file (mmseg naming, e.g. from mmseg's swin2mmseg converter, or a full
+            mmseg checkpoint) or `timm:swin_base_patch4_window12_384.ms_in22k` (timm / original naming,
+            converted on load); None: random initialisation.
+    """
     ed, dp, nh = ARCHS[arch]
     # keywords only: a reordered constructor parameter cannot silently take another's value
     model = SwinTransformer(

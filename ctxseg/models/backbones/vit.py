@@ -37,6 +37,22 @@ ARCHS = {"base": (768, 12, 12), "large": (1024, 24, 16)}  # embed_dim, depth, he
 
 
 class ViTBackbone(nn.Module):
+    """timm VisionTransformer returning NCHW maps after the blocks in `out_indices` (module docstring).
+
+    Args:
+        img_size: image side the position embedding is trained at (resized to other inputs' grids).
+        patch_size: patch side in pixels; the outputs' stride.
+        embed_dim: token channels.
+        depth: number of transformer blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden channels / token channels.
+        out_indices: indices of the blocks whose outputs forward returns (MCIBI ViT-L: 9, 14, 19, 23).
+        drop_path_rate: stochastic depth rate (timm's, rising linearly over the blocks).
+        out_norm: a LayerNorm (eps 1e-6) on each returned output (sssegmentation's `norm_layers`).
+        pos_interp: interpolation of the position embedding to the input's grid: "bilinear"
+            (sssegmentation) or "bicubic" (mmseg).
+    """
+
     def __init__(
         self,
         img_size: int = 512,
@@ -150,9 +166,23 @@ def vit(
     pretrained: str | None = None,
     pretrained_strict: bool = True,
 ) -> ViTBackbone:
-    """ViT-L/16 (MCIBI). `pretrained`: a file or URL in timm naming (MCIBI: the original
-    jx_vit_large_p16_384 release), or `timm:NAME.TAG`; see `vit_key_filter`.
-    pretrained_strict: false loads what fits and lists the rest instead of stopping."""
+    """ViT-B/16 or ViT-L/16 (MCIBI's ViT-Large); recipe type "vit".
+
+    Args:
+        arch: preset of embed_dim / depth / num_heads: "base" or "large".
+        img_size: image side the position embedding is trained at.
+        patch_size: patch side in pixels.
+        embed_dim: overrides the preset's token channels (tiny test models).
+        depth: overrides the preset's number of blocks.
+        num_heads: overrides the preset's attention heads.
+        out_indices: indices of the blocks whose outputs forward returns.
+        drop_path_rate: stochastic depth rate.
+        out_norm: a LayerNorm on each returned output (sssegmentation's MCIBI).
+        pos_interp: "bilinear" (sssegmentation) or "bicubic" (mmseg) position-embedding resizing.
+        pretrained: a file or URL in timm naming (MCIBI: the original jx_vit_large_p16_384 release), or
+            `timm:NAME.TAG`; see `vit_key_filter`. None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     e, d, h = ARCHS[arch]
     model = ViTBackbone(
         img_size,
