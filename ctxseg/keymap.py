@@ -19,7 +19,17 @@ FixUp = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], set[str]]
 @dataclass
 class KeyMap:
     """Regex rename rules (first match wins, applied to the full source key), ignored source
-    patterns, and fix-ups for what renaming cannot express (splits, merges, reshapes)."""
+    patterns, and fix-ups for what renaming cannot express (splits, merges, reshapes).
+
+    Args:
+        rules: (pattern, replacement) pairs; a source key that fully matches a pattern is renamed with
+            re.sub (backreferences allowed); the first matching rule wins.
+        ignore: patterns (full match) of source keys deliberately not converted.
+        fixups: functions fn(source, out) -> used source keys, run before the rules; they write target
+            tensors renaming cannot produce.
+        target_defaults: patterns (full match) of target keys that legitimately have no source (e.g.
+            buffers recomputed at load); they are reported as defaulted, not missing.
+    """
 
     rules: list[tuple[str, str]]
     ignore: list[str] = field(default_factory=list)
@@ -30,6 +40,18 @@ class KeyMap:
 
 @dataclass
 class Report:
+    """The outcome of `apply_keymap`; `ok` when nothing is unused, missing or mis-shaped.
+
+    Args:
+        source_keys: number of source tensors.
+        mapped: number of source tensors used (renamed or consumed by a fix-up).
+        ignored: source keys matched by an ignore pattern.
+        unused: source keys neither used nor ignored (and mapped keys with no target).
+        missing: target keys no source filled (and not defaulted).
+        shape_mismatches: (target key, source shape, target shape) of mapped tensors that do not fit.
+        defaulted: target keys left to their defaults through `target_defaults`.
+    """
+
     source_keys: int
     mapped: int
     ignored: list[str]

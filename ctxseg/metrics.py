@@ -20,6 +20,16 @@ import torch
 
 
 class ConfusionMatrix:
+    """Accumulated confusion counts (rows: ground truth, columns: prediction) and the metrics read from them.
+
+    Predictions or labels outside [0, num_classes) are counted in an extra row/column (`full`) so they
+    lower the scores instead of disappearing.
+
+    Args:
+        num_classes: number of classes C.
+        ignore_index: label value whose pixels are not counted.
+    """
+
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
         self.ignore_index = ignore_index

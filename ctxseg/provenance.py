@@ -90,6 +90,18 @@ META_KEYS = {"use", "config", "deviations", "published_source", "notes", "source
 
 @dataclass
 class Line:
+    """One compared setting of a recipe (a row of `ctxseg recipes show NAME --provenance`).
+
+    Args:
+        key: setting name (a key of KEYS, e.g. "iters").
+        path: dotted path of the setting in the resolved recipe (e.g. "train.iters").
+        recipe: the recipe's value.
+        official: the official configuration's value (None when the row does not state it).
+        source: where the official value was read (file and line of the official config).
+        status: "ok", "deviation" (differs, with the reason in the row's `deviations`) or "MISMATCH".
+        note: the deviation's reason, or what is wrong.
+    """
+
     key: str
     path: str
     recipe: Any

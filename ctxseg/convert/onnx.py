@@ -28,7 +28,12 @@ OPSET = 17
 
 
 class InferenceGraph(nn.Module):
-    """normalised images [N,3,H,W] -> class logits [N,C,H,W] (whole-image mode)."""
+    """normalised images [N,3,H,W] -> class logits [N,C,H,W] (whole-image mode).
+
+    Args:
+        model: a Segmentor (in eval mode); its `logits` are upsampled to the input size.
+        align_corners: `align_corners` of the bilinear upsampling (the recipe's model.align_corners).
+    """
 
     def __init__(self, model: nn.Module, align_corners: bool):
         super().__init__()

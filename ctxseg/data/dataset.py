@@ -47,7 +47,21 @@ def load_label(sample: Sample, cfg: DataConfig, image_shape: tuple[int, int] | N
 
 class SegDataset(Dataset):
     """Items are indexed by (sample index, augmentation seed) pairs from `TrainBatchSampler`
-    during training, or by a plain index for evaluation (no augmentation)."""
+    during training, or by a plain index for evaluation (no augmentation).
+
+    Training items are {"image": float [3, h, w] normalised, "label": int64 [h, w]} after the
+    recipe's augmentation (padded to crop_size); evaluation items add "index" and "size" (the
+    original (h, w)) and carry a label only where the split has one.
+
+    Args:
+        index: the prepared dataset (meta.json, splits/).
+        split: split name (splits/<split>.txt).
+        cfg: the recipe's data section (augmentation, normalisation, num_classes, ignore_index).
+        train: apply the training augmentation (items then need a seed and a label).
+        test_resize: the official test pipeline's Resize applied to the image (never the label):
+            (long, short) edges with keep_ratio, else (h, w); None: native size.
+        keep_ratio: see `test_resize`.
+    """
 
     def __init__(
         self,
@@ -122,6 +136,16 @@ class TrainBatchSampler:
     epoch); global batch b takes stream positions [b*G, (b+1)*G) with G = batch * world, and rank r
     takes its contiguous share. Each sample's augmentation seed is (seed, stream position), so the
     data a step sees does not depend on worker count, restarts or timing.
+
+    Args:
+        num_samples: size of the training split.
+        batch_size: images per process per micro-batch.
+        seed: seed of the permutations and of the augmentation seeds.
+        rank: this process's rank.
+        world: number of processes.
+        start_batch: global micro-batch to start at (resuming).
+        weights: per-sample repeat factors (repeat-factor / class-balanced sampling; an "epoch" holds each
+            sample floor(w + u) times, u uniform); None: each sample once per epoch.
     """
 
     def __init__(

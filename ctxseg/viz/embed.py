@@ -31,7 +31,14 @@ METHODS = ("auto", "tsne", "umap", "pca")
 
 @dataclass
 class EmbedSample:
-    """Sampled pixel embeddings of one checkpoint."""
+    """Sampled pixel embeddings of one checkpoint.
+
+    Args:
+        name: panel title.
+        source: what was sampled: "contrast embed" or "decode-head feats".
+        points: [N, D] float32 embeddings, unit-norm rows.
+        labels: [N] int64 class ids of the sampled pixels.
+    """
 
     name: str  # panel title
     source: str  # "contrast embed" | "decode-head feats"

@@ -52,6 +52,21 @@ class BadFilesError(UserError):
 
 @dataclass
 class Job:
+    """One sample for `prepare_index`: an image, and its label used in place or converted.
+
+    Args:
+        split: the split the sample belongs to.
+        image: image path relative to the index's image_root.
+        label: label path relative to label_root (converted labels: under the output folder; labels used
+            in place: under the raw root); None: no label (test splits).
+        source: where a converted label comes from (a path, or "zip::member").
+        convert: top-level function fn(source, *args) -> HxW uint8 label (top-level so it can run in a
+            worker process); None: the label file is used in place.
+        args: extra arguments of `convert`.
+        fingerprint: identity of the source when it is not a plain file (default: path, size, mtime),
+            used to skip labels converted by an earlier run.
+    """
+
     split: str
     image: str  # relative to the index's image_root
     label: str | None = None  # relative to label_root (converted: under <out>; in place: under the raw root)
@@ -63,6 +78,19 @@ class Job:
 
 @dataclass
 class DatasetInfo:
+    """What a dataset module tells `prepare_index` about its dataset (written to meta.json).
+
+    Args:
+        name: dataset name.
+        classes: class names, in class-id order.
+        palette: one RGB colour per class.
+        ignore_index: label value not trained on nor scored.
+        reduce_zero_label: labels use 0 for "other" (mmseg's reduce_zero_label is applied when loading).
+        flip_pairs: (left, right) class pairs swapped by a horizontal flip (LIP).
+        official: official split sizes, {split: count}, checked after preparing.
+        extra: more meta.json keys (label conventions, notes).
+    """
+
     name: str
     classes: list[str]
     palette: list[list[int]]
