@@ -263,9 +263,10 @@ class EvalConfig(_Section):
         crop_size: sliding window (h, w).
         stride: sliding window step (h, w).
         window_batch: windows per forward pass in slide mode.
-        resize: the official test pipeline's Resize: (long, short) edges with keep_ratio (mmseg
-            Resize(scale, keep_ratio=True)), a plain resize to (h, w) without it (ssseg LIP (473, 473));
-            logits are resized back to the label's size before scoring. None: native size.
+        resize: the official test pipeline's Resize, (long, short) edges: with keep_ratio the image is
+            rescaled to fit them (mmseg Resize(scale, keep_ratio=True)); without it stretched so its
+            longer side becomes the long edge and the other the short one (ssseg LIP (473, 473)).
+            Logits are resized back to the label's size before scoring. None: native size.
         keep_ratio: see `resize`.
         scales: image scales of the default protocol (probabilities averaged over scales and flips).
         ms_scales: image scales of the `--ms-flip` protocol (with flip).
