@@ -105,13 +105,14 @@ def _defines_own_constructor(cls) -> bool:
 
 def class_docs(cls) -> list[str | None]:
     """The docstrings that may hold a class's Args: its own, its __init__'s, and where it inherits
-    the constructor, those of the ctxseg class it inherits it from."""
+    the constructor, those of the class (of the same package) it inherits it from."""
     docs = [vars(cls).get("__doc__")]
     if "__init__" in vars(cls):
         docs.append(vars(cls)["__init__"].__doc__)
     if not _defines_own_constructor(cls):
         for base in cls.__mro__[1:]:
-            if base.__module__.startswith("ctxseg.") and _defines_own_constructor(base):
+            same_package = base.__module__.split(".")[0] == cls.__module__.split(".")[0]  # not torch's, pydantic's
+            if same_package and _defines_own_constructor(base):
                 docs.extend(class_docs(base))
                 break
     return docs
@@ -131,20 +132,23 @@ def public_modules():
         yield importlib.import_module(name)
 
 
+def document(obj, name: str) -> Documented | None:
+    """What the docstrings of a class or function say about its constructor; None: no parameters."""
+    params = constructor_params(obj)
+    if not params:
+        return None
+    docs = class_docs(obj) if inspect.isclass(obj) else [obj.__doc__]
+    return Documented(name, params, set().union(*(args_section_names(d) for d in docs)))
+
+
 def collect() -> list[Documented]:
     from ctxseg.models import builder
 
     found: dict[int, Documented] = {}
 
     def add(obj, name: str):
-        if id(obj) in found:
-            return
-        params = constructor_params(obj)
-        if not params:
-            return
-        docs = class_docs(obj) if inspect.isclass(obj) else [obj.__doc__]
-        documented = set().union(*(args_section_names(d) for d in docs))
-        found[id(obj)] = Documented(name, params, documented)
+        if id(obj) not in found and (doc := document(obj, name)) is not None:
+            found[id(obj)] = doc
 
     for kind, table in builder.KINDS.items():
         for type_name, obj in table.items():
@@ -180,6 +184,38 @@ def test_args_section_parser():
     """
     assert args_section_names(doc) == {"in_channels", "ratios", "kwargs"}
     assert args_section_names("No sections.") == set()
+
+
+def test_missing_stale_and_inherited_arguments_are_found():
+    class Documented_:
+        """Toy.
+
+        Args:
+            a: first.
+            old: renamed since.
+        """
+
+        def __init__(self, a: int, b: int = 0):
+            pass
+
+    d = document(Documented_, "toy")
+    assert d.missing == ["b"] and d.stale == ["old"]
+
+    class InheritsConstructor(Documented_):
+        """No Args of its own: the constructor's are its base's."""
+
+    assert document(InheritsConstructor, "sub").missing == ["b"]  # the base's Args count, nothing more
+
+    def builder(*, depth: int = 50, pretrained: str | None = None):
+        """A builder.
+
+        Args:
+            depth: layers.
+            pretrained: weights.
+        """
+
+    assert document(builder, "builder").missing == []
+    assert document(lambda: None, "no parameters") is None
 
 
 def test_registries_are_walked():
