@@ -12,6 +12,8 @@ Google style, as torchvision and timm: an `Args:` section in the class docstring
 Not walked: ctxseg.__main__ (runs the CLI on import) and ctxseg.tools (benchmark scripts, not an API).
 A class that inherits its constructor from a ctxseg class may rely on that class's `Args:`.
 
+The walk runs in a fresh interpreter: importing every ctxseg module inside the test process would
+change what later tests see (a module imported early binds names they monkeypatch later).
 `python tests/test_docstrings.py` prints the coverage and what is missing.
 """
 
@@ -21,11 +23,18 @@ import dataclasses
 import enum
 import importlib
 import inspect
+import json
+import os
 import pkgutil
 import re
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import ctxseg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SKIPPED_MODULES = ("ctxseg.__main__", "ctxseg.tools")
 
@@ -125,6 +134,8 @@ def _is_public_api_class(cls) -> bool:
 
 
 def public_modules():
+    import ctxseg
+
     for info in pkgutil.walk_packages(ctxseg.__path__, "ctxseg."):
         name = info.name
         if name.startswith(SKIPPED_MODULES) or any(part.startswith("_") for part in name.split(".")[1:]):
@@ -218,15 +229,26 @@ def test_missing_stale_and_inherited_arguments_are_found():
     assert document(lambda: None, "no parameters") is None
 
 
-def test_registries_are_walked():
-    names = {d.name for d in collect()}
+@pytest.fixture(scope="module")
+def walked() -> list[Documented]:
+    """collect() in a fresh interpreter (see the module docstring)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [Documented(d["name"], d["params"], set(d["documented"])) for d in json.loads(proc.stdout)]
+
+
+def test_registries_are_walked(walked):
+    names = {d.name for d in walked}
     assert any("(backbone 'resnet')" in n for n in names)
     assert any("(plugin 'mcibi')" in n for n in names)
     assert any(n.endswith("(head 'ocr')") for n in names)
 
 
-def test_every_public_constructor_documents_its_arguments():
-    items = collect()
+def test_every_public_constructor_documents_its_arguments(walked):
+    items = walked
     problems = [f"{d.name}: no Args entry for {', '.join(d.missing)}" for d in items if d.missing]
     problems += [f"{d.name}: Args names {', '.join(d.stale)}, which it does not take" for d in items if d.stale]
     assert not problems, f"{len(problems)} constructor docstring problem(s) (coverage {coverage(items):.0f}%):\n" + (
@@ -236,6 +258,9 @@ def test_every_public_constructor_documents_its_arguments():
 
 if __name__ == "__main__":
     items = collect()
+    if "--json" in sys.argv:
+        print(json.dumps([{**asdict(d), "documented": sorted(d.documented)} for d in items]))
+        sys.exit(0)
     for d in items:
         if d.missing or d.stale:
             print(f"{d.name}: missing {d.missing} stale {d.stale}")
