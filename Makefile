@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   create .venv, install, prepare the built-in dataset, train `demo`, evaluate, draw overlays
 #   make test   create .venv, install with test extras, run the test suite
+#   make lint   ruff lint + formatter check (configuration in pyproject.toml [tool.ruff]); CI runs it first
 # Both are idempotent: the venv is reused, prepared files are skipped, each demo run is a new run folder.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test lint install clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `ruff format .` fixes what `format --check` reports; `ruff check --fix .` the fixable lint findings
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-demo:
 	rm -rf data/synthetic runs

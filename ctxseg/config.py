@@ -32,7 +32,17 @@ class _Section(BaseModel):
 
 
 class Published(_Section):
-    """The published result a recipe reproduces, printed by eval beside the measured one."""
+    """The published result a recipe reproduces, printed by eval beside the measured one.
+
+    Args:
+        paper: the paper (title or citation) the result comes from.
+        table: where in the paper (e.g. "Table 3").
+        miou: published single-scale mIoU without flip, in percent; None when not published.
+        miou_flip: published single-scale + horizontal-flip mIoU (the LIP protocol), in percent.
+        miou_ms: published multi-scale (eval.ms_scales) + flip mIoU, in percent.
+        checkpoint: the released checkpoint (URL or file name), if any.
+        notes: free text (differences from the paper's setting, caveats).
+    """
 
     paper: str = ""
     table: str = ""
@@ -44,6 +54,45 @@ class Published(_Section):
 
 
 class DataConfig(_Section):
+    """The recipe's `[data]` table: the prepared dataset and the training pipeline.
+
+    The training pipeline follows mmseg: RandomResize(scale, ratio_range, keep_ratio) ->
+    RandomCrop(crop_size, cat_max_ratio) -> RandomFlip -> (RandomRotation) -> PhotoMetricDistortion
+    -> Normalize -> Pad to crop_size.
+
+    Args:
+        dataset: dataset name (as `ctxseg prepare` knows it), used in reports.
+        root: the prepared index folder (meta.json, splits/).
+        num_classes: number of classes the model predicts; given to every component that takes it.
+        ignore_index: label value that is not scored nor trained on; given to every component that takes it.
+        reduce_zero_label: mmseg's reduce_zero_label: label 0 becomes ignore_index and every other id shifts
+            down by one (ADE20K, COCO-Stuff-164k style labels).
+        train_split: split name (splits/<name>.txt) trained on.
+        val_split: split name evaluated on.
+        scale: (long, short) edge target of RandomResize before the ratio is applied; None keeps the
+            image's own size.
+        keep_ratio: keep the aspect ratio when resizing; False stretches to scale x ratio (ssseg's LIP
+            Resize(keep_ratio=False)).
+        ratio_range: (min, max) of the uniformly drawn resize ratio.
+        crop_size: (h, w) of the random training crop; smaller images are padded (label: ignore_index).
+        cat_max_ratio: RandomCrop retries (up to 10) until the largest class covers less than this fraction
+            of the crop; 1.0 disables it.
+        flip_prob: probability of a horizontal flip.
+        rotate_prob: probability of ssseg's RandomRotation after the flip (LIP: 0.6); 0 switches it off.
+        rotate_degree: maximum rotation angle, in degrees (both directions).
+        photometric: apply mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue).
+        mean: per-channel mean subtracted, RGB order, on 0..255 pixel values.
+        std: per-channel standard deviation divided by, RGB order, on 0..255 pixel values.
+        batch_size: images per process per step (the global batch is processes x batch_size x grad_accum).
+        num_workers: DataLoader worker processes per training process.
+        flip_pairs: (left, right) class pairs swapped by a horizontal flip (LIP); None takes them from
+            meta.json.
+        sampler: how training images are drawn: "uniform", "repeat_factor" (LVIS-style repeat factors from
+            class image frequency) or "class_balanced" (every class drawn equally often).
+        repeat_thresh: threshold t of repeat-factor sampling: a class seen in a fraction f_c of the images
+            gets repeat factor max(1, sqrt(t / f_c)).
+    """
+
     dataset: str = "synthetic"
     root: str = "data/synthetic"  # prepared index folder (meta.json, splits/)
     num_classes: int = 7
@@ -73,6 +122,21 @@ class DataConfig(_Section):
 
 
 class OptimizerConfig(_Section):
+    """The recipe's `[train.optimizer]` table.
+
+    Args:
+        type: "sgd" (with momentum) or "adamw".
+        lr: base learning rate (before the schedule).
+        momentum: SGD momentum.
+        weight_decay: weight decay (decoupled for AdamW, L2 for SGD).
+        betas: AdamW's (beta1, beta2).
+        eps: AdamW's epsilon.
+        head_lr_mult: learning-rate multiplier for every parameter outside the backbone.
+        no_decay_norm_bias: no weight decay on normalisation layers and biases.
+        custom_keys: mmseg-style per-parameter-name multipliers, e.g. `{"pos_embed" = {decay_mult = 0.0},
+            "backbone" = {lr_mult = 0.1}}`: a parameter whose name contains the key gets those multipliers.
+    """
+
     type: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -86,6 +150,16 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
+    """The recipe's `[train.schedule]` table (mmseg's PolyLR with an optional LinearLR warm-up).
+
+    Args:
+        policy: "poly": lr = (base_lr - min_lr) * (1 - iter / total) ** power + min_lr; "constant": base_lr.
+        power: exponent of the poly decay.
+        min_lr: learning rate the poly decay ends at.
+        warmup_iters: length of the linear warm-up, in iterations; 0: no warm-up.
+        warmup_ratio: the warm-up starts at warmup_ratio x lr and rises linearly to lr.
+    """
+
     policy: Literal["poly", "constant"] = "poly"
     power: float = 0.9
     min_lr: float = 1e-4
@@ -94,11 +168,33 @@ class ScheduleConfig(_Section):
 
 
 class OhemConfig(_Section):
+    """Online hard example mining of the cross-entropy (mmseg's OHEMPixelSampler).
+
+    Args:
+        thresh: pixels whose predicted probability of the true class is below this are kept.
+        min_kept: at least this many pixels per image are kept (the threshold rises to the
+            (min_kept x batch)-th smallest probability).
+    """
+
     thresh: float = 0.7
     min_kept: int = 100000
 
 
 class LossConfig(_Section):
+    """The recipe's `[train.loss]` table: the cross-entropy of the decode and auxiliary heads.
+
+    Args:
+        decode_weight: weight of the decode head's cross-entropy.
+        aux_weight: weight of the auxiliary head's cross-entropy.
+        avg_non_ignore: divide by the non-ignored pixels only; False (mmseg's CrossEntropyLoss default)
+            averages over all pixels, ignored ones included in the denominator.
+        class_weight: a list of per-class weights, or "inverse_log_freq" (openseg-style, from meta.json's
+            pixel counts); None: unweighted.
+        class_weight_norm: with class weights, "pixels" divides the weighted sum by the pixel count (mmseg);
+            "weights" divides by the summed weights of the counted pixels (torch's mean, openseg).
+        ohem: online hard example mining settings; None: off.
+    """
+
     decode_weight: float = 1.0
     aux_weight: float = 0.4
     # mmseg's CrossEntropyLoss default averages over ALL pixels (ignored ones count in the
@@ -113,6 +209,31 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The recipe's `[train]` table.
+
+    Args:
+        processes: the paper's process count (its global batch is processes x data.batch_size); launch
+            this many to train at the published batch. None: not a paper setting.
+        iters: training length in optimizer steps; ignored when `epochs` is set.
+        epochs: training length in epochs, converted to iterations from the train split's size and the
+            global batch.
+        optimizer: optimizer settings.
+        schedule: learning-rate schedule.
+        loss: cross-entropy settings.
+        grad_accum: micro-batches accumulated per optimizer step.
+        grad_clip: maximum gradient norm (clip_grad_norm_); None: no clipping.
+        mixed_precision: "no", "fp16" or "bf16" (Accelerate's mixed precision).
+        seed: random seed (weights, sampling, augmentation).
+        deterministic: ask torch for deterministic algorithms (warn-only) and seed every worker.
+        log_interval: iterations between log lines (log.jsonl).
+        eval_interval: iterations between evaluations on the val split.
+        checkpoint_interval: iterations between resumable checkpoints.
+        keep_checkpoints: how many of the newest iteration checkpoints to keep.
+        tensorboard: also log to TensorBoard (Accelerate's tracker).
+        check_labels: before training, read every image and label of the run's splits (sizes, values);
+            False only checks the index.
+    """
+
     # The paper's process count: its global batch is processes x data.batch_size (per process).
     # Launch with this many processes to train at the published batch; None: not a paper setting.
     processes: int | None = None
@@ -135,6 +256,26 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """The recipe's `[eval]` table: how validation and `ctxseg eval` run inference.
+
+    Args:
+        mode: "whole" image or sliding-window ("slide") inference.
+        crop_size: sliding window (h, w).
+        stride: sliding window step (h, w).
+        window_batch: windows per forward pass in slide mode.
+        resize: the official test pipeline's Resize, (long, short) edges: with keep_ratio the image is
+            rescaled to fit them (mmseg Resize(scale, keep_ratio=True)); without it stretched so its
+            longer side becomes the long edge and the other the short one (ssseg LIP (473, 473)).
+            Logits are resized back to the label's size before scoring. None: native size.
+        keep_ratio: see `resize`.
+        scales: image scales of the default protocol (probabilities averaged over scales and flips).
+        ms_scales: image scales of the `--ms-flip` protocol (with flip).
+        ms_mode: mode of the `--ms-flip` protocol when the official config tests it differently from the
+            single-scale one (ssseg MCIBI HRNet ADE20K: single scale whole, ms+flip slide); None: `mode`.
+        flip: also average over the horizontally flipped image in the default protocol.
+        batch_size: images per evaluation forward pass.
+    """
+
     mode: Literal["whole", "slide"] = "whole"
     crop_size: tuple[int, int] = (512, 512)  # sliding window (h, w)
     stride: tuple[int, int] = (341, 341)
@@ -154,7 +295,19 @@ class EvalConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Components are tables whose `type` names a builder; the rest are that builder's arguments."""
+    """The recipe's `[model]` table. Components are tables whose `type` names a registered constructor
+    (ctxseg.models.builder); the other keys are that constructor's arguments.
+
+    Args:
+        backbone: the backbone table (`type` one of builder.BACKBONES).
+        head: the decode head table (`type` one of builder.HEADS).
+        aux_head: the auxiliary head table (a HEADS or AUX_HEADS type); None: no auxiliary head.
+        align_corners: `align_corners` of every bilinear resize of the model; given to every component that
+            takes it.
+        norm: "BN" or "SyncBN" (falls back to BN when one process runs).
+        plugins: context plug-ins, `[[model.plugins]]` tables with a `type` (builder.PLUGINS), composed in
+            the order listed (e.g. mcibi -> cac -> pixel_contrast); validated against their constructors.
+    """
 
     backbone: dict[str, Any]
     head: dict[str, Any]
@@ -171,6 +324,19 @@ class ModelConfig(_Section):
 
 
 class Recipe(_Section):
+    """A whole recipe (one TOML file after `_base` inheritance and `--set` overrides).
+
+    Args:
+        name: recipe name (the file's stem for a shipped recipe).
+        description: one line shown by `ctxseg recipes list`.
+        imports: modules imported before validation that register components defined outside ctxseg.
+        published: the published result this recipe reproduces.
+        data: dataset and training pipeline.
+        model: the model's components.
+        train: training settings.
+        eval: evaluation settings.
+    """
+
     name: str = ""
     description: str = ""
     imports: list[str] = []  # modules registering components defined outside ctxseg
@@ -281,8 +447,9 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     raw = _read_toml(path)
     check_legacy_plugins(raw, path.name)
     if isinstance(raw.get("imports"), list):  # plug-in files relative to the recipe that names them
-        raw["imports"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x.endswith(".py") else x
-                          for x in raw["imports"]]
+        raw["imports"] = [
+            str((path.parent / x).resolve()) if isinstance(x, str) and x.endswith(".py") else x for x in raw["imports"]
+        ]
     extends = raw.pop("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -363,9 +530,10 @@ def check_legacy_plugins(raw: dict, where: str) -> None:
     k = old[0]
     raise UserError(
         f"{where}: [model.{k}] is the old plug-in syntax. Context plug-ins are now an ordered list, one table "
-        f"per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = \"{LEGACY_PLUGIN_SECTIONS[k]}\"\n"
+        f'per plug-in, composed in the order written:\n\n  [[model.plugins]]\n  type = "{LEGACY_PLUGIN_SECTIONS[k]}"\n'
         f"  # ...the keys of [model.{k}] (without ignore_index: it is data.ignore_index)\n\n"
-        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins').")
+        f"The old order was memory -> cac -> contrast (docs/architecture.md, 'Context plug-ins')."
+    )
 
 
 def upgrade_legacy_plugins(raw: dict) -> dict:
@@ -387,8 +555,10 @@ def upgrade_legacy_plugins(raw: dict) -> dict:
         cfg = dict(cfg)
         own = cfg.pop("ignore_index", ignore)
         if own != ignore:
-            raise UserError(f"model.{section}.ignore_index = {own} differs from data.ignore_index = {ignore}; "
-                            "plug-ins now take data.ignore_index")
+            raise UserError(
+                f"model.{section}.ignore_index = {own} differs from data.ignore_index = {ignore}; "
+                "plug-ins now take data.ignore_index"
+            )
         plugins.append(cfg)
     model["plugins"] = plugins
     return raw
@@ -419,7 +589,9 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
             ann = node.model_fields[part].annotation
-            node = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            node = next(
+                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann
+            )
         else:
             return []
     if isinstance(node, type) and issubclass(node, BaseModel):

@@ -37,8 +37,10 @@ def load_entry_points() -> None:
         try:
             ep.load()
         except Exception as e:  # a broken third-party package: name it, do not crash with its traceback
-            raise UserError(f"The '{ep.name}' entry point of group {ENTRY_POINT_GROUP} ({ep.value}) failed to load: "
-                            f"{type(e).__name__}: {e}") from None
+            raise UserError(
+                f"The '{ep.name}' entry point of group {ENTRY_POINT_GROUP} ({ep.value}) failed to load: "
+                f"{type(e).__name__}: {e}"
+            ) from None
 
 
 def _import_file(path: Path) -> None:

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,15 +42,22 @@ def write_error(path: str | Path, err: BaseException) -> UserError:
     import errno
 
     code = getattr(err, "errno", None)
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EFBIG: "the file size limit was reached", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(code)
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file size limit was reached",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(code)
     if reason is None:
         text = str(err).strip() or type(err).__name__
         # torch.save reports a short write (full disk) as "unexpected pos"
         reason = "the disk may be full" if "unexpected pos" in text else text
-    return UserError(f"Could not write {path}: {reason} ({type(err).__name__}: {str(err).strip()[:200]}). "
-                     "Free space or choose another folder (--runs-dir).")
+    return UserError(
+        f"Could not write {path}: {reason} ({type(err).__name__}: {str(err).strip()[:200]}). "
+        "Free space or choose another folder (--runs-dir)."
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

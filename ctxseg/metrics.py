@@ -20,6 +20,16 @@ import torch
 
 
 class ConfusionMatrix:
+    """Accumulated confusion counts (rows: ground truth, columns: prediction) and the metrics read from them.
+
+    Predictions or labels outside [0, num_classes) are counted in an extra row/column (`full`) so they
+    lower the scores instead of disappearing.
+
+    Args:
+        num_classes: number of classes C.
+        ignore_index: label value whose pixels are not counted.
+    """
+
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -32,7 +42,9 @@ class ConfusionMatrix:
         return self.full[: self.num_classes, : self.num_classes]
 
     @staticmethod
-    def compute_full(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    def compute_full(
+        pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    ) -> torch.Tensor:
         """(C+1) x (C+1) counts; row/column C collects ground truth/predictions outside [0, C)."""
         valid = target != ignore_index
         t = target[valid].long()

@@ -69,13 +69,39 @@ KEYS: dict[str, str] = {
 PUBLISHED_KEYS = ("miou", "miou_flip", "miou_ms")  # absent in a row = the paper has no such number
 # keys every row must state (directly or through a profile); the others depend on the row (test crop
 # and stride for sliding windows, momentum for SGD, ms_scales where the official config defines them)
-REQUIRED = tuple(k for k in KEYS if k not in ("iters", "epochs", "test_crop", "test_stride", "rotate_degree", "momentum", "ms_mode", "ms_scales",
-                                              *PUBLISHED_KEYS))
+REQUIRED = tuple(
+    k
+    for k in KEYS
+    if k
+    not in (
+        "iters",
+        "epochs",
+        "test_crop",
+        "test_stride",
+        "rotate_degree",
+        "momentum",
+        "ms_mode",
+        "ms_scales",
+        *PUBLISHED_KEYS,
+    )
+)
 META_KEYS = {"use", "config", "deviations", "published_source", "notes", "source"}
 
 
 @dataclass
 class Line:
+    """One compared setting of a recipe (a row of `ctxseg recipes show NAME --provenance`).
+
+    Args:
+        key: setting name (a key of KEYS, e.g. "iters").
+        path: dotted path of the setting in the resolved recipe (e.g. "train.iters").
+        recipe: the recipe's value.
+        official: the official configuration's value (None when the row does not state it).
+        source: where the official value was read (file and line of the official config).
+        status: "ok", "deviation" (differs, with the reason in the row's `deviations`) or "MISMATCH".
+        note: the deviation's reason, or what is wrong.
+    """
+
     key: str
     path: str
     recipe: Any
@@ -107,7 +133,10 @@ def resolve_row(name: str, table: dict | None = None) -> tuple[dict[str, Any], d
     table = table or load_table()
     rows = table.get("recipes", {})
     if name not in rows:
-        raise UserError(f"No provenance row for recipe '{name}'" + (f" (own setting: {table['own'][name]})" if name in table.get("own", {}) else ""))
+        raise UserError(
+            f"No provenance row for recipe '{name}'"
+            + (f" (own setting: {table['own'][name]})" if name in table.get("own", {}) else "")
+        )
     row = rows[name]
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -190,7 +219,17 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
             status, note = "deviation", deviations[key]
         else:
             status, note = "MISMATCH", ""
-        lines.append(Line(key, path, ours, official, sources.get(key, "") if key in values else row.get("published_source", row.get("config", "")), status, note))
+        lines.append(
+            Line(
+                key,
+                path,
+                ours,
+                official,
+                sources.get(key, "") if key in values else row.get("published_source", row.get("config", "")),
+                status,
+                note,
+            )
+        )
     for key in deviations:
         if key not in values and key not in KEYS:
             lines.append(Line(key, key, None, None, "", "MISMATCH", "deviation names a setting the row does not state"))

@@ -23,10 +23,14 @@ def golden(*parts: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run the real `ctxseg` CLI (python -m ctxseg) in a subprocess."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "CTXSEG_RUNS": str((cwd or Path.cwd()) / "runs"), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "ctxseg", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxseg", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"ctxseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

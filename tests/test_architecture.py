@@ -45,12 +45,18 @@ def _violations(layer: str, forbidden: tuple[str, ...]) -> list[str]:
     bad = []
     for name, imports in GRAPH.items():
         if name == layer or name.startswith(layer + "."):
-            bad += [f"{name} imports {mod}" for mod, _ in imports if any(mod == f or mod.startswith(f + ".") for f in forbidden)]
+            bad += [
+                f"{name} imports {mod}"
+                for mod, _ in imports
+                if any(mod == f or mod.startswith(f + ".") for f in forbidden)
+            ]
     return sorted(set(bad))
 
 
 def test_typer_commands_only_in_cli():
-    offenders = sorted({n for n, imports in GRAPH.items() if not n.startswith("ctxseg.cli") and any(m == "typer" for m, _ in imports)})
+    offenders = sorted(
+        {n for n, imports in GRAPH.items() if not n.startswith("ctxseg.cli") and any(m == "typer" for m, _ in imports)}
+    )
     assert offenders == []
 
 
@@ -65,8 +71,13 @@ def test_losses_and_keymaps_sit_below_the_recipe_layer():
 
 def test_converters_do_not_reach_up():
     # key tables and the mechanism: no CLI, no training engine, no recipe loading, no model building
-    assert _violations("ctxseg.convert", ("ctxseg.cli", "ctxseg.engine", "ctxseg.config", "ctxseg.models.segmentor",
-                                          "ctxseg.models.builder")) == []
+    assert (
+        _violations(
+            "ctxseg.convert",
+            ("ctxseg.cli", "ctxseg.engine", "ctxseg.config", "ctxseg.models.segmentor", "ctxseg.models.builder"),
+        )
+        == []
+    )
 
 
 def test_viz_does_not_import_the_cli():
@@ -79,8 +90,10 @@ def test_no_import_cycles_at_module_level():
             mod = mod.rpartition(".")[0]
         return mod or None
 
-    edges = {n: {r for m, top in imports if top and m.startswith("ctxseg") and (r := resolve(m)) and r != n}
-             for n, imports in GRAPH.items()}
+    edges = {
+        n: {r for m, top in imports if top and m.startswith("ctxseg") and (r := resolve(m)) and r != n}
+        for n, imports in GRAPH.items()
+    }
     # a package's __init__ importing its own submodules is not a cycle of interest
     edges = {n: {m for m in targets if not m.startswith(n + ".")} for n, targets in edges.items()}
     state: dict[str, int] = {}
@@ -90,7 +103,7 @@ def test_no_import_cycles_at_module_level():
         state[node] = 1
         for nxt in edges.get(node, ()):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 dfs(nxt, stack + [nxt])
         state[node] = 2

@@ -80,8 +80,16 @@ def test_vit_matches_timm_forward_and_resizes_pos_embed():
     import timm
 
     bb = BACKBONES["vit"](embed_dim=32, depth=4, num_heads=4, out_indices=[1, 3], img_size=64, out_norm=False).eval()
-    ref = timm.create_model("vit_large_patch16_384", pretrained=False, img_size=64, embed_dim=32, depth=4, num_heads=4,
-                            num_classes=0, global_pool="").eval()
+    ref = timm.create_model(
+        "vit_large_patch16_384",
+        pretrained=False,
+        img_size=64,
+        embed_dim=32,
+        depth=4,
+        num_heads=4,
+        num_classes=0,
+        global_pool="",
+    ).eval()
     missing, unexpected = ref.load_state_dict(bb.net.state_dict(), strict=False)
     assert not unexpected and set(missing) <= {"norm.weight", "norm.bias"}
     x = torch.randn(2, 3, 64, 64)

@@ -27,8 +27,16 @@ def test_all_plugins_train_together_and_every_parameter_learns():
     memory_before = model.plugins["memory"].memory.clone()
     out = model(x, y)
     loss, terms = Criterion(recipe)(model, out, y, step=10)
-    for key in ("loss_ce", "loss_aux", "loss_cls_stage1", "loss_memory", "loss_cac_pre_self", "loss_cac_pre", "loss_cac_kl",
-                "loss_contrast"):
+    for key in (
+        "loss_ce",
+        "loss_aux",
+        "loss_cls_stage1",
+        "loss_memory",
+        "loss_cac_pre_self",
+        "loss_cac_pre",
+        "loss_cac_kl",
+        "loss_contrast",
+    ):
         assert key in terms and terms[key] > 0 and torch.isfinite(torch.tensor(terms[key])), key
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -40,18 +48,47 @@ def test_all_plugins_train_together_and_every_parameter_learns():
 
 
 def test_composed_recipe_trains_evaluates_and_exports_through_cli(synthetic_small: Path, tmp_path: Path):
-    data = ["--set", f"data.root='{synthetic_small}'", "--set", "data.num_workers=0", "--set", "data.batch_size=2",
-            "--set", "data.crop_size=[64, 64]"]
-    run_cli("train", "--recipe", str(RECIPE), "--set", "train.iters=3", "--set", "train.eval_interval=3", *data,
-            "--no-progress", cwd=tmp_path)
+    data = [
+        "--set",
+        f"data.root='{synthetic_small}'",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.crop_size=[64, 64]",
+    ]
+    run_cli(
+        "train",
+        "--recipe",
+        str(RECIPE),
+        "--set",
+        "train.iters=3",
+        "--set",
+        "train.eval_interval=3",
+        *data,
+        "--no-progress",
+        cwd=tmp_path,
+    )
     run = (tmp_path / "runs" / "latest").resolve()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert steps and all("loss_cac_kl" in r and "loss_cls_stage1" in r and "loss_contrast" in r for r in steps)
     run_cli("eval", "--limit", "2", cwd=tmp_path)
     assert json.loads((run / "eval" / "metrics.json").read_text())["num_images"] == 2
-    run_cli("convert", "onnx", "--checkpoint", str(run / "final.safetensors"), "-o", str(tmp_path / "m.onnx"),
-            "--height", "64", "--width", "64", cwd=tmp_path)
+    run_cli(
+        "convert",
+        "onnx",
+        "--checkpoint",
+        str(run / "final.safetensors"),
+        "-o",
+        str(tmp_path / "m.onnx"),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        cwd=tmp_path,
+    )
     assert (tmp_path / "m.onnx").stat().st_size > 0
 
 

@@ -20,7 +20,9 @@ def test_demo_recipe_resolves_extends_and_defaults():
 
 
 def test_extends_list_deep_merge_later_wins(tmp_path: Path):
-    (tmp_path / "a.toml").write_text('[data]\nnum_classes = 3\nbatch_size = 4\n[model.backbone]\ntype = "resnet"\ndepth = 18\n')
+    (tmp_path / "a.toml").write_text(
+        '[data]\nnum_classes = 3\nbatch_size = 4\n[model.backbone]\ntype = "resnet"\ndepth = 18\n'
+    )
     (tmp_path / "b.toml").write_text('[data]\nbatch_size = 6\n[model.head]\ntype = "fcn"\nchannels = 8\n')
     (tmp_path / "c.toml").write_text('extends = ["a.toml", "b.toml"]\n[model.head]\nchannels = 16\n')
     r = load_recipe(tmp_path / "c.toml")

@@ -36,8 +36,13 @@ def _fake_module(tmp_path: Path):
 def test_metadata_classes_are_stubbed_and_never_executed(tmp_path: Path):
     mod = _fake_module(tmp_path)
     path = tmp_path / "zoo.pth"
-    torch.save({"meta": {"hist": mod.HistoryBuffer(), "evil": mod.Evil()},
-                "state_dict": {"module.backbone.w": torch.ones(2), "head.b": torch.zeros(3)}}, path)
+    torch.save(
+        {
+            "meta": {"hist": mod.HistoryBuffer(), "evil": mod.Evil()},
+            "state_dict": {"module.backbone.w": torch.ones(2), "head.b": torch.zeros(3)},
+        },
+        path,
+    )
     del sys.modules["fakezoo.history"], sys.modules["fakezoo"]
     sd = load_foreign(path)
     assert set(sd) == {"backbone.w", "head.b"} and torch.equal(sd["backbone.w"], torch.ones(2))

@@ -18,9 +18,21 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 RECIPE = REPO / "tests" / "recipes" / "compose_all.toml"
-TINY = ["--set", "data.batch_size=2", "--set", "data.num_workers=0", "--set", "data.crop_size=[64, 64]",
-        "--set", "train.mixed_precision='bf16'", "--set", "model.plugins.pixel_contrast.use_queue=true", "--set", "model.plugins.pixel_contrast.memory_size=8",
-        "--no-progress"]
+TINY = [
+    "--set",
+    "data.batch_size=2",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "data.crop_size=[64, 64]",
+    "--set",
+    "train.mixed_precision='bf16'",
+    "--set",
+    "model.plugins.pixel_contrast.use_queue=true",
+    "--set",
+    "model.plugins.pixel_contrast.memory_size=8",
+    "--no-progress",
+]
 
 
 def free_port() -> int:
@@ -40,14 +52,41 @@ def synthetic_tiny(tmp_path_factory) -> Path:
 
 def torchrun(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CTXSEG_RUNS": str(tmp_path / "runs")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "ctxseg", "train", "--recipe", str(RECIPE), *TINY, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "ctxseg",
+        "train",
+        "--recipe",
+        str(RECIPE),
+        *TINY,
+        *args,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_process_training_keeps_replicas_identical_and_evaluates_the_saved_weights(synthetic_tiny: Path, tmp_path: Path):
-    proc = torchrun(tmp_path, "--set", f"data.root='{synthetic_tiny}'", "--set", "train.iters=3", "--set", "train.eval_interval=3",
-                    "--set", "model.norm='SyncBN'")
+def test_two_process_training_keeps_replicas_identical_and_evaluates_the_saved_weights(
+    synthetic_tiny: Path, tmp_path: Path
+):
+    proc = torchrun(
+        tmp_path,
+        "--set",
+        f"data.root='{synthetic_tiny}'",
+        "--set",
+        "train.iters=3",
+        "--set",
+        "train.eval_interval=3",
+        "--set",
+        "model.norm='SyncBN'",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes on cpu, mixed precision bf16" in proc.stdout
     run = (tmp_path / "runs" / "latest").resolve()
@@ -57,7 +96,15 @@ def test_two_process_training_keeps_replicas_identical_and_evaluates_the_saved_w
     val = [r for r in log if "val/mIoU" in r]
     assert val and val[-1]["step"] == 3 and val[-1]["eval_weights"] == "process 0 (saved)"
     # the periodic evaluation (split over both processes) equals a one-process `ctxseg eval` of the file
-    run_cli("eval", "--checkpoint", str(run / "final.safetensors"), "--no-save-preds", "--out", str(tmp_path / "ev"), cwd=tmp_path)
+    run_cli(
+        "eval",
+        "--checkpoint",
+        str(run / "final.safetensors"),
+        "--no-save-preds",
+        "--out",
+        str(tmp_path / "ev"),
+        cwd=tmp_path,
+    )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(val[-1]["val/mIoU"], abs=1e-12)
     assert metrics["aAcc"] == pytest.approx(val[-1]["val/aAcc"], abs=1e-12)
@@ -73,11 +120,22 @@ def launch_each(tmp_path: Path, *args: str, timeout: int) -> list[subprocess.Com
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CTXSEG_RUNS": str(tmp_path / "runs"),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "CTXSEG_RUNS": str(tmp_path / "runs"),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+        }
         cmd = [sys.executable, "-m", "ctxseg", "train", "--recipe", str(RECIPE), *TINY, *args]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     results, deadline = [], time.time() + timeout
     try:
         for rank, p in enumerate(procs):
@@ -99,7 +157,9 @@ def test_a_fault_only_process_1_sees_stops_both_processes(synthetic_tiny: Path, 
 
     from ctxseg.data.dataset import TrainBatchSampler
 
-    data = Path(shutil.copytree(synthetic_tiny, tmp_path / "data", ignore=shutil.ignore_patterns(".ctxseg-check-cache.json")))
+    data = Path(
+        shutil.copytree(synthetic_tiny, tmp_path / "data", ignore=shutil.ignore_patterns(".ctxseg-check-cache.json"))
+    )
     train = [line.split() for line in (data / "splits" / "train.txt").read_text().splitlines()]
     if where == "data_check":
         # process r checks samples r, r+2, ...: sample 1 belongs to process 1 only

@@ -12,8 +12,17 @@ import pytest
 
 from tests.conftest import run_cli
 
-FAST = ["--set", "data.num_workers=0", "--set", "data.batch_size=2", "--set", "train.log_interval=1",
-        "--set", "data.val_split='val_small'", "--no-progress"]
+FAST = [
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "data.batch_size=2",
+    "--set",
+    "train.log_interval=1",
+    "--set",
+    "data.val_split='val_small'",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +55,29 @@ def test_prepare_synthetic_format(workdir: Path):
 
 
 def test_train_eval_predict_viz(workdir: Path):
-    proc = run_cli("train", "--recipe", "demo", "--set", "train.iters=4", "--set", "train.eval_interval=4",
-                   "--set", "train.checkpoint_interval=2", *FAST, cwd=workdir)
+    proc = run_cli(
+        "train",
+        "--recipe",
+        "demo",
+        "--set",
+        "train.iters=4",
+        "--set",
+        "train.eval_interval=4",
+        "--set",
+        "train.checkpoint_interval=2",
+        *FAST,
+        cwd=workdir,
+    )
     assert "done 4 iterations" in proc.stdout
     run = (workdir / "runs" / "latest").resolve()
-    for name in ("recipe.toml", "log.jsonl", "best.safetensors", "final.safetensors", "checkpoints/iter_0000004.safetensors",
-                 "checkpoints/iter_0000004.state.pt"):
+    for name in (
+        "recipe.toml",
+        "log.jsonl",
+        "best.safetensors",
+        "final.safetensors",
+        "checkpoints/iter_0000004.safetensors",
+        "checkpoints/iter_0000004.state.pt",
+    ):
         assert (run / name).is_file(), name
     log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
@@ -61,8 +87,15 @@ def test_train_eval_predict_viz(workdir: Path):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     for key in ("aAcc", "mIoU", "mAcc"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert set(metrics["IoU"]) == {"background", "horizontal-stripes", "vertical-stripes", "checkerboard", "dots",
-                                   "diagonal-stripes", "speckle"}
+    assert set(metrics["IoU"]) == {
+        "background",
+        "horizontal-stripes",
+        "vertical-stripes",
+        "checkerboard",
+        "dots",
+        "diagonal-stripes",
+        "speckle",
+    }
     assert metrics["inference"]["mode"] == "whole" and metrics["num_images"] == 6
     assert len(list((run / "eval" / "predictions").rglob("*.png"))) == 6
 
@@ -101,9 +134,28 @@ def test_errors_are_one_message_exit_2(workdir: Path, tmp_path: Path):
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(workdir: Path, tmp_path: Path):
     runs = tmp_path / "runs"
-    proc = run_cli("train", "--recipe", "demo", "--runs-dir", str(runs), "--set", "train.iters=30",
-                   "--set", "train.optimizer.type='sgd'", "--set", "train.optimizer.lr=1e12", "--set", "train.checkpoint_interval=1",
-                   "--set", "train.eval_interval=1000", "--set", "train.schedule.warmup_iters=0", *FAST, cwd=workdir, check=False)
+    proc = run_cli(
+        "train",
+        "--recipe",
+        "demo",
+        "--runs-dir",
+        str(runs),
+        "--set",
+        "train.iters=30",
+        "--set",
+        "train.optimizer.type='sgd'",
+        "--set",
+        "train.optimizer.lr=1e12",
+        "--set",
+        "train.checkpoint_interval=1",
+        "--set",
+        "train.eval_interval=1000",
+        "--set",
+        "train.schedule.warmup_iters=0",
+        *FAST,
+        cwd=workdir,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Loss became" in proc.stderr and "Traceback" not in proc.stderr
     run = (runs / "latest").resolve()

@@ -88,8 +88,15 @@ def _tiny_ocrnet():
     from ctxseg.config import apply_overrides, validate_recipe
 
     recipe = load_recipe("ocrnet-hr18-cityscapes-80k")
-    d = apply_overrides(recipe.to_dict(), ["model.backbone.pretrained=\"\"", "model.backbone.arch=\"w18_small\"",
-                                           "model.head.channels=32", "model.head.ocr_channels=16"])
+    d = apply_overrides(
+        recipe.to_dict(),
+        [
+            'model.backbone.pretrained=""',
+            'model.backbone.arch="w18_small"',
+            "model.head.channels=32",
+            "model.head.ocr_channels=16",
+        ],
+    )
     torch.manual_seed(0)
     model = build_segmentor(validate_recipe(d))
     _randomise_bn(model)
@@ -101,8 +108,11 @@ def test_fast_path_matches_the_plain_model_whole_slide_and_tta():
 
     model = _tiny_ocrnet()
     x = torch.randn(1, 3, 72, 104)
-    for kwargs in (dict(mode="whole"), dict(mode="slide", crop=(48, 64), stride=(32, 40)),
-                   dict(mode="whole", scales=(0.75, 1.0), flip=True)):
+    for kwargs in (
+        dict(mode="whole"),
+        dict(mode="slide", crop=(48, 64), stride=(32, 40)),
+        dict(mode="whole", scales=(0.75, 1.0), flip=True),
+    ):
         with plain_inference():
             ref = infer(model, x, InferenceSettings(num_classes=19, **kwargs))
         fast = infer(model, x, InferenceSettings(num_classes=19, **kwargs))
@@ -117,7 +127,9 @@ def test_fast_path_matches_the_plain_model_whole_slide_and_tta():
     assert inference_model(model) is not fast_model
     with plain_inference():
         ref = infer(model, x, InferenceSettings(num_classes=19))
-    torch.testing.assert_close(infer(model, x, InferenceSettings(num_classes=19)), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    torch.testing.assert_close(
+        infer(model, x, InferenceSettings(num_classes=19)), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item()
+    )
     # a training model is used as it is
     assert inference_model(model.train()) is model
 

@@ -15,16 +15,31 @@ from ctxseg.metrics import ConfusionMatrix, image_miou
 from ctxseg.models.segmentor import build_segmentor
 from ctxseg.viz.compare import per_image_miou
 
-MS = ["eval.scales=[0.5, 1.0]", "eval.flip=true", "data.flip_pairs=[[1, 2]]", "eval.mode='slide'", "eval.crop_size=[32, 32]",
-      "eval.stride=[16, 16]", "eval.window_batch=3"]
+MS = [
+    "eval.scales=[0.5, 1.0]",
+    "eval.flip=true",
+    "data.flip_pairs=[[1, 2]]",
+    "eval.mode='slide'",
+    "eval.crop_size=[32, 32]",
+    "eval.stride=[16, 16]",
+    "eval.window_batch=3",
+]
 
 
 def test_from_recipe_carries_every_setting():
     recipe = load_recipe("demo", MS)
     s = InferenceSettings.from_recipe(recipe, flip_pairs=[(3, 4)])
-    assert s == InferenceSettings(num_classes=recipe.data.num_classes, mode="slide", crop=(32, 32), stride=(16, 16),
-                                  scales=(0.5, 1.0), flip=True, flip_pairs=((1, 2),), window_batch=3,
-                                  align_corners=recipe.model.align_corners)  # data.flip_pairs wins over the dataset's
+    assert s == InferenceSettings(
+        num_classes=recipe.data.num_classes,
+        mode="slide",
+        crop=(32, 32),
+        stride=(16, 16),
+        scales=(0.5, 1.0),
+        flip=True,
+        flip_pairs=((1, 2),),
+        window_batch=3,
+        align_corners=recipe.model.align_corners,
+    )  # data.flip_pairs wins over the dataset's
     ms = InferenceSettings.from_recipe(load_recipe("demo"), ms_flip=True, flip_pairs=[(3, 4)])
     assert ms.scales == tuple(load_recipe("demo").eval.ms_scales) and ms.flip and ms.flip_pairs == ((3, 4),)
     assert InferenceSettings.from_recipe(recipe, scales=[2.0], flip=False).scales == (2.0,)

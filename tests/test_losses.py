@@ -21,7 +21,9 @@ def test_mmseg_default_averages_over_all_pixels_including_ignored():
     logits, target = _data()
     per_pixel = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
     assert torch.allclose(cross_entropy(logits, target), per_pixel.sum() / target.numel())
-    assert torch.allclose(cross_entropy(logits, target, avg_non_ignore=True), F.cross_entropy(logits, target, ignore_index=255))
+    assert torch.allclose(
+        cross_entropy(logits, target, avg_non_ignore=True), F.cross_entropy(logits, target, ignore_index=255)
+    )
 
 
 def test_class_weight_normalisations():
@@ -30,8 +32,10 @@ def test_class_weight_normalisations():
     per_pixel = F.cross_entropy(logits, target, weight=w, ignore_index=255, reduction="none")
     assert torch.allclose(cross_entropy(logits, target, class_weight=w), per_pixel.sum() / target.numel())
     # openseg / torch: weighted mean
-    assert torch.allclose(cross_entropy(logits, target, class_weight=w, weight_norm="weights"),
-                          F.cross_entropy(logits, target, weight=w, ignore_index=255))
+    assert torch.allclose(
+        cross_entropy(logits, target, class_weight=w, weight_norm="weights"),
+        F.cross_entropy(logits, target, weight=w, ignore_index=255),
+    )
 
 
 def test_ohem_keeps_hard_pixels_and_min_kept():

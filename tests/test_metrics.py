@@ -84,7 +84,9 @@ def test_predictions_outside_classes_are_misses_never_misbinned():
     cm.update(pred, target)
     assert int(cm.mat.sum()) == 0 and int(cm.full[0, c]) == 16
     s = cm.summary([str(i) for i in range(c)])
-    assert s["per_class"]["0"]["IoU"] == 0.0 and s["per_class"]["13"]["IoU"] is None and s["per_class"]["8"]["IoU"] is None
+    assert (
+        s["per_class"]["0"]["IoU"] == 0.0 and s["per_class"]["13"]["IoU"] is None and s["per_class"]["8"]["IoU"] is None
+    )
     assert s["mIoU"] == 0.0 and s["aAcc"] == 0.0
     # a large true class predicted as 255 used to crash: shape '[19, 19]' is invalid
     cm = ConfusionMatrix(c, 255)

@@ -32,16 +32,31 @@ MANIFESTS = {
     "fcn_r50-d8_4xb4-80k_ade20k-512x512": "fcn-r50-ade20k-80k",
 }
 # the recipes of issue 4 (mmseg OCRNet + baselines)
-OWN_RECIPES = [
-    f"ocrnet-{hr}-{ds}" for hr in ("hr18s", "hr18", "hr48")
-    for ds in ("cityscapes-40k", "cityscapes-80k", "cityscapes-160k", "ade20k-80k", "ade20k-160k", "voc-aug-20k", "voc-aug-40k")
-] + ["ocrnet-r101-cityscapes-40k", "ocrnet-r101-cityscapes-80k"] + [
-    f"{m}-{ds}-80k" for m in ("deeplabv3-r50", "deeplabv3-r101", "pspnet-r50", "fcn-r50") for ds in ("cityscapes", "ade20k")
-]
+OWN_RECIPES = (
+    [
+        f"ocrnet-{hr}-{ds}"
+        for hr in ("hr18s", "hr18", "hr48")
+        for ds in (
+            "cityscapes-40k",
+            "cityscapes-80k",
+            "cityscapes-160k",
+            "ade20k-80k",
+            "ade20k-160k",
+            "voc-aug-20k",
+            "voc-aug-40k",
+        )
+    ]
+    + ["ocrnet-r101-cityscapes-40k", "ocrnet-r101-cityscapes-80k"]
+    + [
+        f"{m}-{ds}-80k"
+        for m in ("deeplabv3-r50", "deeplabv3-r101", "pspnet-r50", "fcn-r50")
+        for ds in ("cityscapes", "ade20k")
+    ]
+)
 
 
 def _meta_model(name: str):
-    recipe = load_recipe(name, ["model.backbone.pretrained=\"\""])  # never download in tests
+    recipe = load_recipe(name, ['model.backbone.pretrained=""'])  # never download in tests
     with torch.device("meta"):
         return recipe, build_segmentor(recipe)
 

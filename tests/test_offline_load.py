@@ -17,7 +17,12 @@ from ctxseg.engine.checkpoint import load_model, read_checkpoint, save_weights
 from ctxseg.models.segmentor import build_segmentor
 from tests.test_pretrained import no_downloads  # noqa: F401 - fixture
 
-SOURCES = ["timm", "timm:resnet18.a1_in1k", "https://example.invalid/weights-0123abcd.pth", "/nowhere/resnet18-imagenet.pth"]
+SOURCES = [
+    "timm",
+    "timm:resnet18.a1_in1k",
+    "https://example.invalid/weights-0123abcd.pth",
+    "/nowhere/resnet18-imagenet.pth",
+]
 
 
 def _checkpoint(tmp_path: Path, pretrained: str, extra: list[str] | None = None) -> tuple[Path, dict]:
@@ -60,8 +65,20 @@ def test_predict_viz_and_export_never_fetch(tmp_path, no_downloads, monkeypatch)
     _run_cli(monkeypatch, "viz", "overlay", "-c", str(path), "--images", str(images), "--out", str(tmp_path / "viz"))
     assert any((tmp_path / "viz").rglob("*.png"))
     pytest.importorskip("onnx")
-    _run_cli(monkeypatch, "convert", "onnx", "-c", str(path), "-o", str(tmp_path / "m.onnx"), "--height", "32", "--width", "32",
-             "--no-check")
+    _run_cli(
+        monkeypatch,
+        "convert",
+        "onnx",
+        "-c",
+        str(path),
+        "-o",
+        str(tmp_path / "m.onnx"),
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--no-check",
+    )
     assert (tmp_path / "m.onnx").is_file()
 
 
@@ -69,8 +86,16 @@ def test_resume_never_fetches(tmp_path, synthetic_small, no_downloads):  # noqa:
     """A run trained with pretrained weights resumes on a machine that cannot fetch them."""
     from ctxseg.engine.trainer import Trainer
 
-    over = [f"data.root='{synthetic_small}'", "train.iters=1", "train.checkpoint_interval=1", "train.eval_interval=100",
-            "data.num_workers=0", "data.batch_size=2", "data.crop_size=[64, 64]", "train.check_labels=false"]
+    over = [
+        f"data.root='{synthetic_small}'",
+        "train.iters=1",
+        "train.checkpoint_interval=1",
+        "train.eval_interval=100",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.crop_size=[64, 64]",
+        "train.check_labels=false",
+    ]
     trainer = Trainer(load_recipe("demo", over), tmp_path / "runs", progress=False, eval_limit=1)
     trainer.train()
     ckpt = sorted((trainer.run_dir / "checkpoints").glob("iter_*.safetensors"))[-1]

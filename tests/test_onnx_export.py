@@ -30,17 +30,34 @@ SMALL_RESNET = {"type": "resnet", "depth": 18, "stem_channels": 16, "base_channe
 # backbone type -> small config (each is run with an FCN head)
 BACKBONE_CONFIGS = {
     "resnet": SMALL_RESNET,
-    "hrnet": {"type": "hrnet", "stages": [
-        {"num_modules": 1, "num_blocks": [1], "num_channels": [16]},
-        {"num_modules": 1, "num_blocks": [1, 1], "num_channels": [8, 16]},
-        {"num_modules": 1, "num_blocks": [1, 1, 1], "num_channels": [8, 16, 24]},
-        {"num_modules": 1, "num_blocks": [1, 1, 1, 1], "num_channels": [8, 16, 24, 32]}]},
+    "hrnet": {
+        "type": "hrnet",
+        "stages": [
+            {"num_modules": 1, "num_blocks": [1], "num_channels": [16]},
+            {"num_modules": 1, "num_blocks": [1, 1], "num_channels": [8, 16]},
+            {"num_modules": 1, "num_blocks": [1, 1, 1], "num_channels": [8, 16, 24]},
+            {"num_modules": 1, "num_blocks": [1, 1, 1, 1], "num_channels": [8, 16, 24, 32]},
+        ],
+    },
     "mobilenetv2": {"type": "mobilenetv2", "widen_factor": 0.5},
     "resnest": {"type": "resnest", "depth": 50},  # the smallest ResNeSt
-    "vit": {"type": "vit", "arch": "base", "img_size": 96, "embed_dim": 32, "depth": 4, "num_heads": 2,
-            "out_indices": [0, 1, 2, 3]},
-    "swin": {"type": "swin", "embed_dims": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4], "window_size": 7,
-             "drop_path_rate": 0.0},
+    "vit": {
+        "type": "vit",
+        "arch": "base",
+        "img_size": 96,
+        "embed_dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+        "out_indices": [0, 1, 2, 3],
+    },
+    "swin": {
+        "type": "swin",
+        "embed_dims": 16,
+        "depths": [2, 2, 2, 2],
+        "num_heads": [1, 2, 2, 4],
+        "window_size": 7,
+        "drop_path_rate": 0.0,
+    },
 }
 
 
@@ -53,10 +70,19 @@ HEAD_CONFIGS = {
     "fcn": _fcn,
     "psp": lambda ch: {"type": "psp", "channels": 16},
     "aspp": lambda ch: {"type": "aspp", "channels": 16, "dilations": [1, 2, 3, 4]},
-    "sep_aspp": lambda ch: {"type": "sep_aspp", "channels": 16, "dilations": [1, 2, 3, 4], "c1_in_channels": ch[0],
-                            "c1_channels": 8},
-    "ocr": lambda ch: {"type": "ocr", "channels": 16, "ocr_channels": 8,
-                       "region_head": {"channels": 16, "num_convs": 1}},
+    "sep_aspp": lambda ch: {
+        "type": "sep_aspp",
+        "channels": 16,
+        "dilations": [1, 2, 3, 4],
+        "c1_in_channels": ch[0],
+        "c1_channels": 8,
+    },
+    "ocr": lambda ch: {
+        "type": "ocr",
+        "channels": 16,
+        "ocr_channels": 8,
+        "region_head": {"channels": 16, "num_convs": 1},
+    },
     "uper": lambda ch: {"type": "uper", "channels": 16},
     "openseg_hrnet": lambda ch: {"type": "openseg_hrnet"},
     "openseg_deeplab": lambda ch: {"type": "openseg_deeplab", "channels": 16, "dilations": [1, 2, 3]},
@@ -87,8 +113,14 @@ def _cases():
             cases.append(pytest.param(BACKBONE_CONFIGS[name], "fcn", {}, id=f"backbone-{name}"))
     for name in _builtin(builder.PLUGINS):
         if name in PLUGIN_CONFIGS:
-            cases.append(pytest.param(SMALL_RESNET, PLUGIN_HEADS.get(name, "fcn"), {"plugins": [PLUGIN_CONFIGS[name]]},
-                                      id=f"plugin-{name}"))
+            cases.append(
+                pytest.param(
+                    SMALL_RESNET,
+                    PLUGIN_HEADS.get(name, "fcn"),
+                    {"plugins": [PLUGIN_CONFIGS[name]]},
+                    id=f"plugin-{name}",
+                )
+            )
     return cases
 
 
@@ -110,8 +142,11 @@ def _randomize_norm_stats(model: torch.nn.Module, seed: int = 0) -> None:
 
 def _build(backbone: dict, head_name: str, plugins: dict):
     channels = builder.build_component("backbone", backbone).out_channels
-    raw = {"name": f"onnx-{head_name}", "data": {"num_classes": NUM_CLASSES, "root": "does/not/exist"},
-           "model": {"backbone": backbone, "head": HEAD_CONFIGS[head_name](channels), **plugins}}
+    raw = {
+        "name": f"onnx-{head_name}",
+        "data": {"num_classes": NUM_CLASSES, "root": "does/not/exist"},
+        "model": {"backbone": backbone, "head": HEAD_CONFIGS[head_name](channels), **plugins},
+    }
     recipe = validate_recipe(raw)
     torch.manual_seed(0)
     model = build_segmentor(recipe).eval()
@@ -169,13 +204,15 @@ def test_cli_export_records_normalisation(tmp_path, synthetic_small):
     model = build_segmentor(recipe).eval()
     ckpt = save_weights(tmp_path / "m.safetensors", model, recipe)
     out = tmp_path / "m.onnx"
-    proc = run_cli("convert", "onnx", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64", "--width", "80", cwd=tmp_path)
+    proc = run_cli(
+        "convert", "onnx", "--checkpoint", str(ckpt), "-o", str(out), "--height", "64", "--width", "80", cwd=tmp_path
+    )
     assert "onnxruntime check" in proc.stdout and str(out.name) in proc.stdout
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["ctxseg.mean"]) == list(recipe.data.mean)
     assert json.loads(meta["ctxseg.std"]) == list(recipe.data.std)
     assert meta["ctxseg.channel_order"] == "RGB"
-    assert json.loads(meta["ctxseg.classes"])[: 1] and int(meta["ctxseg.num_classes"]) == recipe.data.num_classes
+    assert json.loads(meta["ctxseg.classes"])[:1] and int(meta["ctxseg.num_classes"]) == recipe.data.num_classes
     # the graph equals the one inference function (whole mode) on a normalised image
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
     ref = infer(model, x, InferenceSettings(recipe.data.num_classes, align_corners=recipe.model.align_corners)).numpy()

@@ -55,8 +55,14 @@ def test_evaluate_applies_test_resize_and_scores_at_label_size(synthetic_small, 
     from ctxseg.engine.settings import InferenceSettings
     from ctxseg.io import read_image, read_label
 
-    recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", f"eval.resize={list(resize)}",
-                                  f"eval.keep_ratio={'true' if keep_ratio else 'false'}"])
+    recipe = load_recipe(
+        "demo",
+        [
+            f"data.root='{synthetic_small}'",
+            f"eval.resize={list(resize)}",
+            f"eval.keep_ratio={'true' if keep_ratio else 'false'}",
+        ],
+    )
     index = PreparedIndex.open(synthetic_small)
     model = RecordingModel(recipe.data.num_classes)
     settings = InferenceSettings.from_recipe(recipe)
@@ -153,8 +159,17 @@ def test_rotation_runs_in_training_pipeline_and_keeps_wide_labels(synthetic_smal
     from ctxseg.data.dataset import SegDataset
     from ctxseg.data.index import PreparedIndex
 
-    r = load_recipe("demo", [f"data.root='{synthetic_small}'", "data.rotate_prob=1.0", "data.cat_max_ratio=1.0",
-                             "data.photometric=false", "data.flip_prob=0.0", "data.ratio_range=[1.0, 1.0]"])
+    r = load_recipe(
+        "demo",
+        [
+            f"data.root='{synthetic_small}'",
+            "data.rotate_prob=1.0",
+            "data.cat_max_ratio=1.0",
+            "data.photometric=false",
+            "data.flip_prob=0.0",
+            "data.ratio_range=[1.0, 1.0]",
+        ],
+    )
     ds = SegDataset(PreparedIndex.open(synthetic_small), "train", r.data, train=True)
     item = ds[(0, 123)]
     lab = item["label"].numpy()
@@ -189,12 +204,16 @@ def test_mcibi_cityscapes_windows_are_1024_high_512_wide():
 # item 8: MCIBI COCO-Stuff-10k ms+flip scales per official config; item 3: batch convention
 
 
-@pytest.mark.parametrize("name,scales", [
-    ("mcibi-deeplabv3-r50-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
-    ("mcibi-deeplabv3-hr48-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
-    ("mcibi-deeplabv3-s101-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
-    ("mcibi-deeplabv3-r101-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]),
-    ("mcibi-deeplabv3-vitl-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])])
+@pytest.mark.parametrize(
+    "name,scales",
+    [
+        ("mcibi-deeplabv3-r50-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
+        ("mcibi-deeplabv3-hr48-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
+        ("mcibi-deeplabv3-s101-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5]),
+        ("mcibi-deeplabv3-r101-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]),
+        ("mcibi-deeplabv3-vitl-cocostuff10k", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]),
+    ],
+)
 def test_mcibi_cocostuff_ms_scales(name, scales):
     from ctxseg.engine.settings import InferenceSettings
 
@@ -211,10 +230,20 @@ def test_hrnet_ade20k_ms_flip_slides_single_scale_is_whole():
     assert ms.mode == "slide" and ms.crop == (512, 512) and ms.stride == (341, 341)
 
 
-@pytest.mark.parametrize("name,processes,batch", [
-    ("contrast-hrnet48", 4, 2), ("ce-deeplabv3-r101-cityscapes", 4, 2), ("contrast-hrnet48-camvid", 4, 4),
-    ("mcibi-deeplabv3-r50-ade20k", 8, 2), ("mcibi-deeplabv3-s101-lip", 8, 5), ("mcibi-deeplabv3-r50-lip", 8, 4),
-    ("ocrnet-hr48-ade20k-160k", 4, 4), ("ocrnet-r101-cityscapes-40k", 8, 2), ("upernet-cac-swin-t-ade20k-160k", 4, 4)])
+@pytest.mark.parametrize(
+    "name,processes,batch",
+    [
+        ("contrast-hrnet48", 4, 2),
+        ("ce-deeplabv3-r101-cityscapes", 4, 2),
+        ("contrast-hrnet48-camvid", 4, 4),
+        ("mcibi-deeplabv3-r50-ade20k", 8, 2),
+        ("mcibi-deeplabv3-s101-lip", 8, 5),
+        ("mcibi-deeplabv3-r50-lip", 8, 4),
+        ("ocrnet-hr48-ade20k-160k", 4, 4),
+        ("ocrnet-r101-cityscapes-40k", 8, 2),
+        ("upernet-cac-swin-t-ade20k-160k", 4, 4),
+    ],
+)
 def test_global_batch_is_processes_times_per_process_batch(name, processes, batch):
     from ctxseg.engine.trainer import batch_notice
 
@@ -226,8 +255,14 @@ def test_global_batch_is_processes_times_per_process_batch(name, processes, batc
 
 
 def test_contrastiveseg_uses_syncbn():
-    for name in ("ce-hrnet48-cityscapes", "contrast-hrnet48", "contrast-hrnet48-mem", "contrast-hrnet48-camvid",
-                 "ce-hrnet48-cocostuff10k", "contrast-hrnet48-pascal-context"):
+    for name in (
+        "ce-hrnet48-cityscapes",
+        "contrast-hrnet48",
+        "contrast-hrnet48-mem",
+        "contrast-hrnet48-camvid",
+        "ce-hrnet48-cocostuff10k",
+        "contrast-hrnet48-pascal-context",
+    ):
         assert load_recipe(name).model.norm == "SyncBN", name
 
 
@@ -237,15 +272,30 @@ def test_contrastiveseg_uses_syncbn():
 
 def test_new_rows_exist_with_their_numbers():
     b8 = load_recipe("ocrnet-r101-cityscapes-40k-b8")
-    assert (b8.train.processes, b8.data.batch_size, b8.train.optimizer.lr, b8.train.schedule.min_lr) == (4, 2, 0.01, 1e-4)
+    assert (b8.train.processes, b8.data.batch_size, b8.train.optimizer.lr, b8.train.schedule.min_lr) == (
+        4,
+        2,
+        0.01,
+        1e-4,
+    )
     assert b8.published.miou == 80.09
-    temps = {"t005": (0.05, 79.80), "t007": (0.07, 79.59), "t02": (0.2, 80.01), "t03": (0.3, 79.27), "t04": (0.4, 79.40)}
+    temps = {
+        "t005": (0.05, 79.80),
+        "t007": (0.07, 79.59),
+        "t02": (0.2, 80.01),
+        "t03": (0.3, 79.27),
+        "t04": (0.4, 79.40),
+    }
     for suffix, (t, miou) in temps.items():
         r = load_recipe(f"contrast-hrnet48-{suffix}")
         contrast = next(p for p in r.model.plugins if p["type"] == "pixel_contrast")
         assert contrast["temperature"] == t and r.published.miou == miou
-    ms = {"ocrnet-hr18s-ade20k-80k": 35.80, "ocrnet-hr48-ade20k-160k": 44.88, "ocrnet-hr18-voc-aug-20k": 77.11,
-          "ocrnet-hr48-voc-aug-40k": 79.71}
+    ms = {
+        "ocrnet-hr18s-ade20k-80k": 35.80,
+        "ocrnet-hr48-ade20k-160k": 44.88,
+        "ocrnet-hr18-voc-aug-20k": 77.11,
+        "ocrnet-hr48-voc-aug-40k": 79.71,
+    }
     for name, value in ms.items():
         assert load_recipe(name).published.miou_ms == value
 
@@ -261,7 +311,10 @@ def test_published_number_follows_the_protocol_that_ran():
     ade = load_recipe("ocrnet-hr48-ade20k-80k")
     assert published_for(ade, InferenceSettings.from_recipe(ade)) == ("ss", 43.00)
     assert published_for(ade, InferenceSettings.from_recipe(ade, ms_flip=True)) == ("ms_flip", 44.30)
-    assert published_for(ade, InferenceSettings.from_recipe(ade, flip=True)) == ("flip", None)  # never the no-flip number
+    assert published_for(ade, InferenceSettings.from_recipe(ade, flip=True)) == (
+        "flip",
+        None,
+    )  # never the no-flip number
     assert published_for(ade, InferenceSettings.from_recipe(ade, scales=[0.75, 1.0], flip=False)) == ("custom", None)
     assert published_for(ade, InferenceSettings.from_recipe(ade, ms_flip=True, scales=[0.5, 1.0])) == ("ms_flip", None)
     city = load_recipe("mcibi-deeplabv3-r101-cityscapes")
@@ -286,12 +339,25 @@ def test_eval_cli_compares_with_the_protocol_it_ran(synthetic_small, tmp_path):
     from ctxseg.models.segmentor import build_segmentor
     from tests.conftest import run_cli
 
-    recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", "published.miou=11.11", "published.miou_flip=22.22"])
+    recipe = load_recipe(
+        "demo", [f"data.root='{synthetic_small}'", "published.miou=11.11", "published.miou_flip=22.22"]
+    )
     save_weights(tmp_path / "m.safetensors", build_segmentor(recipe), recipe, {"step": 0})
 
     def run(*flags):
-        out = run_cli("eval", "-c", str(tmp_path / "m.safetensors"), "--limit", "1", "--no-save-preds",
-                      "--out", str(tmp_path / "e"), *flags, cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+        out = run_cli(
+            "eval",
+            "-c",
+            str(tmp_path / "m.safetensors"),
+            "--limit",
+            "1",
+            "--no-save-preds",
+            "--out",
+            str(tmp_path / "e"),
+            *flags,
+            cwd=tmp_path,
+            env={"COLUMNS": "200"},
+        ).stdout
         return out, json.loads((tmp_path / "e" / "metrics.json").read_text())
 
     out, m = run()

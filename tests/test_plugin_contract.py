@@ -71,16 +71,26 @@ register_plugin("toy_scale", LogitScale)
 
 
 def _raw(plugins: list[dict], **data) -> dict:
-    return {"imports": [THIS_MODULE], "data": {"num_classes": 4, **data}, "model": {
-        "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 8},
-        "head": {"type": "fcn", "channels": 8, "num_convs": 1}, "plugins": plugins}}
+    return {
+        "imports": [THIS_MODULE],
+        "data": {"num_classes": 4, **data},
+        "model": {
+            "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 8},
+            "head": {"type": "fcn", "channels": 8, "num_convs": 1},
+            "plugins": plugins,
+        },
+    }
 
 
 def test_recipe_order_is_composition_order():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
-    bias_then_scale = build_segmentor(validate_recipe(_raw([{"type": "toy_prior", "init_bias": 1.0}, {"type": "toy_scale"}])))
-    scale_then_bias = build_segmentor(validate_recipe(_raw([{"type": "toy_scale"}, {"type": "toy_prior", "init_bias": 1.0}])))
+    bias_then_scale = build_segmentor(
+        validate_recipe(_raw([{"type": "toy_prior", "init_bias": 1.0}, {"type": "toy_scale"}]))
+    )
+    scale_then_bias = build_segmentor(
+        validate_recipe(_raw([{"type": "toy_scale"}, {"type": "toy_prior", "init_bias": 1.0}]))
+    )
     scale_then_bias.load_state_dict(bias_then_scale.state_dict())
     assert list(bias_then_scale.plugins) == ["toy_prior", "toy_scale"]
     assert list(scale_then_bias.plugins) == ["toy_scale", "toy_prior"]
@@ -104,15 +114,28 @@ def test_plugin_keys_are_validated_against_the_constructor():
     with pytest.raises(UserError, match=r"already listed"):
         validate_recipe(_raw([{"type": "toy_scale"}, {"type": "toy_scale"}]))
     # two entries of one type need names; the names become the state-dict prefixes
-    model = build_segmentor(validate_recipe(_raw([{"type": "toy_scale"}, {"type": "toy_scale", "name": "again", "factor": 3.0}])))
+    model = build_segmentor(
+        validate_recipe(_raw([{"type": "toy_scale"}, {"type": "toy_scale", "name": "again", "factor": 3.0}]))
+    )
     assert list(model.plugins) == ["toy_scale", "again"] and model.plugins["again"].factor == 3.0
     with pytest.raises(UserError, match=r"cannot import 'no_such_module_xyz'"):
         validate_recipe({**_raw([]), "imports": ["no_such_module_xyz"]})
 
 
 def test_data_facts_reach_every_plugin_from_one_place():
-    raw = _raw([{"type": "toy_prior"}, {"type": "mcibi", "feats_channels": 8, "transform_channels": 4, "out_channels": 8,
-                                          "use_context_within_image": False}], ignore_index=7)
+    raw = _raw(
+        [
+            {"type": "toy_prior"},
+            {
+                "type": "mcibi",
+                "feats_channels": 8,
+                "transform_channels": 4,
+                "out_channels": 8,
+                "use_context_within_image": False,
+            },
+        ],
+        ignore_index=7,
+    )
     raw["model"]["plugins"] = [raw["model"]["plugins"][1], raw["model"]["plugins"][0]]
     raw["model"]["align_corners"] = True
     model = build_segmentor(validate_recipe(raw))
@@ -123,13 +146,17 @@ def test_data_facts_reach_every_plugin_from_one_place():
 
 def test_extends_merges_plugins_by_type_and_set_addresses_them(tmp_path: Path):
     base = tmp_path / "base.toml"
-    base.write_text(f'imports = ["{THIS_MODULE}"]\n[data]\nnum_classes = 4\n[model.backbone]\ntype = "resnet"\ndepth = 18\n'
-                    'stem_channels = 8\nbase_channels = 8\n[model.head]\ntype = "fcn"\nchannels = 8\n\n'
-                    '[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 1.0\nloss_weight = 0.5\n\n'
-                    '[[model.plugins]]\ntype = "toy_scale"\n')
+    base.write_text(
+        f'imports = ["{THIS_MODULE}"]\n[data]\nnum_classes = 4\n[model.backbone]\ntype = "resnet"\ndepth = 18\n'
+        'stem_channels = 8\nbase_channels = 8\n[model.head]\ntype = "fcn"\nchannels = 8\n\n'
+        '[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 1.0\nloss_weight = 0.5\n\n'
+        '[[model.plugins]]\ntype = "toy_scale"\n'
+    )
     child = tmp_path / "child.toml"
-    child.write_text('extends = "base.toml"\n\n[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 2.0\n\n'
-                     '[[model.plugins]]\ntype = "toy_scale"\n_remove = true\n')
+    child.write_text(
+        'extends = "base.toml"\n\n[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 2.0\n\n'
+        '[[model.plugins]]\ntype = "toy_scale"\n_remove = true\n'
+    )
     recipe = load_recipe(child)
     assert recipe.model.plugins == [{"type": "toy_prior", "init_bias": 2.0, "loss_weight": 0.5}]
     recipe = load_recipe(child, ["model.plugins.toy_prior.loss_weight=0.25"])
@@ -147,10 +174,13 @@ def test_plugin_from_a_python_file_next_to_the_recipe(tmp_path: Path):
         "    def __init__(self, *, num_classes: int, offset: float = 0.0):\n"
         "        super().__init__()\n        self.offset = offset\n\n"
         "    def forward(self, outputs, backbone_feats, targets=None):\n"
-        "        return {'logits': outputs['logits'] + self.offset}\n")
-    (tmp_path / "r.toml").write_text('imports = ["my_plugin.py"]\n[data]\nnum_classes = 3\n[model.backbone]\ntype = "resnet"\n'
-                                     'depth = 18\nstem_channels = 8\nbase_channels = 8\n[model.head]\ntype = "fcn"\nchannels = 8\n'
-                                     '[[model.plugins]]\ntype = "file_toy"\noffset = 0.5\n')
+        "        return {'logits': outputs['logits'] + self.offset}\n"
+    )
+    (tmp_path / "r.toml").write_text(
+        'imports = ["my_plugin.py"]\n[data]\nnum_classes = 3\n[model.backbone]\ntype = "resnet"\n'
+        'depth = 18\nstem_channels = 8\nbase_channels = 8\n[model.head]\ntype = "fcn"\nchannels = 8\n'
+        '[[model.plugins]]\ntype = "file_toy"\noffset = 0.5\n'
+    )
     recipe = load_recipe(tmp_path / "r.toml")
     assert recipe.imports == [str((tmp_path / "my_plugin.py").resolve())]  # stored absolute: eval finds it too
     assert build_segmentor(recipe).plugins["file_toy"].offset == 0.5
@@ -158,21 +188,43 @@ def test_plugin_from_a_python_file_next_to_the_recipe(tmp_path: Path):
 
 def test_old_plugin_sections_are_a_clear_user_error(tmp_path: Path):
     old = tmp_path / "old.toml"
-    old.write_text('extends = "%s"\n\n[model.memory]\ntype = "mcibi"\nbase_lr = 0.01\n' % (REPO / "recipes" / "demo.toml"))
+    old.write_text(
+        'extends = "%s"\n\n[model.memory]\ntype = "mcibi"\nbase_lr = 0.01\n' % (REPO / "recipes" / "demo.toml")
+    )
     proc = run_cli("recipes", "show", str(old), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "[model.memory] is the old plug-in syntax" in proc.stderr + proc.stdout
-    assert '[[model.plugins]]' in proc.stderr + proc.stdout and 'type = "mcibi"' in proc.stderr + proc.stdout
+    assert "[[model.plugins]]" in proc.stderr + proc.stdout and 'type = "mcibi"' in proc.stderr + proc.stdout
 
 
 def test_toy_plugin_trains_evaluates_and_exports_through_the_cli(synthetic_small: Path, tmp_path: Path):
     recipe = tmp_path / "toy.toml"
-    recipe.write_text(f'extends = "{REPO / "recipes" / "demo.toml"}"\nimports = ["{THIS_MODULE}"]\n\n'
-                      '[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 0.25\nloss_weight = 0.1\n')
-    data = ["--set", f"data.root='{synthetic_small}'", "--set", "data.num_workers=0", "--set", "data.batch_size=2",
-            "--set", "data.crop_size=[64, 64]"]
-    run_cli("train", "--recipe", str(recipe), "--set", "train.iters=3", "--set", "train.eval_interval=3", *data,
-            "--no-progress", cwd=tmp_path)
+    recipe.write_text(
+        f'extends = "{REPO / "recipes" / "demo.toml"}"\nimports = ["{THIS_MODULE}"]\n\n'
+        '[[model.plugins]]\ntype = "toy_prior"\ninit_bias = 0.25\nloss_weight = 0.1\n'
+    )
+    data = [
+        "--set",
+        f"data.root='{synthetic_small}'",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.crop_size=[64, 64]",
+    ]
+    run_cli(
+        "train",
+        "--recipe",
+        str(recipe),
+        "--set",
+        "train.iters=3",
+        "--set",
+        "train.eval_interval=3",
+        *data,
+        "--no-progress",
+        cwd=tmp_path,
+    )
     run = (tmp_path / "runs" / "latest").resolve()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
@@ -184,8 +236,19 @@ def test_toy_plugin_trains_evaluates_and_exports_through_the_cli(synthetic_small
 
     run_cli("eval", "--limit", "2", cwd=tmp_path)  # the checkpoint's recipe brings its own imports
     assert json.loads((run / "eval" / "metrics.json").read_text())["num_images"] == 2
-    proc = run_cli("convert", "onnx", "--checkpoint", str(run / "final.safetensors"), "-o", str(tmp_path / "toy.onnx"),
-                   "--height", "64", "--width", "64", cwd=tmp_path)
+    proc = run_cli(
+        "convert",
+        "onnx",
+        "--checkpoint",
+        str(run / "final.safetensors"),
+        "-o",
+        str(tmp_path / "toy.onnx"),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        cwd=tmp_path,
+    )
     assert (tmp_path / "toy.onnx").stat().st_size > 0, proc.stdout
 
 

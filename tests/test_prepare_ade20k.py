@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from ctxseg.data.dataset import reduce_zero_label
-from tests.test_prepare_common import assert_no_copied_images, prepare_twice, read_back, split_lines, write_gray, write_image
+from tests.test_prepare_common import (
+    assert_no_copied_images,
+    prepare_twice,
+    read_back,
+    split_lines,
+    write_gray,
+    write_image,
+)
 
 
 def test_prepare_ade20k(tmp_path, monkeypatch, capsys):
@@ -23,8 +30,15 @@ def test_prepare_ade20k(tmp_path, monkeypatch, capsys):
     out = tmp_path / "ade"
     meta, stdout = prepare_twice("ade20k", root, out, monkeypatch, capsys)
     assert "ADE_train_00000099" in stdout
-    assert meta["num_classes"] == 150 and meta["reduce_zero_label"] is True and meta["classes"][:3] == ["wall", "building", "sky"]
-    assert meta["splits"] == {"train": 3, "val": 3, "trainval": 6} and meta["official_splits"] == {"train": 20210, "val": 2000}
+    assert (
+        meta["num_classes"] == 150
+        and meta["reduce_zero_label"] is True
+        and meta["classes"][:3] == ["wall", "building", "sky"]
+    )
+    assert meta["splits"] == {"train": 3, "val": 3, "trainval": 6} and meta["official_splits"] == {
+        "train": 20210,
+        "val": 2000,
+    }
     lines = split_lines(out, "val")
     assert lines[0] == ["images/validation/ADE_val_00000001.jpg", "annotations/validation/ADE_val_00000001.png"]
     assert np.array_equal(read_back(out, meta, "label_root", lines[0][1]), labs["ADE_val_00000001"])

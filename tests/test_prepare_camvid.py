@@ -20,7 +20,9 @@ def test_prepare_camvid(tmp_path, monkeypatch, capsys):
             lab = rng.integers(0, 12, (4, 6)).astype(np.uint8)
             raw[(split, name)] = lab
             write_gray(root / f"{split}annot" / name, lab)
-    (root / "train.txt").write_text("/SegNet/CamVid/train/0001TP_006690.png /SegNet/CamVid/trainannot/0001TP_006690.png\n")
+    (root / "train.txt").write_text(
+        "/SegNet/CamVid/train/0001TP_006690.png /SegNet/CamVid/trainannot/0001TP_006690.png\n"
+    )
     out = tmp_path / "camvid"
     meta, _ = prepare_twice("camvid", root, out, monkeypatch, capsys)
     assert meta["num_classes"] == 11 and meta["ignore_index"] == 11 and meta["void_id"] == 11

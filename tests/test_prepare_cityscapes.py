@@ -8,7 +8,14 @@ import zipfile
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as cs_labels
 
-from tests.test_prepare_common import assert_no_copied_images, prepare_twice, read_back, split_lines, write_gray, write_image
+from tests.test_prepare_common import (
+    assert_no_copied_images,
+    prepare_twice,
+    read_back,
+    split_lines,
+    write_gray,
+    write_image,
+)
 
 H, W = 6, 10
 ID2TRAIN = {l.id: (l.trainId if 0 <= l.trainId < 255 else 255) for l in cs_labels if l.id >= 0}
@@ -31,11 +38,15 @@ def make_cityscapes(root, n_per_split=2, polygons_for=None):
             gdir = root / "gtFine" / split / city
             if stem == polygons_for:
                 gdir.mkdir(parents=True, exist_ok=True)
-                objects = [{"label": "road", "polygon": [[0, 0], [9, 0], [9, 5], [0, 5]]},
-                           {"label": "car", "polygon": [[2, 1], [5, 1], [5, 3], [2, 3]]},
-                           {"label": "license plate", "polygon": [[3, 2], [4, 2], [4, 2], [3, 2]]},
-                           {"label": "person", "polygon": [[7, 4], [8, 4], [8, 5], [7, 5]], "deleted": 1}]
-                (gdir / f"{stem}_gtFine_polygons.json").write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": objects}))
+                objects = [
+                    {"label": "road", "polygon": [[0, 0], [9, 0], [9, 5], [0, 5]]},
+                    {"label": "car", "polygon": [[2, 1], [5, 1], [5, 3], [2, 3]]},
+                    {"label": "license plate", "polygon": [[3, 2], [4, 2], [4, 2], [3, 2]]},
+                    {"label": "person", "polygon": [[7, 4], [8, 4], [8, 5], [7, 5]], "deleted": 1},
+                ]
+                (gdir / f"{stem}_gtFine_polygons.json").write_text(
+                    json.dumps({"imgHeight": H, "imgWidth": W, "objects": objects})
+                )
                 ids = np.full((H, W), 7, np.uint8)  # road everywhere, car box on top; the plate (id -1) is not drawn
                 ids[1:4, 2:6] = 26
             else:
@@ -63,8 +74,10 @@ def test_prepare_cityscapes_folders(tmp_path, monkeypatch, capsys):
             got = read_back(out, meta, "label_root", lab)
             assert np.array_equal(got, expected_trainids(gts[(split, stem)])), (split, stem)
     assert [len(ln) for ln in split_lines(out, "test")] == [1, 1]  # test images have no labels
-    counts = sum(np.bincount(v[v < 255], minlength=19) for v in
-                 (expected_trainids(gts[("train", s)]) for s in ("aachen_000000_000019", "aachen_000001_000020")))
+    counts = sum(
+        np.bincount(v[v < 255], minlength=19)
+        for v in (expected_trainids(gts[("train", s)]) for s in ("aachen_000000_000019", "aachen_000001_000020"))
+    )
     assert meta["class_pixel_counts"] == counts.tolist()
     assert_no_copied_images(out)
 
@@ -88,4 +101,3 @@ def test_prepare_cityscapes_zips(tmp_path, monkeypatch, capsys):
             assert (out / "raw" / img).is_file()
             stem = img.split("/")[-1][: -len("_leftImg8bit.png")]
             assert np.array_equal(read_back(out, meta, "label_root", lab), expected_trainids(gts[(split, stem)]))
-

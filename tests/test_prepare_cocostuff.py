@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.io
 
-from tests.test_prepare_common import assert_no_copied_images, prepare_twice, read_back, split_lines, write_gray, write_image
+from tests.test_prepare_common import (
+    assert_no_copied_images,
+    prepare_twice,
+    read_back,
+    split_lines,
+    write_gray,
+    write_image,
+)
 
 UNUSED_0BASED = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
 
@@ -28,7 +35,10 @@ def test_mapping_spot_values():
 def test_prepare_cocostuff10k(tmp_path, monkeypatch, capsys):
     root = tmp_path / "cocostuff-10k-v1.1"
     rng = np.random.default_rng(2)
-    names = {"train": ["COCO_train2014_000000000077", "COCO_train2014_000000000078"], "test": ["COCO_train2014_000000000080"]}
+    names = {
+        "train": ["COCO_train2014_000000000077", "COCO_train2014_000000000078"],
+        "test": ["COCO_train2014_000000000080"],
+    }
     raw = {}
     for split, ids in names.items():
         (root / "imageLists").mkdir(parents=True, exist_ok=True)
@@ -39,8 +49,10 @@ def test_prepare_cocostuff10k(tmp_path, monkeypatch, capsys):
             s[0, :2] = [12, 91]  # unused thing ids -> unlabeled
             raw[n] = s
             (root / "annotations").mkdir(exist_ok=True)
-            scipy.io.savemat(root / "annotations" / f"{n}.mat", {"S": s, "names": np.array(["x"], dtype=object),
-                                                                  "captions": np.array(["a"], dtype=object)})
+            scipy.io.savemat(
+                root / "annotations" / f"{n}.mat",
+                {"S": s, "names": np.array(["x"], dtype=object), "captions": np.array(["a"], dtype=object)},
+            )
     (root / "imageLists" / "all.txt").write_text("\n".join(names["train"] + names["test"]) + "\n")
     out = tmp_path / "c10k"
     meta, _ = prepare_twice("coco-stuff10k", root, out, monkeypatch, capsys)
@@ -50,7 +62,9 @@ def test_prepare_cocostuff10k(tmp_path, monkeypatch, capsys):
         for img, lab in split_lines(out, split):
             n = img.split("/")[-1][:-4]
             got = read_back(out, meta, "label_root", lab)
-            exp = np.vectorize(lambda v: 0 if v == 0 else (expected_164k(v - 1) + 1 if expected_164k(v - 1) != 255 else 0))(raw[n])
+            exp = np.vectorize(
+                lambda v: 0 if v == 0 else (expected_164k(v - 1) + 1 if expected_164k(v - 1) != 255 else 0)
+            )(raw[n])
             assert np.array_equal(got, exp.astype(np.uint8))
             assert got[0, 0] == 0 and got[0, 1] == 0
     assert_no_copied_images(out)

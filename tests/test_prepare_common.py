@@ -54,8 +54,9 @@ def cli_inproc(*args: str, monkeypatch, capsys) -> tuple[int, str]:
     return code, cap.out + cap.err
 
 
-def prepare_twice(name: str, root: Path, out: Path, monkeypatch, capsys, workers: int = 2,
-                  subprocess: bool = False) -> tuple[dict, str]:
+def prepare_twice(
+    name: str, root: Path, out: Path, monkeypatch, capsys, workers: int = 2, subprocess: bool = False
+) -> tuple[dict, str]:
     """Prepare through the CLI (in a subprocess, or the same entry point in-process: each
     subprocess pays the CLI's start-up), then again: the second run must skip every label and
     leave every converted file byte-identical (and untouched); raw files never change."""
@@ -69,8 +70,18 @@ def prepare_twice(name: str, root: Path, out: Path, monkeypatch, capsys, workers
     assert "prepared" in stdout, stdout
     meta = json.loads((out / "meta.json").read_text())
     written = {k: v for k, v in snapshot(out).items() if k.startswith("labels/")}
-    code, text = cli_inproc("prepare", name, "--root", str(root), "--out", str(out), "--workers", "1",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        name,
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     assert " 0 converted" in text, text
     after = {k: v for k, v in snapshot(out).items() if k.startswith("labels/")}
@@ -103,9 +114,11 @@ def assert_no_copied_images(out: Path) -> None:
 
 def test_split_size_messages():
     msgs = check_split_sizes({"train": 3, "val": 7}, {"train": 5, "val": 5, "test": 2})
-    assert msgs == ["split 'train': 3 samples, the official count is 5 (2 missing)",
-                    "split 'val': 7 samples, the official count is 5 (2 extra)",
-                    "split 'test': 0 samples, the official count is 2 (2 missing)"]
+    assert msgs == [
+        "split 'train': 3 samples, the official count is 5 (2 missing)",
+        "split 'val': 7 samples, the official count is 5 (2 extra)",
+        "split 'test': 0 samples, the official count is 2 (2 missing)",
+    ]
     assert check_split_sizes({"train": 5}, {"train": 5}) == []
 
 
@@ -129,11 +142,30 @@ def test_strict_reports_and_fails_on_size_mismatch(tmp_path, monkeypatch, capsys
     from tests.test_prepare_lip import make_lip
 
     root = make_lip(tmp_path / "raw")
-    code, text = cli_inproc("prepare", "lip", "--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0 and "official count is 30462" in text and "missing" in text, text
-    code, text = cli_inproc("prepare", "lip", "--root", str(root), "--out", str(tmp_path / "out"), "--strict",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--strict",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 2 and "--strict" in text, text
 
 
@@ -142,8 +174,18 @@ def test_check_reports_bad_files(tmp_path, monkeypatch, capsys):
 
     root = make_lip(tmp_path / "raw")
     out = tmp_path / "out"
-    code, _ = cli_inproc("prepare", "lip", "--root", str(root), "--out", str(out), "--workers", "1",
-                         monkeypatch=monkeypatch, capsys=capsys)
+    code, _ = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0
     bad = root / "TrainVal_parsing_annotations" / "val_segmentations" / "val_b.png"
     lab = cv2.imread(str(bad), cv2.IMREAD_UNCHANGED)

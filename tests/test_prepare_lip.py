@@ -15,8 +15,10 @@ def make_lip(root):
         (root / "TrainVal_images" / f"{split}_id.txt").write_text("\n".join(ids) + "\n")
         for k, i in enumerate(ids):
             write_image(root / "TrainVal_images" / f"{split}_images" / f"{i}.jpg", 6, 5, k)
-            write_gray(root / "TrainVal_parsing_annotations" / f"{split}_segmentations" / f"{i}.png",
-                       rng.integers(0, 20, (6, 5)).astype(np.uint8))
+            write_gray(
+                root / "TrainVal_parsing_annotations" / f"{split}_segmentations" / f"{i}.png",
+                rng.integers(0, 20, (6, 5)).astype(np.uint8),
+            )
     return root
 
 
@@ -27,10 +29,15 @@ def test_prepare_lip(tmp_path, monkeypatch, capsys):
     assert meta["num_classes"] == 20 and meta["ignore_index"] == 255 and not meta["reduce_zero_label"]
     assert meta["classes"][14:] == ["left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe"]
     assert meta["flip_pairs"] == [[14, 15], [16, 17], [18, 19]]
-    assert meta["splits"] == {"train": 2, "val": 2, "trainval": 4} and meta["official_splits"] == {"train": 30462, "val": 10000}
+    assert meta["splits"] == {"train": 2, "val": 2, "trainval": 4} and meta["official_splits"] == {
+        "train": 30462,
+        "val": 10000,
+    }
     lines = split_lines(out, "train")
-    assert lines[0] == ["TrainVal_images/train_images/100034_483681.jpg",
-                        "TrainVal_parsing_annotations/train_segmentations/100034_483681.png"]
+    assert lines[0] == [
+        "TrainVal_images/train_images/100034_483681.jpg",
+        "TrainVal_parsing_annotations/train_segmentations/100034_483681.png",
+    ]
     # labels are used in place: the index reads the raw PNG, value for value
     raw = read_back(root, {"r": str(root)}, "r", lines[0][1])
     assert np.array_equal(read_back(out, meta, "label_root", lines[0][1]), raw)
@@ -65,8 +72,10 @@ def test_prepare_lip_flat_layouts(tmp_path, monkeypatch, capsys):
     labs = make_lip_flat(root)
     meta, _ = prepare_twice("lip", root, tmp_path / "a", monkeypatch, capsys)
     assert meta["splits"] == {"train": 2, "val": 1, "trainval": 3} and meta["layout"] == "flat"
-    assert split_lines(tmp_path / "a", "train") == [["LIP/train_images/1000_1234574.jpg", "LIP/train_segmentations/1000_1234574.png"],
-                                                    ["LIP/train_images/100035_11.jpg", "LIP/train_segmentations/100035_11.png"]]
+    assert split_lines(tmp_path / "a", "train") == [
+        ["LIP/train_images/1000_1234574.jpg", "LIP/train_segmentations/1000_1234574.png"],
+        ["LIP/train_images/100035_11.jpg", "LIP/train_segmentations/100035_11.png"],
+    ]
     for img, lab in split_lines(tmp_path / "a", "trainval"):
         assert np.array_equal(read_back(tmp_path / "a", meta, "label_root", lab), labs[img.split("/")[-1][:-4]])
     root = tmp_path / "no_ids"
@@ -74,7 +83,8 @@ def test_prepare_lip_flat_layouts(tmp_path, monkeypatch, capsys):
     meta, _ = prepare_twice("lip", root / "LIP", tmp_path / "b", monkeypatch, capsys)
     assert meta["splits"] == {"train": 3, "val": 1, "trainval": 4}
     assert [ln[0] for ln in split_lines(tmp_path / "b", "train")] == [  # sorted annotation stems
-        f"train_images/{i}.jpg" for i in sorted(["1000_1234574", "100035_11", "77_9"])]
+        f"train_images/{i}.jpg" for i in sorted(["1000_1234574", "100035_11", "77_9"])
+    ]
     assert meta["flip_pairs"] == [[14, 15], [16, 17], [18, 19]]
 
 
@@ -82,6 +92,14 @@ def test_lip_layout_not_found_names_the_folders(tmp_path, monkeypatch, capsys):
     from tests.test_prepare_common import cli_inproc
 
     (tmp_path / "raw" / "LIP" / "images").mkdir(parents=True)
-    code, text = cli_inproc("prepare", "lip", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "o"),
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "o"),
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 2 and "train_images/" in text and "Traceback" not in text, text

@@ -36,7 +36,11 @@ def test_prepare_pascal_context_59_and_60(tmp_path, monkeypatch, capsys):
     m59, _ = prepare_twice("pascal-context", root, tmp_path / "pc59", monkeypatch, capsys)
     m60, _ = prepare_twice("pascal-context-60", root, tmp_path / "pc60", monkeypatch, capsys)
     assert m59["num_classes"] == 59 and m59["reduce_zero_label"] is True and m59["classes"][0] == "aeroplane"
-    assert m60["num_classes"] == 60 and m60["reduce_zero_label"] is False and m60["classes"][:2] == ["background", "aeroplane"]
+    assert (
+        m60["num_classes"] == 60
+        and m60["reduce_zero_label"] is False
+        and m60["classes"][:2] == ["background", "aeroplane"]
+    )
     assert m59["classes"][36] == "person" and m60["classes"][37] == "person" and m59["classes"][-1] == "wood"
     assert m59["official_splits"] == {"train": 4998, "val": 5105}
     for out, meta in ((tmp_path / "pc59", m59), (tmp_path / "pc60", m60)):
@@ -49,7 +53,9 @@ def test_prepare_pascal_context_59_and_60(tmp_path, monkeypatch, capsys):
     # 59: background ignored, counts over 59 classes; 60: background is class 0
     t59 = [reduce_zero_label(np.vectorize(lut.get)(raw[n])) for n in ("2008_000002", "2008_000003")]
     assert m59["class_pixel_counts"] == sum(np.bincount(t[t != 255], minlength=59) for t in t59).tolist()
-    assert m60["class_pixel_counts"][0] == sum(int((np.vectorize(lut.get)(raw[n]) == 0).sum()) for n in ("2008_000002", "2008_000003"))
+    assert m60["class_pixel_counts"][0] == sum(
+        int((np.vectorize(lut.get)(raw[n]) == 0).sum()) for n in ("2008_000002", "2008_000003")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,14 +75,33 @@ def _detail_json(path, paint: dict[str, list[tuple[int, np.ndarray]]], phases: d
         for cat, m in layers:
             rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode()
-            anns.append({"id": aid, "image_id": iid, "category_id": cat, "segmentation": rle, "iscrowd": 0,
-                         "area": int(m.sum()), "bbox": [0, 0, w, h]})
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": iid,
+                    "category_id": cat,
+                    "segmentation": rle,
+                    "iscrowd": 0,
+                    "area": int(m.sum()),
+                    "bbox": [0, 0, w, h],
+                }
+            )
             aid += 1
     if extra_image:
         images.append(extra_image)
-    data = {"info": {}, "images": images, "annos_segmentation": anns, "annos_occlusion": [], "annos_boundary": [],
-            "annos_joints": [], "parts": [], "categories": [{"category_id": c, "name": f"c{c}", "supercategory": "x",
-                                                              "onlysemantic": 1, "parts": []} for c in (2, 9, 18, 284, 440, 458, 3)]}
+    data = {
+        "info": {},
+        "images": images,
+        "annos_segmentation": anns,
+        "annos_occlusion": [],
+        "annos_boundary": [],
+        "annos_joints": [],
+        "parts": [],
+        "categories": [
+            {"category_id": c, "name": f"c{c}", "supercategory": "x", "onlysemantic": 1, "parts": []}
+            for c in (2, 9, 18, 284, 440, 458, 3)
+        ],
+    }
     path.write_text(__import__("json").dumps(data))
 
 
@@ -88,7 +113,9 @@ def make_context_both_routes(root):
     names = {"2008_000002": "train", "2008_000003": "train", "2008_000007": "val"}
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     for split in ("train", "val"):
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(n for n, s in names.items() if s == split) + "\n")
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text(
+            "\n".join(n for n, s in names.items() if s == split) + "\n"
+        )
     paint, raw = {}, {}
     for k, n in enumerate(names):
         h, w = 9, 11 + k
@@ -140,7 +167,9 @@ def test_pascal_context_json_route_equals_mat_route(tmp_path, monkeypatch, capsy
     json_root = tmp_path / "json_only"
     shutil.copytree(root, json_root)
     shutil.rmtree(json_root / "trainval")
-    (json_root / "VOCdevkit" / "VOC2010" / "ImageSets" / "Main").rename(json_root / "no_lists")  # splits from the JSON's phase
+    (json_root / "VOCdevkit" / "VOC2010" / "ImageSets" / "Main").rename(
+        json_root / "no_lists"
+    )  # splits from the JSON's phase
     m59, _ = prepare_twice("pascal-context", json_root, tmp_path / "j59", monkeypatch, capsys)
     m60, _ = prepare_twice("pascal-context-60", json_root, tmp_path / "j60", monkeypatch, capsys)
     assert "trainval_merged.json" in m59["annotation_route"] and m59["num_classes"] == 59 and m60["num_classes"] == 60

@@ -21,8 +21,19 @@ def truncate(path, keep: float = 0.5) -> None:
 
 
 def prepare(name, root, out, monkeypatch, capsys, *extra):
-    return cli_inproc("prepare", name, "--root", str(root), "--out", str(out), "--workers", "1", *extra,
-                      monkeypatch=monkeypatch, capsys=capsys)
+    return cli_inproc(
+        "prepare",
+        name,
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        *extra,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
 
 
 def test_changed_raw_label_is_converted_again(tmp_path, monkeypatch, capsys):
@@ -98,7 +109,9 @@ def test_corrupt_voc_png_and_sbd_mat(tmp_path, monkeypatch, capsys):
     for n in ("2007_000001", "2007_000002"):
         write_palette_png(voc / "SegmentationClass" / f"{n}.png", rng.integers(0, 21, (20, 30)).astype(np.uint8))
     for n in ("2008_000001", "2008_000002"):
-        scipy.io.savemat(sbd / "cls" / f"{n}.mat", {"GTcls": {"Segmentation": rng.integers(0, 21, (20, 30)).astype(np.uint8)}})
+        scipy.io.savemat(
+            sbd / "cls" / f"{n}.mat", {"GTcls": {"Segmentation": rng.integers(0, 21, (20, 30)).astype(np.uint8)}}
+        )
     truncate(voc / "SegmentationClass" / "2007_000002.png", 0.6)
     truncate(sbd / "cls" / "2008_000002.mat", 0.5)
     code, text = prepare("voc-aug", root, tmp_path / "out", monkeypatch, capsys)
@@ -130,7 +143,9 @@ def test_truncated_in_place_annotation_and_image_fail_prepare(tmp_path, monkeypa
     for folder, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
         for i in (1, 2):
             write_image(base / "images" / folder / f"{prefix}_{i:08d}.jpg", 40, 50, i)
-            write_gray(base / "annotations" / folder / f"{prefix}_{i:08d}.png", rng.integers(0, 151, (40, 50)).astype(np.uint8))
+            write_gray(
+                base / "annotations" / folder / f"{prefix}_{i:08d}.png", rng.integers(0, 151, (40, 50)).astype(np.uint8)
+            )
     bad_ann = base / "annotations" / "validation" / "ADE_val_00000002.png"
     bad_img = base / "images" / "validation" / "ADE_val_00000001.jpg"
     good = bad_ann.read_bytes(), bad_img.read_bytes()

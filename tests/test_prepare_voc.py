@@ -44,8 +44,16 @@ def test_prepare_voc_aug(tmp_path, monkeypatch, capsys):
         if n in sbd_train + sbd_val:
             seg = rng.integers(0, 21, (5, 6)).astype(np.uint8)
             (sbd / "cls").mkdir(exist_ok=True)
-            scipy.io.savemat(sbd / "cls" / f"{n}.mat", {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros((21, 1), object),
-                                                                  "CategoriesPresent": np.unique(seg[seg > 0])}})
+            scipy.io.savemat(
+                sbd / "cls" / f"{n}.mat",
+                {
+                    "GTcls": {
+                        "Segmentation": seg,
+                        "Boundaries": np.zeros((21, 1), object),
+                        "CategoriesPresent": np.unique(seg[seg > 0]),
+                    }
+                },
+            )
             truth.setdefault(n, seg)  # the VOC annotation wins where both exist
     out = tmp_path / "voc"
     meta, _ = prepare_twice("voc-aug", root, out, monkeypatch, capsys)

@@ -42,8 +42,10 @@ def no_downloads(monkeypatch):
 
 def _random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.randint(0, 100, s, generator=g) if k.endswith("num_batches_tracked")
-                else torch.randn(s, generator=g)) for k, s in shapes.items()}
+    return {
+        k: (torch.randint(0, 100, s, generator=g) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+        for k, s in shapes.items()
+    }
 
 
 def _backbone_cfg(recipe_name: str, **over) -> dict:
@@ -68,7 +70,7 @@ def _openseg_imagenet_layout(depth: int = 50) -> dict[str, list[int]]:
     6 blocks of layer3 (the same layout, a smaller test)."""
     manifest = json.loads(golden("contrastiveseg", "manifest_deeplab_v3_contrast_r101.json").read_text())
     prefix = "module.backbone."
-    shapes = {k[len(prefix):].replace("resinit.", ""): s for k, s in manifest.items() if k.startswith(prefix)}
+    shapes = {k[len(prefix) :].replace("resinit.", ""): s for k, s in manifest.items() if k.startswith(prefix)}
     if depth == 50:
         shapes = {k: s for k, s in shapes.items() if not (k.startswith("layer3.") and int(k.split(".")[1]) >= 6)}
     shapes.update({"fc.weight": [1000, 2048], "fc.bias": [1000]})
@@ -88,7 +90,14 @@ def test_openseg_deepbase_imagenet_file_loads_strictly(tmp_path, no_downloads, c
     torch.save(src, path)
     bb = _build(_backbone_cfg("ce-deeplabv3-r101-cityscapes", pretrained=str(path), depth=50))
     net = bb.net.state_dict()
-    stem = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1"}
+    stem = {
+        "conv1": "conv1.0",
+        "bn1": "conv1.1",
+        "conv2": "conv1.3",
+        "bn2": "conv1.4",
+        "conv3": "conv1.6",
+        "bn3": "bn1",
+    }
     for k, v in src.items():
         if k.startswith("fc."):
             continue
@@ -105,8 +114,11 @@ def test_openseg_deepbase_imagenet_file_loads_strictly(tmp_path, no_downloads, c
 
 def test_openseg_file_in_openseg_naming_also_loads(tmp_path, no_downloads):
     """A backbone saved by openseg itself (`resinit.` stem, `backbone.` prefix, other parts around it)."""
-    shapes = {f"backbone.{'resinit.' if k.split('.')[0] in ('conv1', 'conv2', 'conv3', 'bn1', 'bn2', 'bn3') else ''}{k}": s
-              for k, s in _openseg_imagenet_layout().items() if not k.startswith("fc.")}
+    shapes = {
+        f"backbone.{'resinit.' if k.split('.')[0] in ('conv1', 'conv2', 'conv3', 'bn1', 'bn2', 'bn3') else ''}{k}": s
+        for k, s in _openseg_imagenet_layout().items()
+        if not k.startswith("fc.")
+    }
     shapes["decoder.refine.2.weight"] = [19, 256, 1, 1]
     src = _random_state(shapes, seed=1)
     path = tmp_path / "openseg.pth"
@@ -135,7 +147,9 @@ def test_train_stops_before_training_when_the_weights_file_is_missing(tmp_path, 
     from ctxseg.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["ctxseg", "train", "--recipe", "ce-deeplabv3-r101-cityscapes", "--runs-dir", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", ["ctxseg", "train", "--recipe", "ce-deeplabv3-r101-cityscapes", "--runs-dir", str(tmp_path)]
+    )
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2
@@ -173,9 +187,10 @@ def test_vit_recipes_have_sssegs_three_aux_decoders(stem):
 def test_ssseg_aux_decoder_matches_ssseg_sequential_order():
     """conv-BN-ReLU-upsample x2, dropout, 1x1: the ctxseg head equals ssseg's Sequential with the
     converter's key map (so the layer order and the x4 nearest upsampling after each conv are checked)."""
+    import re
+
     from ctxseg.convert.ssseg import _aux_decoders_rules
     from ctxseg.models.heads.ssseg_aux import SssegAuxHeads
-    import re
 
     cfg = {"type": "ssseg_aux", "in_index": [0, 1, 2], "channels": 6, "num_convs": 2, "upsample": 4}
     head = SssegAuxHeads(in_channels=[5, 5, 5, 5], num_classes=3, in_index=[0, 1, 2], channels=6).eval()
@@ -183,7 +198,12 @@ def test_ssseg_aux_decoder_matches_ssseg_sequential_order():
     def reference():  # ssseg DefaultAuxiliaryDecoder, num_convs=2, upsample scale 4
         layers = []
         for j in range(2):
-            layers += [nn.Conv2d(5 if j == 0 else 6, 6, 3, 1, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Upsample(scale_factor=4)]
+            layers += [
+                nn.Conv2d(5 if j == 0 else 6, 6, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(6),
+                nn.ReLU(),
+                nn.Upsample(scale_factor=4),
+            ]
         return nn.Sequential(*layers, nn.Dropout2d(0.1), nn.Conv2d(6, 3, 1))
 
     refs = nn.ModuleList(reference() for _ in range(3)).eval()
@@ -196,7 +216,7 @@ def test_ssseg_aux_decoder_matches_ssseg_sequential_order():
     for k, v in refs.state_dict().items():
         key = f"auxiliary_decoder.{k}"
         name = next(p.sub(r, key) for p, r in rules if p.fullmatch(key))
-        target[name[len("auxiliary_head."):]].copy_(v)
+        target[name[len("auxiliary_head.") :]].copy_(v)
     head.load_state_dict(target)
     feats = [torch.randn(2, 5, 3, 4, generator=g) for _ in range(4)]
     with torch.no_grad():
@@ -257,7 +277,14 @@ def test_vit_pos_embed_resized_bilinearly_as_ssseg(tmp_path, no_downloads):
     small = vit(embed_dim=16, depth=2, num_heads=2, out_indices=[0, 1], img_size=64)  # 4x4 grid
     src = {f"{k}": v.clone() for k, v in small.net.state_dict().items()}
     src["pos_embed"] = torch.randn(1, 1 + 6 * 6, 16)  # trained at a 6x6 grid
-    src.update({"norm.weight": torch.ones(16), "norm.bias": torch.zeros(16), "head.weight": torch.randn(10, 16), "head.bias": torch.zeros(10)})
+    src.update(
+        {
+            "norm.weight": torch.ones(16),
+            "norm.bias": torch.zeros(16),
+            "head.weight": torch.randn(10, 16),
+            "head.bias": torch.zeros(10),
+        }
+    )
     path = tmp_path / "vit.pth"
     torch.save(src, path)
     model = vit(embed_dim=16, depth=2, num_heads=2, out_indices=[0, 1], img_size=64, pretrained=str(path))
@@ -276,7 +303,9 @@ def _mmcls_mobilenetv2_checkpoint() -> dict:
     released CAC model's manifest) under `backbone.`, plus mmcls' last 1x1 conv `conv2` and `head.fc`."""
     manifest = json.loads(golden("cac", "manifest_fcn_m-v2-d8_512x512_160k_ade20k_cac.json").read_text())
     shapes = {k: s for k, s in manifest.items() if k.startswith("backbone.")}
-    shapes.update({"backbone.conv2.conv.weight": [1280, 320, 1, 1], "head.fc.weight": [1000, 1280], "head.fc.bias": [1000]})
+    shapes.update(
+        {"backbone.conv2.conv.weight": [1280, 320, 1, 1], "head.fc.weight": [1000, 1280], "head.fc.bias": [1000]}
+    )
     for p in ("weight", "bias", "running_mean", "running_var"):
         shapes[f"backbone.conv2.bn.{p}"] = [1280]
     return {"meta": {"mmcls_version": "0.x", "CLASSES": ["tench"]}, "state_dict": _random_state(shapes, seed=2)}
@@ -286,8 +315,10 @@ def test_cac_mobilenetv2_recipes_name_the_mmcls_weights_and_plain_bn():
     for name in ("fcn-cac-mv2-ade20k-160k", "fcn-mv2-ade20k-160k"):
         recipe = load_recipe(name)
         bb = recipe.model.backbone
-        assert bb["pretrained"] == ("https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/"
-                                    "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth")
+        assert bb["pretrained"] == (
+            "https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/"
+            "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth"
+        )
         assert bb["norm"] == "BN" and recipe.model.norm == "SyncBN"
 
 
@@ -301,7 +332,7 @@ def test_mmcls_mobilenetv2_checkpoint_loads_strictly(tmp_path, no_downloads, cap
     loaded = [k for k in src if k.startswith("backbone.") and not k.startswith("backbone.conv2.")]
     assert len(loaded) == len(ours)
     for k in loaded:
-        assert torch.equal(ours[k[len("backbone."):]], src[k]), k
+        assert torch.equal(ours[k[len("backbone.") :]], src[k]), k
     out = capsys.readouterr().out
     assert "mmcls MobileNetV2" in out and "conv2.conv.weight" in out and "head.fc.weight" in out
 
@@ -347,12 +378,16 @@ def test_timm_mobilenetv2_maps_block_for_block():
 
 
 def test_plain_bn_backbone_stays_bn_under_syncbn():
-    from ctxseg.models.norm import convert_sync_batchnorm
     from ctxseg.engine.offline import build_for_loading
+    from ctxseg.models.norm import convert_sync_batchnorm
 
     model = convert_sync_batchnorm(build_for_loading(load_recipe("fcn-cac-mv2-ade20k-160k")))
     bb = [type(m) for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    rest = [type(m) for n, m in model.named_modules() if not n.startswith("backbone") and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    rest = [
+        type(m)
+        for n, m in model.named_modules()
+        if not n.startswith("backbone") and isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     assert bb and set(bb) == {nn.BatchNorm2d}
     assert rest and set(rest) == {nn.SyncBatchNorm}
 
@@ -380,14 +415,28 @@ def test_exact_timm_file_loads_with_a_report(tmp_path, capsys):
     bb = _build(dict(CFG18, pretrained=path))
     assert all(torch.equal(bb.net.state_dict()[k], v) for k, v in src.items() if not k.startswith("fc."))
     out = capsys.readouterr().out
-    assert f"loaded {len(src) - 2} tensors" in out and "skipped 2 source tensors (ImageNet classifier): fc.weight, fc.bias" in out
+    assert (
+        f"loaded {len(src) - 2} tensors" in out
+        and "skipped 2 source tensors (ImageNet classifier): fc.weight, fc.bias" in out
+    )
 
 
-@pytest.mark.parametrize("problem, edit, expect", [
-    ("unexpected", lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)), "source tensor with no place in the backbone: layer5.0.conv1.weight"),
-    ("missing", lambda s: s.pop("layer2.1.bn2.weight"), "backbone tensor not filled: layer2.1.bn2.weight"),
-    ("shape", lambda s: s.__setitem__("layer1.0.conv1.weight", torch.zeros(64, 64, 1, 1)), "shape mismatch at layer1.0.conv1.weight"),
-])
+@pytest.mark.parametrize(
+    "problem, edit, expect",
+    [
+        (
+            "unexpected",
+            lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)),
+            "source tensor with no place in the backbone: layer5.0.conv1.weight",
+        ),
+        ("missing", lambda s: s.pop("layer2.1.bn2.weight"), "backbone tensor not filled: layer2.1.bn2.weight"),
+        (
+            "shape",
+            lambda s: s.__setitem__("layer1.0.conv1.weight", torch.zeros(64, 64, 1, 1)),
+            "shape mismatch at layer1.0.conv1.weight",
+        ),
+    ],
+)
 def test_strict_by_default(tmp_path, problem, edit, expect):
     path, _ = _timm_resnet18_file(tmp_path, edit)
     with pytest.raises(UserError) as e:
@@ -396,7 +445,9 @@ def test_strict_by_default(tmp_path, problem, edit, expect):
 
 
 def test_lenient_only_when_asked(tmp_path, capsys):
-    path, src = _timm_resnet18_file(tmp_path, lambda s: (s.pop("layer2.1.bn2.weight"), s.__setitem__("extra.weight", torch.zeros(2))))
+    path, src = _timm_resnet18_file(
+        tmp_path, lambda s: (s.pop("layer2.1.bn2.weight"), s.__setitem__("extra.weight", torch.zeros(2)))
+    )
     bb = _build(dict(CFG18, pretrained=path, pretrained_strict=False))
     assert torch.equal(bb.net.layer4[1].conv2.weight, src["layer4.1.conv2.weight"])
     out = capsys.readouterr().out
@@ -427,6 +478,8 @@ def test_every_timm_recipe_source_fits_strictly(no_downloads):
         elif bb["type"] == "resnet":
             rep = P.check_timm_source(m.net, spec, resnet_key_filter, f"resnet{bb.get('depth', 50)}c")
         else:
-            rep = P.check_timm_source(m.net, spec, P.same_names([(r"fc\.(weight|bias)", "cls")], "timm"), f"resnest{bb['depth']}e")
+            rep = P.check_timm_source(
+                m.net, spec, P.same_names([(r"fc\.(weight|bias)", "cls")], "timm"), f"resnest{bb['depth']}e"
+            )
         assert rep.ok, f"{name}: {rep.problems()}"
     assert len(checked) >= 5

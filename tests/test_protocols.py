@@ -56,7 +56,9 @@ def test_cityscapes_export_matches_official_evaluation(tmp_path):
     assert preds == pred_files
     result = official.evaluateImgLists(preds, gt_files, args)
     assert abs(result["averageScoreClasses"] - ours) < 1e-6
-    per_class = cm.summary([l.name for l in sorted((l for l in cs_labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)])
+    per_class = cm.summary(
+        [l.name for l in sorted((l for l in cs_labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)]
+    )
     for name, score in result["classScores"].items():
         if name in per_class["per_class"]:
             mine = per_class["per_class"][name]["IoU"]
@@ -92,8 +94,10 @@ def mmseg_style_iou(pred: np.ndarray, raw: np.ndarray, num_classes: int, reduce_
     return np.array(ious)
 
 
-@pytest.mark.parametrize("num_classes,reduce_zero,raw_max", [(150, True, 150), (171, True, 171), (59, True, 59),
-                                                               (171, False, 170), (60, False, 59)])
+@pytest.mark.parametrize(
+    "num_classes,reduce_zero,raw_max",
+    [(150, True, 150), (171, True, 171), (59, True, 59), (171, False, 170), (60, False, 59)],
+)
 def test_reduce_zero_label_iou_matches_independent(num_classes, reduce_zero, raw_max):
     from torchmetrics.classification import MulticlassJaccardIndex
 
@@ -107,8 +111,9 @@ def test_reduce_zero_label_iou_matches_independent(num_classes, reduce_zero, raw
         gt = reduce_zero_label(r) if reduce_zero else r.astype(np.int64)
         cm.update(torch.from_numpy(p), torch.from_numpy(np.asarray(gt, np.int64)))
     ours = np.array([np.nan if v["IoU"] is None else v["IoU"] for v in cm.summary()["per_class"].values()])
-    ref = mmseg_style_iou(np.concatenate([p.ravel() for p in preds]), np.concatenate([r.ravel() for r in raws]),
-                          num_classes, reduce_zero)
+    ref = mmseg_style_iou(
+        np.concatenate([p.ravel() for p in preds]), np.concatenate([r.ravel() for r in raws]), num_classes, reduce_zero
+    )
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12, equal_nan=True)
     tm = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=255, average="none")
     for r, p in zip(raws, preds):
@@ -157,8 +162,18 @@ def test_dataset_and_eval_take_flip_pairs_from_meta(tmp_path, monkeypatch, capsy
     from tests.test_prepare_lip import make_lip
 
     root = make_lip(tmp_path / "raw")
-    code, text = cli_inproc("prepare", "lip", "--root", str(root), "--out", str(tmp_path / "lip"), "--workers", "1",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "lip"),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     index = PreparedIndex.open(tmp_path / "lip")
     ds = SegDataset(index, "val", DataConfig(root=str(tmp_path / "lip"), num_classes=20), train=False)
@@ -174,7 +189,7 @@ class SideModel(torch.nn.Module):
     def forward(self, x):
         n, _, h, w = x.shape
         logits = torch.zeros(n, 20, h, w)
-        logits[:, 14, :, w // 2:] = 5.0
+        logits[:, 14, :, w // 2 :] = 5.0
         logits[:, 15, :, : w // 2] = 5.0
         logits[:, 2] = x[:, 0]  # some content-dependent channel
         return {"logits": logits}
@@ -227,8 +242,18 @@ def test_sample_weights_use_prepare_presence(tmp_path, monkeypatch, capsys):
     from tests.test_prepare_lip import make_lip
 
     root = make_lip(tmp_path / "raw")
-    code, text = cli_inproc("prepare", "lip", "--root", str(root), "--out", str(tmp_path / "lip"), "--workers", "1",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "lip",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "lip"),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     index = PreparedIndex.open(tmp_path / "lip")
     cfg = DataConfig(root=str(tmp_path / "lip"), num_classes=20, sampler="repeat_factor", repeat_thresh=0.9)
@@ -280,11 +305,20 @@ def test_class_weight_options():
 # base recipes carry each dataset's protocol
 
 
-@pytest.mark.parametrize("name,dataset,num_classes,mode", [
-    ("cityscapes", "cityscapes", 19, "whole"), ("ade20k", "ade20k", 150, "whole"),
-    ("cocostuff10k", "coco-stuff10k", 171, "whole"), ("cocostuff164k", "coco-stuff164k", 171, "whole"),
-    ("voc_aug", "voc-aug", 21, "whole"), ("pascal_context", "pascal-context", 59, "slide"),
-    ("pascal_context60", "pascal-context-60", 60, "slide"), ("lip", "lip", 20, "whole"), ("camvid", "camvid", 11, "whole")])
+@pytest.mark.parametrize(
+    "name,dataset,num_classes,mode",
+    [
+        ("cityscapes", "cityscapes", 19, "whole"),
+        ("ade20k", "ade20k", 150, "whole"),
+        ("cocostuff10k", "coco-stuff10k", 171, "whole"),
+        ("cocostuff164k", "coco-stuff164k", 171, "whole"),
+        ("voc_aug", "voc-aug", 21, "whole"),
+        ("pascal_context", "pascal-context", 59, "slide"),
+        ("pascal_context60", "pascal-context-60", 60, "slide"),
+        ("lip", "lip", 20, "whole"),
+        ("camvid", "camvid", 11, "whole"),
+    ],
+)
 def test_base_recipes(name, dataset, num_classes, mode):
     import tomllib
 
@@ -296,6 +330,8 @@ def test_base_recipes(name, dataset, num_classes, mode):
     assert data.dataset == dataset and dataset in PREPARERS and data.num_classes == num_classes and ev.mode == mode
     assert ev.ms_scales == ([1.0] if name == "lip" else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
     if name == "lip":  # ssseg lip_473x473: stretched test resize; flip is the separate --flip protocol
-        assert not ev.flip and not ev.keep_ratio and ev.resize == (473, 473) and data.flip_pairs is None  # pairs from meta.json
+        assert (
+            not ev.flip and not ev.keep_ratio and ev.resize == (473, 473) and data.flip_pairs is None
+        )  # pairs from meta.json
     if name in ("ade20k", "cocostuff10k", "pascal_context"):
         assert data.reduce_zero_label

@@ -31,8 +31,11 @@ def test_recipe_matches_its_official_settings(name):
         assert "momentum" in values, name
     for key, reason in row.get("deviations", {}).items():
         assert key in values and len(reason) > 15, f"{name}: deviation '{key}' needs a stated setting and a reason"
-    bad = [f"{l.key}: recipe {l.recipe!r} != official {l.official!r} ({l.source})" for l in compare(load_recipe(name), TABLE)
-           if l.status == "MISMATCH"]
+    bad = [
+        f"{l.key}: recipe {l.recipe!r} != official {l.official!r} ({l.source})"
+        for l in compare(load_recipe(name), TABLE)
+        if l.status == "MISMATCH"
+    ]
     assert not bad, f"{name}:\n" + "\n".join(bad)
 
 
@@ -43,15 +46,24 @@ def test_every_row_names_a_recipe_and_own_ones_have_no_row():
         assert prof.get("source")
         assert all(k in KEYS or "." in k or k == "source" for k in prof)
     for name, row in TABLE["recipes"].items():
-        unknown = [k for k in row if k not in KEYS and "." not in k and k not in ("use", "config", "deviations", "published_source", "notes")]
+        unknown = [
+            k
+            for k in row
+            if k not in KEYS and "." not in k and k not in ("use", "config", "deviations", "published_source", "notes")
+        ]
         assert not unknown, f"{name}: unknown keys {unknown}"
 
 
 def test_a_changed_setting_is_caught():
     """The check is live: altering any compared setting of a recipe turns its line into a mismatch."""
     r = load_recipe("mcibi-deeplabv3-r50-lip")
-    for override, key in [("data.rotate_prob=0.0", "rotate_prob"), ("data.batch_size=8", "batch"), ("eval.keep_ratio=true", "test_keep_ratio"),
-                          ("model.plugins.mcibi.base_lr=0.009", "model.plugins.mcibi.base_lr"), ("published.miou_flip=55.0", "miou_flip")]:
+    for override, key in [
+        ("data.rotate_prob=0.0", "rotate_prob"),
+        ("data.batch_size=8", "batch"),
+        ("eval.keep_ratio=true", "test_keep_ratio"),
+        ("model.plugins.mcibi.base_lr=0.009", "model.plugins.mcibi.base_lr"),
+        ("published.miou_flip=55.0", "miou_flip"),
+    ]:
         changed = load_recipe("mcibi-deeplabv3-r50-lip", [override])
         lines = {l.key: l.status for l in compare(changed, TABLE)}
         assert lines[key] == "MISMATCH", override

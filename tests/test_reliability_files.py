@@ -17,8 +17,8 @@ from ctxseg.config import load_recipe, to_toml, validate_recipe
 from ctxseg.errors import UserError
 from tests.conftest import REPO, run_cli
 
-
 # ---- item 1: --resume resolves runs/latest once -------------------------------------------------
+
 
 def test_resume_path_is_resolved_so_a_new_run_cannot_capture_the_resumed_one(tmp_path: Path):
     from ctxseg.cli.train import _resume_path
@@ -37,6 +37,7 @@ def test_resume_path_is_resolved_so_a_new_run_cannot_capture_the_resumed_one(tmp
 
 
 # ---- item 4: temp files of killed writes are recognisable and removed ----------------------------
+
 
 def test_stale_temp_files_are_removed_and_real_files_kept(tmp_path: Path):
     from ctxseg.io import TEMP_MARK, atomic_path, remove_stale_temp_files, write_text
@@ -57,6 +58,7 @@ def test_stale_temp_files_are_removed_and_real_files_kept(tmp_path: Path):
 
 
 # ---- item 6: file-system faults -------------------------------------------------------------------
+
 
 def test_run_folders_are_unique_even_when_created_in_the_same_instant(tmp_path: Path, monkeypatch):
     from ctxseg.engine.runs import new_run_dir
@@ -99,16 +101,25 @@ def test_disk_full_while_writing_is_a_user_error_and_leaves_nothing(tmp_path: Pa
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         f"save_state(r'{tmp_path / 'big.state.pt'}', {{'w': torch.zeros(100000)}})\n"
     )
-    code = ("import sys\nfrom ctxseg.errors import UserError\ntry:\n" + "".join("    " + l + "\n" for l in code.splitlines())
-            + "except UserError as e:\n    print('USERERROR', e); sys.exit(2)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        "import sys\nfrom ctxseg.errors import UserError\ntry:\n"
+        + "".join("    " + l + "\n" for l in code.splitlines())
+        + "except UserError as e:\n    print('USERERROR', e); sys.exit(2)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "USERERROR Could not write" in proc.stdout and "big.state.pt" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temp file
 
 
 # ---- item 13: permissions and durability of written files ---------------------------------------
+
 
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_written_files_follow_the_umask(tmp_path: Path, mask: int, mode: int):
@@ -130,7 +141,9 @@ def test_data_is_fsynced_before_the_rename(tmp_path: Path, monkeypatch):
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    monkeypatch.setattr(
+        io.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))
+    )
     monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
     io.write_text(tmp_path / "f.txt", "data")
     kinds = [k for k, _ in events]
@@ -139,6 +152,7 @@ def test_data_is_fsynced_before_the_rename(tmp_path: Path, monkeypatch):
 
 
 # ---- item 12: resume state is data, loaded with weights_only=True --------------------------------
+
 
 class _Payload:
     def __reduce__(self):
@@ -180,9 +194,15 @@ def test_rng_and_scaler_states_round_trip_through_weights_only(tmp_path: Path):
 
 # ---- item 7: TOML that round-trips ----------------------------------------------------------------
 
+
 def test_recipe_toml_round_trips_with_keys_that_need_quoting():
-    recipe = load_recipe("demo", ['train.optimizer.custom_keys={"decode_head.conv_seg"={lr_mult=10.0}, "pos embed"={decay_mult=0.0}}',
-                                  "description='" + "a long description " * 10 + "'"])
+    recipe = load_recipe(
+        "demo",
+        [
+            'train.optimizer.custom_keys={"decode_head.conv_seg"={lr_mult=10.0}, "pos embed"={decay_mult=0.0}}',
+            "description='" + "a long description " * 10 + "'",
+        ],
+    )
     text = to_toml(recipe.to_dict())
     again = validate_recipe(tomllib.loads(text))
     assert again.to_dict() == recipe.to_dict()
@@ -191,8 +211,16 @@ def test_recipe_toml_round_trips_with_keys_that_need_quoting():
 
 def test_recipes_show_redirected_to_a_file_is_valid_toml(tmp_path: Path):
     long_desc = "description='" + "x" * 150 + "'"
-    proc = run_cli("recipes", "show", "demo", "--set", long_desc, "--set",
-                   'train.optimizer.custom_keys={"decode_head.conv_seg"={lr_mult=10.0}}', cwd=tmp_path)
+    proc = run_cli(
+        "recipes",
+        "show",
+        "demo",
+        "--set",
+        long_desc,
+        "--set",
+        'train.optimizer.custom_keys={"decode_head.conv_seg"={lr_mult=10.0}}',
+        cwd=tmp_path,
+    )
     parsed = tomllib.loads(proc.stdout)
     expected = load_recipe("demo", [long_desc, 'train.optimizer.custom_keys={"decode_head.conv_seg"={lr_mult=10.0}}'])
     assert validate_recipe(parsed).to_dict() == expected.to_dict()
@@ -200,8 +228,18 @@ def test_recipes_show_redirected_to_a_file_is_valid_toml(tmp_path: Path):
 
 # ---- item 8: bad settings are one message, exit 2 -------------------------------------------------
 
-@pytest.mark.parametrize("key", ["train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.grad_accum",
-                                 "train.keep_checkpoints", "data.batch_size"])
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "train.log_interval",
+        "train.eval_interval",
+        "train.checkpoint_interval",
+        "train.grad_accum",
+        "train.keep_checkpoints",
+        "data.batch_size",
+    ],
+)
 def test_zero_intervals_are_rejected_when_the_recipe_loads(key: str):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_recipe("demo", [f"{key}=0"])
@@ -219,10 +257,18 @@ def test_bad_scales_value_is_a_clear_error(tmp_path: Path):
 
 
 def test_a_plugin_import_error_does_not_make_bench_disappear(tmp_path: Path):
-    code = ("import sys; sys.modules['ctxseg.cli.bench'] = None\n"  # importing it now raises ImportError
-            "sys.argv = ['ctxseg', 'bench', '--recipe', 'demo']\nfrom ctxseg.cli import main; main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['ctxseg.cli.bench'] = None\n"  # importing it now raises ImportError
+        "sys.argv = ['ctxseg', 'bench', '--recipe', 'demo']\nfrom ctxseg.cli import main; main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "`ctxseg bench` is unavailable" in proc.stderr and "ctxseg.cli.bench" in proc.stderr
     assert "No such command" not in proc.stderr and "Traceback" not in proc.stderr

@@ -4,7 +4,6 @@ faults and launch mistakes are reported, never a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -17,15 +16,33 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_cli
 
-TINY = ["--recipe", "demo", "--set", "model.backbone.stem_channels=8", "--set", "model.backbone.base_channels=8",
-        "--set", "model.head.channels=16", "--set", "model.aux_head.channels=8", "--set", "data.crop_size=[64, 64]",
-        "--set", "data.batch_size=2", "--set", "data.num_workers=0", "--no-progress"]
+TINY = [
+    "--recipe",
+    "demo",
+    "--set",
+    "model.backbone.stem_channels=8",
+    "--set",
+    "model.backbone.base_channels=8",
+    "--set",
+    "model.head.channels=16",
+    "--set",
+    "model.aux_head.channels=8",
+    "--set",
+    "data.crop_size=[64, 64]",
+    "--set",
+    "data.batch_size=2",
+    "--set",
+    "data.num_workers=0",
+    "--no-progress",
+]
 
 
 @pytest.fixture
 def data(synthetic_small: Path, tmp_path: Path) -> Path:
     """A private copy of the small dataset that a test may damage."""
-    return Path(shutil.copytree(synthetic_small, tmp_path / "data", ignore=shutil.ignore_patterns(".ctxseg-check-cache.json")))
+    return Path(
+        shutil.copytree(synthetic_small, tmp_path / "data", ignore=shutil.ignore_patterns(".ctxseg-check-cache.json"))
+    )
 
 
 # one thread per process: on a small, busy machine OpenMP threads spinning against each other
@@ -34,8 +51,19 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _train(data: Path, tmp_path: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
-    return run_cli("train", *TINY, "--set", f"data.root='{data}'", *extra, "--runs-dir", str(tmp_path / "runs"),
-                   cwd=tmp_path, check=False, env=ENV, **kw)
+    return run_cli(
+        "train",
+        *TINY,
+        "--set",
+        f"data.root='{data}'",
+        *extra,
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+        check=False,
+        env=ENV,
+        **kw,
+    )
 
 
 def _one_clear_error(proc: subprocess.CompletedProcess) -> str:
@@ -50,12 +78,26 @@ def _damage(path: Path) -> None:
 
 # ---- item 2 ----------------------------------------------------------------------------------------
 
+
 def test_diverging_run_never_writes_or_rotates_away_to_non_finite_checkpoints(data: Path, tmp_path: Path):
     import torch
 
-    proc = _train(data, tmp_path, "--set", "train.optimizer.type='sgd'", "--set", "train.optimizer.lr=1000.0",
-                  "--set", "train.schedule.warmup_iters=0", "--set", "train.iters=8", "--set", "train.checkpoint_interval=1",
-                  "--set", "train.eval_interval=100")
+    proc = _train(
+        data,
+        tmp_path,
+        "--set",
+        "train.optimizer.type='sgd'",
+        "--set",
+        "train.optimizer.lr=1000.0",
+        "--set",
+        "train.schedule.warmup_iters=0",
+        "--set",
+        "train.iters=8",
+        "--set",
+        "train.checkpoint_interval=1",
+        "--set",
+        "train.eval_interval=100",
+    )
     err = _one_clear_error(proc)
     run = (tmp_path / "runs" / "latest").resolve()
     ckpts = sorted((run / "checkpoints").glob("iter_*.safetensors"))
@@ -71,6 +113,7 @@ def test_diverging_run_never_writes_or_rotates_away_to_non_finite_checkpoints(da
 
 
 # ---- item 3 ----------------------------------------------------------------------------------------
+
 
 def test_missing_val_split_stops_before_the_first_step(data: Path, tmp_path: Path):
     (data / "splits" / "val.txt").unlink()
@@ -125,13 +168,17 @@ def test_data_check_is_cached_by_file_fingerprint(data: Path, monkeypatch):
 
 # ---- item 5 ----------------------------------------------------------------------------------------
 
+
 def test_corrupt_image_met_during_training_is_one_message(data: Path, tmp_path: Path):
     first = (data / "splits" / "train.txt").read_text().split("\n")
     for line in first:  # every training image: the very first batch meets one
         if line:
             _damage(data / line.split()[0])
-    err = _one_clear_error(_train(data, tmp_path, "--set", "train.iters=2", "--set", "train.check_labels=false",
-                                  "--set", "data.num_workers=1"))
+    err = _one_clear_error(
+        _train(
+            data, tmp_path, "--set", "train.iters=2", "--set", "train.check_labels=false", "--set", "data.num_workers=1"
+        )
+    )
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) <= 3, err
     assert "Cannot read image" in err and "images/train/train_00" in err.replace("\n", "")
@@ -139,11 +186,23 @@ def test_corrupt_image_met_during_training_is_one_message(data: Path, tmp_path: 
 
 # ---- item 6 ----------------------------------------------------------------------------------------
 
+
 def test_unwritable_runs_folder_is_one_clear_error(data: Path, tmp_path: Path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    proc = run_cli("train", *TINY, "--set", f"data.root='{data}'", "--set", "train.iters=1", "--runs-dir", str(blocker / "runs"),
-                   cwd=tmp_path, check=False, env=ENV)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "--set",
+        f"data.root='{data}'",
+        "--set",
+        "train.iters=1",
+        "--runs-dir",
+        str(blocker / "runs"),
+        cwd=tmp_path,
+        check=False,
+        env=ENV,
+    )
     assert "Cannot create a run folder" in _one_clear_error(proc)
 
 
@@ -151,10 +210,30 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error(data: Path, tmp_path: 
     def limit_file_size():  # writes past 64 KiB fail with EFBIG, like a full disk (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    cmd = [sys.executable, "-m", "ctxseg", "train", *TINY, "--set", f"data.root='{data}'", "--set", "train.iters=1",
-           "--set", "train.check_labels=false", "--runs-dir", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=600, preexec_fn=limit_file_size)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ctxseg",
+        "train",
+        *TINY,
+        "--set",
+        f"data.root='{data}'",
+        "--set",
+        "train.iters=1",
+        "--set",
+        "train.check_labels=false",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**os.environ, **ENV, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit_file_size,
+    )
     err = _one_clear_error(proc)
     assert "Could not write" in err and "File too large" in err
     run = (tmp_path / "runs" / "latest").resolve()
@@ -164,18 +243,47 @@ def test_disk_full_during_a_checkpoint_is_one_clear_error(data: Path, tmp_path: 
 
 # ---- item 10 ---------------------------------------------------------------------------------------
 
+
 def test_launch_that_asked_for_more_processes_warns(data: Path, tmp_path: Path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxseg", "train", *TINY, "--set", f"data.root='{data}'",
-           "--set", "train.iters=1", "--runs-dir", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "ctxseg",
+        "train",
+        *TINY,
+        "--set",
+        f"data.root='{data}'",
+        "--set",
+        "train.iters=1",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 process on cpu, mixed precision no" in proc.stdout
     assert "asked for 2 processes but 1 is running" in " ".join(proc.stderr.split())
 
 
 # ---- item 12 ---------------------------------------------------------------------------------------
+
 
 def test_grad_scaler_state_is_saved_and_restored_on_resume(synthetic_small: Path, tmp_path: Path, monkeypatch):
     """fp16 runs on GPUs keep a loss scale that changes during training; resume must restore it.
@@ -187,9 +295,18 @@ def test_grad_scaler_state_is_saved_and_restored_on_resume(synthetic_small: Path
     from ctxseg.engine.trainer import Trainer
 
     monkeypatch.setenv("CTXSEG_RUNS", str(tmp_path / "runs"))
-    recipe = load_recipe("demo", [f"data.root='{synthetic_small}'", "model.backbone.stem_channels=8",
-                                  "model.backbone.base_channels=8", "model.head.channels=16", "model.aux_head.channels=8",
-                                  "train.iters=2", "train.check_labels=false"])
+    recipe = load_recipe(
+        "demo",
+        [
+            f"data.root='{synthetic_small}'",
+            "model.backbone.stem_channels=8",
+            "model.backbone.base_channels=8",
+            "model.head.channels=16",
+            "model.aux_head.channels=8",
+            "train.iters=2",
+            "train.check_labels=false",
+        ],
+    )
     trainer = Trainer(recipe, tmp_path / "runs", progress=False)
     trainer.acc.scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=5)
     trainer.save(1)

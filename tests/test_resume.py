@@ -18,10 +18,35 @@ from tests.conftest import REPO, run_cli
 # make a step 30x slower
 ENV = {"OMP_NUM_THREADS": "1"}
 RECIPE = REPO / "tests" / "recipes" / "compose_all.toml"
-ARGS = ["--recipe", str(RECIPE), "--set", "train.iters=6", "--set", "train.checkpoint_interval=2", "--set", "train.eval_interval=100",
-        "--set", "train.log_interval=1", "--set", "train.deterministic=true", "--set", "data.num_workers=1",
-        "--set", "data.batch_size=2", "--set", "data.crop_size=[64, 64]", "--set", "train.grad_accum=2",
-        "--set", "train.mixed_precision='bf16'", "--set", "model.plugins.pixel_contrast.use_queue=true", "--set", "model.plugins.pixel_contrast.memory_size=8", "--no-progress"]
+ARGS = [
+    "--recipe",
+    str(RECIPE),
+    "--set",
+    "train.iters=6",
+    "--set",
+    "train.checkpoint_interval=2",
+    "--set",
+    "train.eval_interval=100",
+    "--set",
+    "train.log_interval=1",
+    "--set",
+    "train.deterministic=true",
+    "--set",
+    "data.num_workers=1",
+    "--set",
+    "data.batch_size=2",
+    "--set",
+    "data.crop_size=[64, 64]",
+    "--set",
+    "train.grad_accum=2",
+    "--set",
+    "train.mixed_precision='bf16'",
+    "--set",
+    "model.plugins.pixel_contrast.use_queue=true",
+    "--set",
+    "model.plugins.pixel_contrast.memory_size=8",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +64,16 @@ def test_killed_and_resumed_run_matches_uninterrupted(synthetic_tiny: Path, tmp_
     run_cli("train", *ARGS, *data, "--runs-dir", str(tmp_path / "a"), cwd=tmp_path, env=ENV)
     ref = load_file(str((tmp_path / "a" / "latest" / "final.safetensors").resolve()))
 
-    killed = run_cli("train", *ARGS, *data, "--runs-dir", str(tmp_path / "b"), cwd=tmp_path, check=False,
-                     env={**ENV, "CTXSEG_FAULT_AT_STEP": "4"})
+    killed = run_cli(
+        "train",
+        *ARGS,
+        *data,
+        "--runs-dir",
+        str(tmp_path / "b"),
+        cwd=tmp_path,
+        check=False,
+        env={**ENV, "CTXSEG_FAULT_AT_STEP": "4"},
+    )
     assert killed.returncode != 0  # SIGKILL right after the step-4 checkpoint
     run_b = (tmp_path / "b" / "latest").resolve()
     assert not (run_b / "final.safetensors").exists()
@@ -53,7 +86,16 @@ def test_killed_and_resumed_run_matches_uninterrupted(synthetic_tiny: Path, tmp_
         f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
 
     # `--resume <runs>/latest` given as a path (a symlink) resumes that run, in its own folder
-    run_cli("train", "--resume", str(tmp_path / "b" / "latest"), "--runs-dir", str(tmp_path / "b"), "--no-progress", cwd=tmp_path, env=ENV)
+    run_cli(
+        "train",
+        "--resume",
+        str(tmp_path / "b" / "latest"),
+        "--runs-dir",
+        str(tmp_path / "b"),
+        "--no-progress",
+        cwd=tmp_path,
+        env=ENV,
+    )
     got = load_file(str(run_b / "final.safetensors"))
     assert ref.keys() == got.keys()
     assert any("memory" in k for k in got) and any("queue" in k for k in got)  # the plug-in state is part of it

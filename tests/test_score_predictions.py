@@ -43,8 +43,18 @@ def cityscapes_index(tmp_path, monkeypatch, capsys):
     for (split, stem), ids in gts.items():  # the official eval also opens *_instanceIds.png
         city = stem.split("_")[0]
         write_gray(root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", ids)
-    code, text = cli_inproc("prepare", "cityscapes", "--root", str(root), "--out", str(tmp_path / "cs"), "--workers", "1",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "cityscapes",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "cs"),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     return root, tmp_path / "cs", gts
 
@@ -60,8 +70,19 @@ def test_cityscapes_submission_equals_official_evaluation(cityscapes_index, tmp_
         write_gray(submit / f"{stem}_leftImg8bit.png", pred)
         write_gray(nested / "leftImg8bit" / "val" / "frankfurt" / f"{stem}_leftImg8bit.png", ID2TRAIN[pred])
     assert (ID2TRAIN[np.stack([cv for _, cv in val])] == 255).any()  # void ids predicted on valid pixels: misses
-    code, text = cli_inproc("eval", "--predictions", str(submit), "--format", "cityscapes", "--data-root", str(index),
-                            "--out", str(tmp_path / "e1"), monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval",
+        "--predictions",
+        str(submit),
+        "--format",
+        "cityscapes",
+        "--data-root",
+        str(index),
+        "--out",
+        str(tmp_path / "e1"),
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0 and "mIoU" in text, text
     ours = json.loads((tmp_path / "e1" / "metrics.json").read_text())
     gt_files = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
@@ -72,8 +93,19 @@ def test_cityscapes_submission_equals_official_evaluation(cityscapes_index, tmp_
         ref = official["classScores"][name]
         assert (iou is None and math.isnan(ref)) or abs(iou - ref) < 1e-6, (name, iou, ref)
     # the same predictions as trainIds (void -> 255) in eval's nested layout: identical numbers
-    code, text = cli_inproc("eval", "--predictions", str(nested), "--data-root", str(index), "--split", "val",
-                            "--out", str(tmp_path / "e2"), monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval",
+        "--predictions",
+        str(nested),
+        "--data-root",
+        str(index),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "e2"),
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     again = json.loads((tmp_path / "e2" / "metrics.json").read_text())
     assert again["IoU"] == ours["IoU"] and again["confusion_matrix"] == ours["confusion_matrix"]
@@ -86,16 +118,19 @@ def test_prediction_errors_are_user_errors(cityscapes_index, tmp_path, monkeypat
     stems = sorted(s for (split, s) in gts if split == "val")
     for stem in stems[:2]:
         write_gray(preds / f"{stem}_leftImg8bit.png", np.zeros((6, 10), np.uint8))
-    code, text = cli_inproc("eval", "--predictions", str(preds), "--data-root", str(index),
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval", "--predictions", str(preds), "--data-root", str(index), monkeypatch=monkeypatch, capsys=capsys
+    )
     assert code == 2 and "1 of 3" in text and stems[2] in text and "Traceback" not in text, text
     write_gray(preds / f"{stems[2]}_leftImg8bit.png", np.zeros((6, 11), np.uint8))  # wrong size
-    code, text = cli_inproc("eval", "--predictions", str(preds), "--data-root", str(index),
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval", "--predictions", str(preds), "--data-root", str(index), monkeypatch=monkeypatch, capsys=capsys
+    )
     assert code == 2 and "11x6" in text, text
     write_image(preds / f"{stems[2]}_leftImg8bit.png", 6, 10)  # a colour image, not class ids
-    code, text = cli_inproc("eval", "--predictions", str(preds), "--data-root", str(index),
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval", "--predictions", str(preds), "--data-root", str(index), monkeypatch=monkeypatch, capsys=capsys
+    )
     assert code == 2 and "single-channel" in text, text
     code, text = cli_inproc("eval", "--predictions", str(preds), monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2 and "--data-root" in text, text
@@ -113,13 +148,30 @@ def test_reduce_zero_label_index_scored_as_evaluation_sees_it(tmp_path, monkeypa
             write_image(base / "images" / folder / f"{name}.jpg", 5, 7, i)
             labs[name] = rng.integers(0, 151, (5, 7)).astype(np.uint8)
             write_gray(base / "annotations" / folder / f"{name}.png", labs[name])
-    code, text = cli_inproc("prepare", "ade20k", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "ade"),
-                            "--workers", "1", monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "prepare",
+        "ade20k",
+        "--root",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "ade"),
+        "--workers",
+        "1",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     for name in ("ADE_val_00000001", "ADE_val_00000002"):
         write_gray(tmp_path / "p" / f"{name}.png", reduce_zero_label(labs[name]).astype(np.uint8))
-    code, text = cli_inproc("eval", "--predictions", str(tmp_path / "p"), "--data-root", str(tmp_path / "ade"),
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, text = cli_inproc(
+        "eval",
+        "--predictions",
+        str(tmp_path / "p"),
+        "--data-root",
+        str(tmp_path / "ade"),
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, text
     m = json.loads((tmp_path / "p_eval" / "metrics.json").read_text())
     assert m["mIoU"] == 1.0 and m["aAcc"] == 1.0 and len(m["IoU"]) == 150

@@ -78,8 +78,18 @@ def test_converter_report(converted):
     assert extra["converted_from"] == "mmseg:checkpoint.pth"
     n_index = sum(k.endswith("relative_position_index") for k in src)
     assert n_index == 8 and len(state) == len(src) - n_index  # indices are derived, not stored
-    torch.testing.assert_close(state["backbone.stages.1.blocks.1.mlp.fc1.weight"], src["backbone.stages.1.blocks.1.ffn.layers.0.0.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(state["backbone.stages.3.blocks.0.mlp.fc2.bias"], src["backbone.stages.3.blocks.0.ffn.layers.1.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        state["backbone.stages.1.blocks.1.mlp.fc1.weight"],
+        src["backbone.stages.1.blocks.1.ffn.layers.0.0.weight"],
+        rtol=0,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        state["backbone.stages.3.blocks.0.mlp.fc2.bias"],
+        src["backbone.stages.3.blocks.0.ffn.layers.1.bias"],
+        rtol=0,
+        atol=0,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,7 +147,12 @@ def test_quirk_relative_position_index_and_bias(model):
     """relative_position_index is derived (equal to mmseg's persistent buffer); bias table (2w-1)^2 x heads."""
     src = load_foreign(golden(CASE, "checkpoint.pth"))
     attn = model.backbone.stages[2].blocks[1].attn.w_msa
-    torch.testing.assert_close(attn.relative_position_index, src["backbone.stages.2.blocks.1.attn.w_msa.relative_position_index"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        attn.relative_position_index,
+        src["backbone.stages.2.blocks.1.attn.w_msa.relative_position_index"],
+        rtol=0,
+        atol=0,
+    )
     assert tuple(attn.relative_position_bias_table.shape) == (169, 8)
     bad = dict(src)
     bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"].flip(0)
@@ -183,14 +198,22 @@ def _meta_model(recipe):
 
 def _manifest_src(path) -> dict:
     shapes = json.loads(path.read_text())
-    return {k: torch.empty(v, device="meta", dtype=torch.int64 if k.endswith(("relative_position_index", "num_batches_tracked")) else torch.float32)
-            for k, v in shapes.items()}
+    return {
+        k: torch.empty(
+            v,
+            device="meta",
+            dtype=torch.int64 if k.endswith(("relative_position_index", "num_batches_tracked")) else torch.float32,
+        )
+        for k, v in shapes.items()
+    }
 
 
 def test_mmseg_swin_manifest_maps_onto_shipped_recipe():
     recipe = load_recipe("upernet-swin-t-ade20k-160k")
     model = _meta_model(recipe)
-    src = _manifest_src(golden("mmseg-manifests", "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.json"))
+    src = _manifest_src(
+        golden("mmseg-manifests", "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.json")
+    )
     km = keymap_for(recipe, src)
     km.fixups = [f for f in km.fixups if f.__name__ != "check_index"]  # values unknown on meta tensors
     km.ignore.append(r".*relative_position_index")
@@ -200,16 +223,25 @@ def test_mmseg_swin_manifest_maps_onto_shipped_recipe():
     assert report.ok, report.problems()
     assert len(src) == 271 and report.mapped == 271 - 12
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == sum(torch.Size(s).numel() for k, s in json.loads(golden(
-        "mmseg-manifests", "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.json").read_text()).items()
-        if not k.endswith(("relative_position_index", "num_batches_tracked", "running_mean", "running_var")))
+    assert n_params == sum(
+        torch.Size(s).numel()
+        for k, s in json.loads(
+            golden(
+                "mmseg-manifests", "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.json"
+            ).read_text()
+        ).items()
+        if not k.endswith(("relative_position_index", "num_batches_tracked", "running_mean", "running_var"))
+    )
 
 
-@pytest.mark.parametrize("arch,window,name", [
-    ("tiny", 7, "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_bs4_cac"),
-    ("base", 12, "upernet_swin_base_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac"),
-    ("large", 12, "upernet_swin_large_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac"),
-])
+@pytest.mark.parametrize(
+    "arch,window,name",
+    [
+        ("tiny", 7, "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_bs4_cac"),
+        ("base", 12, "upernet_swin_base_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac"),
+        ("large", 12, "upernet_swin_large_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac"),
+    ],
+)
 def test_cac_swin_backbone_manifests(arch, window, name):
     """The backbone keys of CAC's released (mmseg 0.x) Swin-T/B/L models map onto our presets."""
     src = {k: v for k, v in _manifest_src(golden("cac", f"manifest_{name}.json")).items() if k.startswith("backbone.")}
@@ -235,15 +267,28 @@ def test_timm_swin_weights_load_and_match_timm(tmp_path):
     from ctxseg.models.backbones.swin import swin
 
     torch.manual_seed(0)
-    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=8, depths=(2, 2, 2, 2),
-                            num_heads=(2, 4, 8, 16), img_size=224, num_classes=0).eval()
+    ref = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        embed_dim=8,
+        depths=(2, 2, 2, 2),
+        num_heads=(2, 4, 8, 16),
+        img_size=224,
+        num_classes=0,
+    ).eval()
     for n, p in ref.named_parameters():  # non-trivial norms/biases so a mis-mapped key shows
         if p.dim() == 1:
             p.data.normal_(0.5 if n.endswith("weight") else 0.0, 0.2)
     path = tmp_path / "timm_swin.pth"
     torch.save(ref.state_dict(), path)
-    ours = swin(embed_dims=8, depths=[2, 2, 2, 2], num_heads=[2, 4, 8, 16], always_shift=False, drop_path_rate=0.0,
-                pretrained=str(path)).eval()
+    ours = swin(
+        embed_dims=8,
+        depths=[2, 2, 2, 2],
+        num_heads=[2, 4, 8, 16],
+        always_shift=False,
+        drop_path_rate=0.0,
+        pretrained=str(path),
+    ).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         feats = ref.forward_intermediates(x, intermediates_only=True, norm=False)

@@ -66,7 +66,7 @@ def check_index(folder: Path, expected: int | None = None) -> None:
     page = (folder / "index.html").read_text()
     refs = re.findall(r'<img src="([^"]+)"', page)
     files = {p.relative_to(folder).as_posix() for p in pngs(folder)}
-    assert set(refs) == files, (set(refs) ^ files)
+    assert set(refs) == files, set(refs) ^ files
     if expected is not None:
         assert len(refs) == expected
 
@@ -92,8 +92,18 @@ def test_overlay_newest_predictions_and_gt(ev):
 
 def test_overlay_images_through_a_checkpoint(ev):
     out = ev["tmp"] / "ov"
-    invoke("viz", "overlay", "--checkpoint", str(ev["ckpt"]), "--images", str(ev["data"] / "images" / "val"), "--limit", "2",
-           "--out", str(out))
+    invoke(
+        "viz",
+        "overlay",
+        "--checkpoint",
+        str(ev["ckpt"]),
+        "--images",
+        str(ev["data"] / "images" / "val"),
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+    )
     assert len(pngs(out)) == 2
     check_index(out, 2)
 
@@ -162,12 +172,25 @@ def test_confusion_many_classes_shows_the_top_confusions(tmp_path):
 def test_curves_overlay_two_runs(tmp_path):
     for run, lr0 in (("a", 0.01), ("b", 0.02)):
         (tmp_path / run).mkdir()
-        recs = [{"step": s, "lr": lr0 * (1 - s / 40), "loss": 2 - s / 40, "loss_ce": 1.5 - s / 40, "loss_aux": 0.5,
-                 "time_per_iter": 0.1} for s in range(10, 41, 10)]
+        recs = [
+            {
+                "step": s,
+                "lr": lr0 * (1 - s / 40),
+                "loss": 2 - s / 40,
+                "loss_ce": 1.5 - s / 40,
+                "loss_aux": 0.5,
+                "time_per_iter": 0.1,
+            }
+            for s in range(10, 41, 10)
+        ]
         recs.insert(2, {"step": 20, "val/mIoU": 0.3, "val/aAcc": 0.6, "val/mAcc": 0.4})
-        (tmp_path / run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{\"step\": 4")  # torn last line
+        (tmp_path / run / "log.jsonl").write_text(
+            "\n".join(json.dumps(r) for r in recs) + '\n{"step": 4'
+        )  # torn last line
     out = tmp_path / "curves"
-    invoke("viz", "curves", str(tmp_path / "a"), str(tmp_path / "b" / "log.jsonl"), "--smooth", "0.5", "--out", str(out))
+    invoke(
+        "viz", "curves", str(tmp_path / "a"), str(tmp_path / "b" / "log.jsonl"), "--smooth", "0.5", "--out", str(out)
+    )
     names = {p.name for p in pngs(out)}
     assert {"curves.png", "loss.png", "loss_ce.png", "loss_aux.png", "lr.png", "val_mIoU.png"} <= names
     assert "time_per_iter.png" not in names
@@ -209,19 +232,47 @@ def test_user_errors(ev):
 def test_index_pages_render_in_headless_chromium(ev):
     """Every picture of an index.html loads in a real browser (file://, no server)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    assert browser, "chromium is needed for this test: apt-get install -y --no-install-recommends chromium (.ci/run installs it)"
+    assert browser, (
+        "chromium is needed for this test: apt-get install -y --no-install-recommends chromium (.ci/run installs it)"
+    )
     invoke("viz", "compare", "--limit", "3")
     folder = ev["eval"] / "compare"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
-                           (folder / "index.html").resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (folder / "index.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     body = re.search(r'<body data-loaded="(\d+)" data-total="(\d+)"', proc.stdout)
     assert body, proc.stdout[:500] + proc.stderr[-2000:]
     assert body.group(1) == body.group(2) == "3"
     # a missing picture is reported as such
     (folder / pngs(folder)[0].relative_to(folder)).unlink()
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
-                           (folder / "index.html").resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (folder / "index.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     body = re.search(r'<body data-loaded="(\d+)" data-total="(\d+)"', proc.stdout)
     assert body and body.group(1) == "2" and body.group(2) == "3"

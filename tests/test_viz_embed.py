@@ -37,8 +37,23 @@ def checkpoints(tmp_path_factory, synthetic_small) -> tuple[Path, Path]:
 def test_embed_side_by_side_pca(checkpoints, synthetic_small, tmp_path):
     ce, contrast = checkpoints
     out = tmp_path / "embed"
-    proc = run_cli("viz", "embed", "-c", str(ce), "-c", str(contrast), "--method", "pca", "--images", "3",
-                   "--per-class", "50", "--out", str(out), cwd=tmp_path)
+    proc = run_cli(
+        "viz",
+        "embed",
+        "-c",
+        str(ce),
+        "-c",
+        str(contrast),
+        "--method",
+        "pca",
+        "--images",
+        "3",
+        "--per-class",
+        "50",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     png = out / "embed.png"
     assert str(png) in proc.stdout.replace("\n", "")
     assert (out / "index.html").is_file() and "embed.png" in (out / "index.html").read_text()
@@ -73,7 +88,9 @@ def test_embed_side_by_side_pca(checkpoints, synthetic_small, tmp_path):
 
 
 def test_embed_missing_checkpoint(tmp_path):
-    proc = run_cli("viz", "embed", "-c", str(tmp_path / "nope.safetensors"), "--method", "pca", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "viz", "embed", "-c", str(tmp_path / "nope.safetensors"), "--method", "pca", cwd=tmp_path, check=False
+    )
     assert proc.returncode == 2
     assert "Checkpoint not found" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

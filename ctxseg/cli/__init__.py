@@ -25,7 +25,8 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from ctxseg.cli import convert, eval as eval_cmd, predict, prepare, recipes, train, viz  # noqa: F401
+    from ctxseg.cli import convert, predict, prepare, recipes, train, viz  # noqa: F401
+    from ctxseg.cli import eval as eval_cmd
 
     for mod in (prepare, train, eval_cmd, predict, viz, convert, recipes):
         mod.register(app)
@@ -42,11 +43,16 @@ def _register() -> None:
 def _register_unavailable(name: str, err: ImportError) -> None:
     reason = f"{type(err).__name__}: {err}"
 
-    @app.command(name, help=f"(unavailable: {reason})",
-                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+    @app.command(
+        name,
+        help=f"(unavailable: {reason})",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    )
     def _unavailable() -> None:
-        raise UserError(f"`ctxseg {name}` is unavailable: importing it failed ({reason}). "
-                        "Reinstall ctxseg with its dependencies (pip install -e .).")
+        raise UserError(
+            f"`ctxseg {name}` is unavailable: importing it failed ({reason}). "
+            "Reinstall ctxseg with its dependencies (pip install -e .)."
+        )
 
 
 def _expand_bare_resume(argv: list[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -25,8 +24,10 @@ def _fmt_count(n: float, unit: str = "") -> str:
 
 def result_table(r: dict) -> Table:
     inp = r["input"]
-    t = Table(title=f"{r['recipe']} at {inp['height']}x{inp['width']} on {r['device']} "
-                    f"(median of {r['repeats']}, {r['warmup']} warm-up)")
+    t = Table(
+        title=f"{r['recipe']} at {inp['height']}x{inp['width']} on {r['device']} "
+        f"(median of {r['repeats']}, {r['warmup']} warm-up)"
+    )
     t.add_column("measure", no_wrap=True)
     t.add_column("value", justify="right", no_wrap=True)
     t.add_column("min-max", justify="right")
@@ -46,33 +47,68 @@ def result_table(r: dict) -> Table:
         t.add_row("FLOPs / image, train fwd+bwd", _fmt_count(r["flops"]["train_per_image"], "FLOP"), "", "", "")
     if "train" in r:
         tr = r["train"]
-        t.add_row(f"train step (batch {inp['batch']})", f"{1000 * tr['step_time_s']:.1f} ms", spread(tr),
-                  _fmt_bytes(tr["peak_memory_bytes"]), load(tr))
+        t.add_row(
+            f"train step (batch {inp['batch']})",
+            f"{1000 * tr['step_time_s']:.1f} ms",
+            spread(tr),
+            _fmt_bytes(tr["peak_memory_bytes"]),
+            load(tr),
+        )
         t.add_row("train images/s", f"{tr['images_per_s']:.2f}", "", "", "")
     if "inference_whole" in r:
         w = r["inference_whole"]
-        t.add_row("inference / image, whole", f"{1000 * w['time_per_image_s']:.1f} ms", spread(w),
-                  _fmt_bytes(w["peak_memory_bytes"]), load(w))
+        t.add_row(
+            "inference / image, whole",
+            f"{1000 * w['time_per_image_s']:.1f} ms",
+            spread(w),
+            _fmt_bytes(w["peak_memory_bytes"]),
+            load(w),
+        )
     if "inference_slide" in r:
         s = r["inference_slide"]
-        t.add_row(f"inference / image, slide ({s['windows']} windows {s['crop'][0]}x{s['crop'][1]})",
-                  f"{1000 * s['time_per_image_s']:.1f} ms", spread(s), _fmt_bytes(s["peak_memory_bytes"]), load(s))
+        t.add_row(
+            f"inference / image, slide ({s['windows']} windows {s['crop'][0]}x{s['crop'][1]})",
+            f"{1000 * s['time_per_image_s']:.1f} ms",
+            spread(s),
+            _fmt_bytes(s["peak_memory_bytes"]),
+            load(s),
+        )
     return t
 
 
 def bench_cmd(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path; 'all' = every recipe (each at its own crop size unless --height/--width)."),
-    height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Training batch (default: the recipe's data.batch_size)."),
+    recipe: str = typer.Option(
+        ...,
+        "--recipe",
+        "-r",
+        help="Recipe name or .toml path; 'all' = every recipe (each at its own crop size unless --height/--width).",
+    ),
+    height: int | None = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
+    width: int | None = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
+    batch: int | None = typer.Option(None, "--batch", help="Training batch (default: the recipe's data.batch_size)."),
     repeats: int = typer.Option(5, "--repeats", help="Timed runs per measurement (the median is reported)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed runs before timing."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated subset of train,inference_whole,inference_slide; 'none' = parameters and FLOPs only."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model (training forward and the fused inference copy); the warm-up runs pay the compile time, minutes on a small CPU."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice); ref_bench.py times the official code with 2."),
-    set: Optional[List[str]] = SetOption,
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    phases: str | None = typer.Option(
+        None,
+        "--phases",
+        help="Comma-separated subset of train,inference_whole,inference_slide; 'none' = parameters and FLOPs only.",
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--no-compile",
+        help=(
+            "torch.compile the model (training forward and the fused inference copy); the warm-up runs pay the "
+            "compile time, minutes on a small CPU."
+        ),
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="torch intra-op threads (default: torch's choice); ref_bench.py times the official code with 2.",
+    ),
+    set: list[str] | None = SetOption,
 ):
     """Measure training step time, inference time (whole and sliding window), peak memory, parameters and FLOPs.
 
@@ -129,11 +165,23 @@ def bench_cmd(
         if min(h, w) < 16 or b < 1 or repeats < 1 or warmup < 0:
             raise UserError("bench needs --height/--width >= 16, --batch >= 1, --repeats >= 1 and --warmup >= 0")
         if b < 2 and "train" in chosen:
-            out.print("[yellow]note:[/] batch 1 with BatchNorm in training mode fails on 1x1 pooled features; using batch 2")
+            out.print(
+                "[yellow]note:[/] batch 1 with BatchNorm in training mode fails on 1x1 pooled features; using batch 2"
+            )
             b = 2
         with out.status(f"benchmarking {name}") as status:
-            result = run_bench(rec, h, w, b, repeats, warmup, device, chosen,
-                               progress=lambda p: status.update(f"benchmarking {name}: {p}"), compile=compile)
+            result = run_bench(
+                rec,
+                h,
+                w,
+                b,
+                repeats,
+                warmup,
+                device,
+                chosen,
+                progress=lambda p: status.update(f"benchmarking {name}: {p}"),
+                compile=compile,
+            )
         result["overrides"] = list(set or [])
         results.append(result)
         if len(names) == 1 or chosen:
@@ -142,8 +190,11 @@ def bench_cmd(
         out.print(summary_table(results))
     kinds = [r["memory_kind"] for r in results if "memory_kind" in r]
     if chosen and kinds and kinds[0].startswith("cpu"):
-        note = ("reset before each phase; includes the process baseline" if kinds[0].endswith("per_phase")
-                else "process high-water mark, cumulative over phases")
+        note = (
+            "reset before each phase; includes the process baseline"
+            if kinds[0].endswith("per_phase")
+            else "process high-water mark, cumulative over phases"
+        )
         out.print(f"[dim]peak memory: CPU peak RSS ({note})[/]")
     if json_path:
         write_json(json_path, results[0] if len(results) == 1 else results)
@@ -158,8 +209,12 @@ def summary_table(results: list[dict]) -> Table:
         if "error" in r:
             t.add_row(r["recipe"], "[red]invalid recipe[/]", "", "")
             continue
-        t.add_row(r["recipe"], f"{r['input']['height']}x{r['input']['width']}", _fmt_count(r["params"]),
-                  _fmt_count(r["flops"]["inference_per_image"], "FLOP"))
+        t.add_row(
+            r["recipe"],
+            f"{r['input']['height']}x{r['input']['width']}",
+            _fmt_count(r["params"]),
+            _fmt_count(r["flops"]["inference_per_image"], "FLOP"),
+        )
     return t
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.table import Table
 
 out = Console()
 
-SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. [cyan]--set train.optimizer.lr=0.02[/]. Repeatable.")
+SetOption = typer.Option(
+    None, "--set", help="Override a recipe key, e.g. [cyan]--set train.optimizer.lr=0.02[/]. Repeatable."
+)
 
 
 def runs_dir_option():

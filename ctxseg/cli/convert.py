@@ -6,26 +6,38 @@ table per format, which import nothing from the CLI, the engine or the models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import typer
 
 from ctxseg.errors import UserError
 
-convert_app = typer.Typer(help="Convert official checkpoints (mmseg, ssseg, openseg, cac) and export (onnx).", no_args_is_help=True)
+convert_app = typer.Typer(
+    help="Convert official checkpoints (mmseg, ssseg, openseg, cac) and export (onnx).", no_args_is_help=True
+)
 
 _SOURCE_HELP = {
     "mmseg": "mmsegmentation checkpoint (.pth, 0.x or 1.x).",
-    "ssseg": "sssegmentation checkpoint (.pth; its [\"model\"] state dict).",
+    "ssseg": 'sssegmentation checkpoint (.pth; its ["model"] state dict).',
     "openseg": "openseg.pytorch / ContrastiveSeg checkpoint (.pth).",
     "cac": "CAC checkpoint (.pth, mmseg 0.x container from tianzhuotao/CAC).",
 }
-_RECIPE_HELP = {"ssseg": "Recipe that describes the same model (an mcibi-* recipe).", "cac": "A CAC recipe describing the same model."}
+_RECIPE_HELP = {
+    "ssseg": "Recipe that describes the same model (an mcibi-* recipe).",
+    "cac": "A CAC recipe describing the same model.",
+}
 
 
-def run_conversion(fmt: str, source: Path, recipe_name: str, output: Path, keymap_for: Callable, overrides: list[str] | None = None,
-                   console=None):
+def run_conversion(
+    fmt: str,
+    source: Path,
+    recipe_name: str,
+    output: Path,
+    keymap_for: Callable,
+    overrides: list[str] | None = None,
+    console=None,
+):
     """Build the recipe's model, convert `source` into it strictly, and write a ctxseg checkpoint."""
     from rich.console import Console
     from rich.table import Table
@@ -56,8 +68,10 @@ def run_conversion(fmt: str, source: Path, recipe_name: str, output: Path, keyma
     if report.ignored:
         console.print("ignored: " + ", ".join(report.ignored[:20]) + (" ..." if len(report.ignored) > 20 else ""))
     if not report.ok:
-        raise UserError(f"Conversion is not exact ({len(report.unused)} unused, {len(report.missing)} missing, "
-                        f"{len(report.shape_mismatches)} shape mismatches); nothing written:\n{report.problems()}")
+        raise UserError(
+            f"Conversion is not exact ({len(report.unused)} unused, {len(report.missing)} missing, "
+            f"{len(report.shape_mismatches)} shape mismatches); nothing written:\n{report.problems()}"
+        )
     model.load_state_dict(state, strict=True)
     save_weights(output, model, recipe, {"converted_from": f"{fmt}:{source.name}"})
     console.print(f"[green]wrote[/] {output}")
@@ -74,58 +88,81 @@ def _keymap(fmt: str, console) -> Callable:
     def keymap_reporting(recipe, src: dict):
         selection = module.class_rows(recipe, src)
         if selection is not None:  # part of the report: which class rows are dropped
-            console.print(f"182 -> 171 classes (ssseg COCO-Stuff ids -> ctxseg's cocostuff classes): "
-                          f"ignored class rows: {', '.join(selection[1])}")
+            console.print(
+                f"182 -> 171 classes (ssseg COCO-Stuff ids -> ctxseg's cocostuff classes): "
+                f"ignored class rows: {', '.join(selection[1])}"
+            )
         return module.keymap_for(recipe, src)
 
     return keymap_reporting
 
 
-def _foreign_command(fmt: str, doc: str):
+def _foreign_command(fmt: str, summary: str, example: str):
     def command(
         source: Path = typer.Argument(..., help=_SOURCE_HELP[fmt]),
-        recipe: str = typer.Option(..., "--recipe", "-r", help=_RECIPE_HELP.get(fmt, "Recipe that describes the same model.")),
+        recipe: str = typer.Option(
+            ..., "--recipe", "-r", help=_RECIPE_HELP.get(fmt, "Recipe that describes the same model.")
+        ),
         output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors checkpoint."),
-        set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
+        set: list[str] | None = typer.Option(None, "--set", help="Override a recipe key. Repeatable."),
     ):
         from rich.console import Console
 
         console = Console()
         run_conversion(fmt, source, recipe, output, _keymap(fmt, console), set, console=console)
 
-    command.__doc__ = doc
+    command.__doc__ = f"{summary}\n\nExample: [cyan]{example}[/]"
     command.__name__ = f"convert_{fmt}"
     return command
 
 
-convert_app.command("mmseg")(_foreign_command("mmseg", """Convert an mmsegmentation model-zoo checkpoint (opened with weights_only=True).
-
-    Example: [cyan]ctxseg convert mmseg ocrnet_hr48_512x1024_80k_cityscapes.pth --recipe ocrnet-hr48-cityscapes-80k -o hr48.safetensors[/]
-    """))
-convert_app.command("ssseg")(_foreign_command("ssseg", """Convert an sssegmentation MCIBI checkpoint (opened with weights_only=True), memory bank included.
-
-    Example: [cyan]ctxseg convert ssseg mcibi_deeplabv3_r50_ade20k.pth --recipe mcibi-deeplabv3-r50-ade20k -o mcibi.safetensors[/]
-    """))
-convert_app.command("openseg")(_foreign_command("openseg", """Convert a ContrastiveSeg / openseg.pytorch checkpoint (opened with weights_only=True).
-
-    Example: [cyan]ctxseg convert openseg hrnet_w48_contrast_max_performance.pth --recipe contrast-hrnet48 -o contrast-hr48.safetensors[/]
-    """))
-convert_app.command("cac")(_foreign_command("cac", """Convert a released CAC model (opened with weights_only=True; strict key table).
-
-    Example: [cyan]ctxseg convert cac deeplabv3plus_r50_cac.pth --recipe deeplabv3plus-cac-r50-ade20k-160k -o dlv3p_cac.safetensors[/]
-    """))
+convert_app.command("mmseg")(
+    _foreign_command(
+        "mmseg",
+        "Convert an mmsegmentation model-zoo checkpoint (opened with weights_only=True).",
+        "ctxseg convert mmseg ocrnet_hr48_512x1024_80k_cityscapes.pth"
+        " --recipe ocrnet-hr48-cityscapes-80k -o hr48.safetensors",
+    )
+)
+convert_app.command("ssseg")(
+    _foreign_command(
+        "ssseg",
+        "Convert an sssegmentation MCIBI checkpoint (opened with weights_only=True), memory bank included.",
+        "ctxseg convert ssseg mcibi_deeplabv3_r50_ade20k.pth --recipe mcibi-deeplabv3-r50-ade20k -o mcibi.safetensors",
+    )
+)
+convert_app.command("openseg")(
+    _foreign_command(
+        "openseg",
+        "Convert a ContrastiveSeg / openseg.pytorch checkpoint (opened with weights_only=True).",
+        "ctxseg convert openseg hrnet_w48_contrast_max_performance.pth"
+        " --recipe contrast-hrnet48 -o contrast-hr48.safetensors",
+    )
+)
+convert_app.command("cac")(
+    _foreign_command(
+        "cac",
+        "Convert a released CAC model (opened with weights_only=True; strict key table).",
+        "ctxseg convert cac deeplabv3plus_r50_cac.pth"
+        " --recipe deeplabv3plus-cac-r50-ade20k-160k -o dlv3p_cac.safetensors",
+    )
+)
 
 
 @convert_app.command("onnx")
 def onnx_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="A .safetensors checkpoint (default: best of runs/latest)."),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", "-c", help="A .safetensors checkpoint (default: best of runs/latest)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the .onnx file."),
-    height: Optional[int] = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
+    height: int | None = typer.Option(None, "--height", help="Input height (default: the recipe's crop height)."),
+    width: int | None = typer.Option(None, "--width", help="Input width (default: the recipe's crop width)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width axes."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),  # ctxseg.convert.onnx.OPSET
-    check: bool = typer.Option(True, "--check/--no-check", help="Run the export in onnxruntime and compare with PyTorch."),
-    set: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key of the checkpoint. Repeatable."),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Run the export in onnxruntime and compare with PyTorch."
+    ),
+    set: list[str] | None = typer.Option(None, "--set", help="Override a recipe key of the checkpoint. Repeatable."),
 ):
     """Export the whole-image inference graph (normalised RGB in, logits at input size out) to ONNX.
 

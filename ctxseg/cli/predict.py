@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import torch
@@ -14,8 +13,8 @@ from ctxseg.cli.common import SetOption, out
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine.checkpoint import load_model
 from ctxseg.engine.evaluate import predict_scores
-from ctxseg.engine.settings import InferenceSettings
 from ctxseg.engine.runs import resolve_checkpoint
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
 from ctxseg.io import read_image, write_json, write_png
 from ctxseg.viz.palette import colorize
@@ -28,7 +27,11 @@ def collect_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
     found = []
     for p in inputs:
         if p.is_dir():
-            found += [(f, f.relative_to(p).with_suffix("")) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+            found += [
+                (f, f.relative_to(p).with_suffix(""))
+                for f in sorted(p.rglob("*"))
+                if f.suffix.lower() in IMAGE_SUFFIXES
+            ]
         elif p.is_file():
             found.append((p, Path(p.stem)))
         else:
@@ -39,13 +42,17 @@ def collect_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def predict(
-    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint (default: best of runs/latest)."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", "-c", help="Checkpoint (default: best of runs/latest)."
+    ),
     out_dir: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output folder."),
     color: bool = typer.Option(False, "--color", help="Also write palette-coloured PNGs (<name>_color.png)."),
     ms_flip: bool = typer.Option(False, "--ms-flip", help="Multi-scale + flip test-time augmentation."),
-    fmt: str = typer.Option("trainid", "--format", help="trainid (class indices) or a dataset's submission format, e.g. cityscapes."),
-    set: Optional[List[str]] = SetOption,
+    fmt: str = typer.Option(
+        "trainid", "--format", help="trainid (class indices) or a dataset's submission format, e.g. cityscapes."
+    ),
+    set: list[str] | None = SetOption,
 ):
     """Write label PNGs (class index per pixel) for images or folders.
 
@@ -78,10 +85,22 @@ def predict(
             write_png(out_dir / name, label)
             if color:
                 write_png(out_dir / f"{stem}_color.png", colorize(pred, palette, recipe.data.num_classes)[..., ::-1])
-            manifest[str(stem)] = {"image": str(path.resolve()), "label": None, "prediction": str((out_dir / name).resolve())}
+            manifest[str(stem)] = {
+                "image": str(path.resolve()),
+                "label": None,
+                "prediction": str((out_dir / name).resolve()),
+            }
             bar.advance(task)
-    write_json(out_dir / "predictions.json", {"checkpoint": str(ckpt_path), "format": fmt, "samples": manifest,
-                                               "predictions": str(out_dir.resolve()), "data_root": str(recipe.data.root)})
+    write_json(
+        out_dir / "predictions.json",
+        {
+            "checkpoint": str(ckpt_path),
+            "format": fmt,
+            "samples": manifest,
+            "predictions": str(out_dir.resolve()),
+            "data_root": str(recipe.data.root),
+        },
+    )
     from ctxseg.viz.sources import set_latest_predictions
 
     set_latest_predictions(out_dir / "predictions.json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
 
 import typer
 from rich.syntax import Syntax
@@ -16,7 +15,7 @@ recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_
 
 
 @recipes_app.command("list")
-def list_cmd(filter: Optional[str] = typer.Argument(None, help="Only names containing this text.")):
+def list_cmd(filter: str | None = typer.Argument(None, help="Only names containing this text.")):
     """List recipes with the published mIoU they reproduce.
 
     Example: [cyan]ctxseg recipes list ocrnet[/]
@@ -30,15 +29,22 @@ def list_cmd(filter: Optional[str] = typer.Argument(None, help="Only names conta
         r = load_recipe(path)
         pub = r.published
         numbers = (pub.miou, pub.miou_flip, pub.miou_ms)
-        score = " / ".join("—" if v is None else f"{v:.2f}" for v in numbers) if any(v is not None for v in numbers) else ""
+        score = (
+            " / ".join("—" if v is None else f"{v:.2f}" for v in numbers) if any(v is not None for v in numbers) else ""
+        )
         iters = str(r.train.iters) if r.train.epochs is None else f"{r.train.epochs:g} ep"
         table.add_row(name, r.data.dataset, iters, score, r.description)
     out.print(table)
 
 
 @recipes_app.command("show")
-def show_cmd(name: str = typer.Argument(..., help="Recipe name or path to a .toml file."), set: Optional[List[str]] = SetOption,
-             provenance: bool = typer.Option(False, "--provenance", help="Each paper setting beside its official value and source.")):
+def show_cmd(
+    name: str = typer.Argument(..., help="Recipe name or path to a .toml file."),
+    set: list[str] | None = SetOption,
+    provenance: bool = typer.Option(
+        False, "--provenance", help="Each paper setting beside its official value and source."
+    ),
+):
     """Print the fully resolved recipe (extends merged, overrides applied, defaults filled).
 
     Examples:
@@ -83,7 +89,14 @@ def _print_provenance(r) -> None:
     for line in lines:
         source = "config (below)" if line.source == row.get("config") else line.source
         where = source + (f" — {line.note}" if line.note else "")
-        t.add_row(line.key, line.path, _fmt(line.recipe), _fmt(line.official), f"[{style[line.status]}]{line.status}[/]", where)
+        t.add_row(
+            line.key,
+            line.path,
+            _fmt(line.recipe),
+            _fmt(line.official),
+            f"[{style[line.status]}]{line.status}[/]",
+            where,
+        )
     out.print(t)
     out.print(f"config: {row.get('config', '')}")
     bad = sum(line.status == "MISMATCH" for line in lines)

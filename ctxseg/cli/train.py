@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -29,15 +28,29 @@ def _resume_path(resume: str, runs_dir: Path) -> Path:
             raise UserError(f"No resumable checkpoint in {p}")
         return ckpts[-1]
     if not p.with_suffix(".state.pt").is_file():
-        raise UserError(f"{p} has no resume state ({p.with_suffix('.state.pt').name}); only checkpoints/iter_*.safetensors can be resumed")
+        raise UserError(
+            f"{p} has no resume state ({p.with_suffix('.state.pt').name}); "
+            "only checkpoints/iter_*.safetensors can be resumed"
+        )
     return p
 
 
 def train(
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name (see `ctxseg recipes list`) or a .toml path."),
-    set: Optional[List[str]] = SetOption,
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run: bare [cyan]--resume[/] takes the newest checkpoint of runs/latest; or give a run folder / checkpoint."),
-    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no | fp16 | bf16 (default: the recipe's)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="Recipe name (see `ctxseg recipes list`) or a .toml path."
+    ),
+    set: list[str] | None = SetOption,
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help=(
+            "Continue a run: bare [cyan]--resume[/] takes the newest checkpoint of runs/latest; or give a run "
+            "folder / checkpoint."
+        ),
+    ),
+    mixed_precision: str | None = typer.Option(
+        None, "--mixed-precision", help="no | fp16 | bf16 (default: the recipe's)."
+    ),
     runs_dir: Path = runs_dir_option(),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs only)."),
 ):
@@ -82,7 +95,10 @@ def train(
     result = trainer.train()
     if trainer.acc.is_main_process:
         best = f"{100 * result.best_miou:.2f}" if result.best_miou is not None else "—"
-        out.print(f"[green]done[/] {result.final_step} iterations; best val mIoU {best}; run folder {result.run_dir}", soft_wrap=True)
+        out.print(
+            f"[green]done[/] {result.final_step} iterations; best val mIoU {best}; run folder {result.run_dir}",
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import typer
@@ -33,7 +32,7 @@ def _done(target: Path, count: int, what: str) -> None:
     out.print(f"[green]wrote[/] {count} {what} to {target} (open {target / 'index.html'})")
 
 
-def _eval_metrics(metrics: Optional[Path]) -> tuple[Path, dict]:
+def _eval_metrics(metrics: Path | None) -> tuple[Path, dict]:
     """An eval's metrics.json: the given file/folder, else beside the newest predictions, else runs/latest/eval."""
     candidates = []
     if metrics is not None:
@@ -62,14 +61,23 @@ def _eval_metrics(metrics: Optional[Path]) -> tuple[Path, dict]:
 
 @viz_app.command("overlay")
 def overlay_cmd(
-    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="predictions.json or its folder (default: the newest, from eval or predict)."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", "-p", help="predictions.json or its folder (default: the newest, from eval or predict)."
+    ),
     gt: bool = typer.Option(False, "--gt", help="Overlay the ground truth instead of the prediction."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Run --images through this checkpoint (default with --images: best of runs/latest)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="An image file or folder to run through --checkpoint."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <predictions>/../overlays, or <run>/viz/overlays)."),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Run --images through this checkpoint (default with --images: best of runs/latest).",
+    ),
+    images: Path | None = typer.Option(None, "--images", help="An image file or folder to run through --checkpoint."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <predictions>/../overlays, or <run>/viz/overlays)."
+    ),
     limit: int = typer.Option(24, "--limit", help="At most this many images."),
     alpha: float = typer.Option(0.5, "--alpha", help="Label opacity."),
-    set: Optional[List[str]] = SetOption,
+    set: list[str] | None = SetOption,
 ):
     """Blend images with predicted (or ground-truth) labels in the dataset palette, with a legend of the
     classes present; ignore pixels are hatched.
@@ -108,18 +116,23 @@ def overlay_cmd(
         path = target / f"{name}.png"
         write_png(path, pic)
         written.append(path)
-    write_index(target, [(p, p.relative_to(target).with_suffix("").as_posix()) for p in written],
-                title="ground truth" if gt else "predictions", note=f"from {manifest_path}")
+    write_index(
+        target,
+        [(p, p.relative_to(target).with_suffix("").as_posix()) for p in written],
+        title="ground truth" if gt else "predictions",
+        note=f"from {manifest_path}",
+    )
     _done(target, len(written), "overlays")
 
 
-def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Optional[Path], limit: int, alpha: float,
-                        overrides: list[str]) -> None:
+def _overlay_checkpoint(
+    checkpoint: str | None, images: Path, out_dir: Path | None, limit: int, alpha: float, overrides: list[str]
+) -> None:
     import torch
 
     from ctxseg.cli.predict import collect_images
-    from ctxseg.engine.checkpoint import load_model
     from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.checkpoint import load_model
     from ctxseg.engine.evaluate import predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
     from ctxseg.engine.settings import InferenceSettings
@@ -155,13 +168,19 @@ def _overlay_checkpoint(checkpoint: Optional[str], images: Path, out_dir: Option
 
 @viz_app.command("compare")
 def compare_cmd(
-    predictions: Optional[Path] = typer.Option(None, "--predictions", "-p", help="An eval's predictions.json or its folder (default: the newest)."),
-    metrics: Optional[Path] = typer.Option(None, "--metrics", "-m", help="The eval's metrics.json for --worst (default: beside the predictions)."),
-    worst: Optional[int] = typer.Option(None, "--worst", help="Only the N images with the lowest per-image mIoU."),
-    names: Optional[str] = typer.Option(None, "--names", help="Comma-separated sample names to show."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", "-p", help="An eval's predictions.json or its folder (default: the newest)."
+    ),
+    metrics: Path | None = typer.Option(
+        None, "--metrics", "-m", help="The eval's metrics.json for --worst (default: beside the predictions)."
+    ),
+    worst: int | None = typer.Option(None, "--worst", help="Only the N images with the lowest per-image mIoU."),
+    names: str | None = typer.Option(None, "--names", help="Comma-separated sample names to show."),
     limit: int = typer.Option(24, "--limit", help="At most this many images (without --worst)."),
     tile_width: int = typer.Option(480, "--tile-width", help="Width of each of the four tiles, in pixels."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <eval>/compare or compare_worst)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <eval>/compare or compare_worst)."
+    ),
 ):
     """One picture per image: image | ground truth | prediction | error map, with the image's mIoU.
 
@@ -178,10 +197,14 @@ def compare_cmd(
     pred_root = Path(manifest["predictions"])
     samples = manifest["samples"]
     if not any(s.get("label") for s in samples.values()):
-        raise UserError(f"{manifest_path} has no ground truth (from `ctxseg predict`?): compare needs an eval's predictions")
+        raise UserError(
+            f"{manifest_path} has no ground truth (from `ctxseg predict`?): compare needs an eval's predictions"
+        )
     per_image: dict[str, float] = {}
     if worst is not None or metrics is not None:
-        _, m = _eval_metrics(metrics or Path(manifest_path if Path(manifest_path).is_dir() else Path(manifest_path).parent))
+        _, m = _eval_metrics(
+            metrics or Path(manifest_path if Path(manifest_path).is_dir() else Path(manifest_path).parent)
+        )
         per_image = {k: v for k, v in m.get("per_image_mIoU", {}).items() if v is not None}
     if worst is not None:
         if worst < 1:
@@ -209,14 +232,18 @@ def compare_cmd(
         miou = per_image.get(name)
         if miou is None:
             miou = per_image_miou(np.where(pred < len(info.classes), pred, 0), gt, len(info.classes), info.ignore)
-        pic = compare_panel(read_image(s["image"]), gt, pred, info.palette, info.classes, info.ignore, name, miou, tile_width)
+        pic = compare_panel(
+            read_image(s["image"]), gt, pred, info.palette, info.classes, info.ignore, name, miou, tile_width
+        )
         stem = f"{rank + 1:03d}_{name.replace('/', '_')}" if worst else name  # worst: flat, in rank order
         dest = target / f"{stem}.png"
         write_png(dest, pic)
         miou_text = "n/a" if math.isnan(miou) else f"{100 * miou:.1f}"
         written.append((dest, f"{name} — mIoU {miou_text}"))
     title = f"the {len(written)} worst images by mIoU" if worst else "image | ground truth | prediction | errors"
-    write_index(target, written, title=title, note=f"from {manifest_path}; red = wrong, hatched = ignore", max_width=1400)
+    write_index(
+        target, written, title=title, note=f"from {manifest_path}; red = wrong, hatched = ignore", max_width=1400
+    )
     _done(target, len(written), "comparisons")
 
 
@@ -226,10 +253,14 @@ def compare_cmd(
 
 @viz_app.command("confusion")
 def confusion_cmd(
-    metrics: Optional[Path] = typer.Option(None, "--metrics", "-m", help="An eval's metrics.json, eval folder or run folder (default: the newest eval)."),
-    top: int = typer.Option(30, "--top", help="Show at most this many classes (those in the largest confusions); 0 = all."),
+    metrics: Path | None = typer.Option(
+        None, "--metrics", "-m", help="An eval's metrics.json, eval folder or run folder (default: the newest eval)."
+    ),
+    top: int = typer.Option(
+        30, "--top", help="Show at most this many classes (those in the largest confusions); 0 = all."
+    ),
     pairs: int = typer.Option(20, "--pairs", help="How many of the largest confusions to list."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <eval>/confusion)."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <eval>/confusion)."),
 ):
     """The row-normalised confusion matrix of an eval as a heatmap with class names, and its top confusions.
 
@@ -250,10 +281,14 @@ def confusion_cmd(
         classes = [str(i) for i in range(len(mat))]
     target = out_dir or path.parent / "confusion"
     title = f"{m.get('recipe', '')} on {m.get('split', '')}, mIoU {100 * m.get('mIoU', float('nan')):.2f}"
-    pics = [(plot_confusion(mat, classes, target / "confusion.png", top, title), "row-normalised confusion matrix"),
-            (plot_top_confusions(mat, classes, target / "top_confusions.png", pairs, title), "largest confusions")]
+    pics = [
+        (plot_confusion(mat, classes, target / "confusion.png", top, title), "row-normalised confusion matrix"),
+        (plot_top_confusions(mat, classes, target / "top_confusions.png", pairs, title), "largest confusions"),
+    ]
     write_json(target / "top_confusions.json", top_confusions(mat, classes, pairs))
-    write_index(target, pics, title="confusion", note=f"from {path}; rows: ground truth, columns: prediction", max_width=1200)
+    write_index(
+        target, pics, title="confusion", note=f"from {path}; rows: ground truth, columns: prediction", max_width=1200
+    )
     _done(target, len(pics), "pictures")
 
 
@@ -263,9 +298,11 @@ def confusion_cmd(
 
 @viz_app.command("curves")
 def curves_cmd(
-    runs: Optional[List[Path]] = typer.Argument(None, help="Run folders or log.jsonl files (default: runs/latest)."),
+    runs: list[Path] | None = typer.Argument(None, help="Run folders or log.jsonl files (default: runs/latest)."),
     smooth: float = typer.Option(0.0, "--smooth", help="EMA smoothing of loss curves, 0 (off) to <1."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <run>/curves; runs/curves for several runs)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <run>/curves; runs/curves for several runs)."
+    ),
 ):
     """Loss terms, learning rate and validation mIoU over iterations; several runs overlaid.
 
@@ -289,7 +326,9 @@ def curves_cmd(
             label += "'"
         logs[label] = read_log(p)
     first = paths[0].resolve()
-    target = out_dir or ((first.parent if first.is_file() else first) / "curves" if len(paths) == 1 else RUNS_DIR / "curves")
+    target = out_dir or (
+        (first.parent if first.is_file() else first) / "curves" if len(paths) == 1 else RUNS_DIR / "curves"
+    )
     pics = plot_curves(logs, target, smooth)
     write_index(target, pics, title="training curves", note=", ".join(logs), max_width=900)
     _done(target, len(pics), "curves")
@@ -301,11 +340,15 @@ def curves_cmd(
 
 @viz_app.command("palette")
 def palette_cmd(
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="A recipe: its prepared index, else its dataset's class table."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="A prepared index folder (meta.json)."),
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="A recipe: its prepared index, else its dataset's class table."
+    ),
+    data_root: Path | None = typer.Option(None, "--data-root", help="A prepared index folder (meta.json)."),
     rows: int = typer.Option(40, "--rows", help="Classes per column."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/palette-<dataset>)."),
-    set: Optional[List[str]] = SetOption,
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: runs/viz/palette-<dataset>)."
+    ),
+    set: list[str] | None = SetOption,
 ):
     """The dataset's classes and colours as a legend picture.
 
@@ -324,7 +367,12 @@ def palette_cmd(
         raise UserError("--rows must be at least 1")
     if data_root is not None:
         index = PreparedIndex.open(data_root)
-        classes, palette, ignore, source = index.classes, index.palette, index.ignore_index, str(data_root / "meta.json")
+        classes, palette, ignore, source = (
+            index.classes,
+            index.palette,
+            index.ignore_index,
+            str(data_root / "meta.json"),
+        )
         name = index.meta.get("name") or data_root.name
     else:
         from ctxseg.config import load_recipe
@@ -346,7 +394,9 @@ def palette_cmd(
 @viz_app.command("memory")
 def memory_cmd(
     checkpoint: Path = typer.Argument(..., help="ctxseg checkpoint of an MCIBI model (.safetensors)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."
+    ),
 ):
     """Pictures of the MCIBI memory bank: class-to-class cosine similarity and a PCA projection.
 
@@ -364,15 +414,26 @@ def memory_cmd(
 
 @viz_app.command("embed")
 def embed_cmd(
-    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="A checkpoint (.safetensors or run folder); twice for two panels side by side (e.g. CE vs contrast)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="A prepared index folder (default: the checkpoint recipe's data.root)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to take images from (default: the recipe's val split)."),
+    checkpoint: list[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="A checkpoint (.safetensors or run folder); twice for two panels side by side (e.g. CE vs contrast).",
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="A prepared index folder (default: the checkpoint recipe's data.root)."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Split to take images from (default: the recipe's val split)."
+    ),
     images: int = typer.Option(4, "--images", "-n", help="How many images of the split."),
     per_class: int = typer.Option(200, "--per-class", help="At most this many pixels per class."),
-    method: str = typer.Option("auto", "--method", "-m", help="tsne, umap, pca, or auto (t-SNE when scikit-learn is installed, else PCA)."),
+    method: str = typer.Option(
+        "auto", "--method", "-m", help="tsne, umap, pca, or auto (t-SNE when scikit-learn is installed, else PCA)."
+    ),
     max_side: int = typer.Option(1024, "--max-side", help="Downscale images whose longer side exceeds this."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and the projection."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/embed-<recipe>)."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/embed-<recipe>)."),
 ):
     """t-SNE / UMAP / PCA of pixel embeddings sampled per ground-truth class, like the ContrastiveSeg
     paper's figure. A contrast model shows its projection-head embedding; others their decode-head
@@ -403,16 +464,31 @@ def embed_cmd(
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-vs-".join(Path(s.name).stem for s, _ in panels))
     target = out_dir or RUNS_DIR / "viz" / f"embed-{stem}"
     dest = plot_embeddings(panels, info.classes, info.palette, chosen, target / "embed.png")
-    write_json(target / "embed_points.json", {
-        "method": chosen,
-        "classes": info.classes,
-        "panels": [{"checkpoint": str(p), "name": s.name, "source": s.source, "labels": s.labels.tolist(),
-                    "xy": np.round(xy, 5).tolist()} for p, (s, xy) in zip(paths, panels)],
-    })
+    write_json(
+        target / "embed_points.json",
+        {
+            "method": chosen,
+            "classes": info.classes,
+            "panels": [
+                {
+                    "checkpoint": str(p),
+                    "name": s.name,
+                    "source": s.source,
+                    "labels": s.labels.tolist(),
+                    "xy": np.round(xy, 5).tolist(),
+                }
+                for p, (s, xy) in zip(paths, panels)
+            ],
+        },
+    )
     caption = " | ".join(f"{s.name} ({s.source})" for s, _ in panels)
-    write_index(target, [(dest, caption)], title="pixel embeddings",
-                note=f"{chosen.upper()} of pixels sampled per ground-truth class ({per_class} at most) from {images} images",
-                max_width=1400)
+    write_index(
+        target,
+        [(dest, caption)],
+        title="pixel embeddings",
+        note=f"{chosen.upper()} of pixels sampled per ground-truth class ({per_class} at most) from {images} images",
+        max_width=1400,
+    )
     _done(target, 1, "embedding plot")
     print(f"embedding plot: {dest}")
 

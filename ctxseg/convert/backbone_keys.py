@@ -27,7 +27,9 @@ def ssseg_resnest_rules(src: str = "backbone_net.", dst: str = "backbone.") -> l
     ]
 
 
-def ssseg_vit_rules(src: str = "backbone_net.", dst: str = "backbone.", norm_src: str = "norm_layers.") -> list[tuple[str, str]]:
+def ssseg_vit_rules(
+    src: str = "backbone_net.", dst: str = "backbone.", norm_src: str = "norm_layers."
+) -> list[tuple[str, str]]:
     """sssegmentation (mmseg-style) VisionTransformer -> timm VisionTransformer inside `.net`.
 
     nn.MultiheadAttention's packed in_proj is timm's qkv (same q, k, v row order); MCIBI's

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
-
 from ctxseg.convert import mmseg
 from ctxseg.convert.base import KeyMap
 from ctxseg.errors import UserError
@@ -37,12 +35,20 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     has_cac_keys = any(".apd_proj." in k for k in src)
     if recipe.model.plugin("cac") is None:
         if has_cac_keys:
-            raise UserError(f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [[model.plugins]] type = 'cac'; "
-                            "use a *-cac-* recipe (ctxseg recipes list)")
+            raise UserError(
+                f"The checkpoint holds a CAC head but recipe '{recipe.name}' has no [[model.plugins]] type = 'cac'; "
+                "use a *-cac-* recipe (ctxseg recipes list)"
+            )
     elif not has_cac_keys:
-        raise UserError(f"Recipe '{recipe.name}' uses CAC but the checkpoint has no CAC projector weights "
-                        "(decode_head.apd_proj.*); convert a plain mmseg model with `ctxseg convert mmseg`")
+        raise UserError(
+            f"Recipe '{recipe.name}' uses CAC but the checkpoint has no CAC projector weights "
+            "(decode_head.apd_proj.*); convert a plain mmseg model with `ctxseg convert mmseg`"
+        )
     base = mmseg.keymap_for(recipe, src)
     # first match wins: the projector rules must precede the generic decode_head rule
-    return KeyMap(rules=cac_rules(recipe) + list(base.rules), ignore=list(base.ignore), fixups=list(base.fixups),
-                  target_defaults=list(base.target_defaults))
+    return KeyMap(
+        rules=cac_rules(recipe) + list(base.rules),
+        ignore=list(base.ignore),
+        fixups=list(base.fixups),
+        target_defaults=list(base.target_defaults),
+    )

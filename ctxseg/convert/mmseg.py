@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
-
 from ctxseg.convert.base import KeyMap
 
 if TYPE_CHECKING:  # tables never import the recipe layer
@@ -61,7 +59,10 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     rules = list(bb.rules)
     ignore = list(bb.ignore)
     if recipe.model.head["type"] == "ocr":
-        rules += [(r"decode_head\.0\.(.+)", r"decode_head.region_head.\1"), (r"decode_head\.1\.(.+)", r"decode_head.\1")]
+        rules += [
+            (r"decode_head\.0\.(.+)", r"decode_head.region_head.\1"),
+            (r"decode_head\.1\.(.+)", r"decode_head.\1"),
+        ]
     else:
         rules.append((r"decode_head\.(.+)", r"decode_head.\1"))
     if recipe.model.aux_head is not None:

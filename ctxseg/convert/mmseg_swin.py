@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from ctxseg.keymap import KeyMap
 from ctxseg.models.backbones.swin_keys import (  # noqa: F401 (re-exported for converters and tests)
-    orig_to_unfold, relative_position_index, source_layout, swin_keymap, unfold_to_orig)
+    orig_to_unfold,
+    relative_position_index,
+    source_layout,
+    swin_keymap,
+    unfold_to_orig,
+)
 
 
 def swin_rules(recipe, src: dict) -> KeyMap:

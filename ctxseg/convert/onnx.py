@@ -28,7 +28,12 @@ OPSET = 17
 
 
 class InferenceGraph(nn.Module):
-    """normalised images [N,3,H,W] -> class logits [N,C,H,W] (whole-image mode)."""
+    """normalised images [N,3,H,W] -> class logits [N,C,H,W] (whole-image mode).
+
+    Args:
+        model: a Segmentor (in eval mode); its `logits` are upsampled to the input size.
+        align_corners: `align_corners` of the bilinear upsampling (the recipe's model.align_corners).
+    """
 
     def __init__(self, model: nn.Module, align_corners: bool):
         super().__init__()
@@ -45,7 +50,9 @@ def metadata(recipe, classes: list[str] | None = None, palette=None) -> dict[str
     d = recipe.data
     meta = {
         "ctxseg.recipe": recipe.name,
-        "ctxseg.input": "images: float32 [N,3,H,W], RGB channel order, normalised as (pixel - mean) / std on 0..255 values",
+        "ctxseg.input": (
+            "images: float32 [N,3,H,W], RGB channel order, normalised as (pixel - mean) / std on 0..255 values"
+        ),
         "ctxseg.output": "logits: float32 [N,num_classes,H,W] at the input size; argmax over dim 1 gives class ids",
         "ctxseg.channel_order": "RGB",
         "ctxseg.note": "images read with OpenCV are BGR: convert to RGB before normalising",
@@ -63,33 +70,62 @@ def metadata(recipe, classes: list[str] | None = None, palette=None) -> dict[str
     return meta
 
 
-def export_onnx(model: nn.Module, recipe, output: Path, height: int, width: int, dynamic: bool = False,
-                opset: int = OPSET, classes: list[str] | None = None, palette=None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    recipe,
+    output: Path,
+    height: int,
+    width: int,
+    dynamic: bool = False,
+    opset: int = OPSET,
+    classes: list[str] | None = None,
+    palette=None,
+) -> Path:
     """Trace `model` (eval mode) at [1,3,height,width] and write `output` atomically, with metadata."""
     import onnx
 
     from ctxseg.io import atomic_path
 
     if dynamic:
-        pools = [n for n, m in model.named_modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
-                 and m.output_size not in (1, (1, 1), [1, 1])]
+        pools = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and m.output_size not in (1, (1, 1), [1, 1])
+        ]
         if pools:  # the exporter turns them into fixed-kernel pooling: wrong at any other input size
-            raise UserError(f"--dynamic is not supported for models with adaptive pooling to sizes > 1 ({pools[0]}, e.g. "
-                            "PSP/UPer pyramid pooling): export at a fixed --height/--width instead")
+            raise UserError(
+                f"--dynamic is not supported for models with adaptive pooling to sizes > 1 ({pools[0]}, e.g. "
+                "PSP/UPer pyramid pooling): export at a fixed --height/--width instead"
+            )
     graph = InferenceGraph(model, recipe.model.align_corners).eval()
     example = torch.zeros(1, 3, height, width)
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    axes = (
+        {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+        if dynamic
+        else None
+    )
     output = Path(output)
     with atomic_path(output, ".onnx") as tmp:
         with warnings.catch_warnings():
             # the legacy exporter warns about itself and about traced shapes; neither is actionable here
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=["images"],
-                                  output_names=["logits"], dynamic_axes=axes, do_constant_folding=True)
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
             except Exception as e:  # noqa: BLE001 - e.g. adaptive pooling whose output size does not divide the input
-                raise UserError(f"ONNX export failed at {height}x{width}{' (dynamic)' if dynamic else ''}: {e}. "
-                                "Try a --height/--width divisible by 48, or drop --dynamic.") from None
+                raise UserError(
+                    f"ONNX export failed at {height}x{width}{' (dynamic)' if dynamic else ''}: {e}. "
+                    "Try a --height/--width divisible by 48, or drop --dynamic."
+                ) from None
         proto = onnx.load(str(tmp))
         for k, v in metadata(recipe, classes, palette).items():
             entry = proto.metadata_props.add()
@@ -99,7 +135,9 @@ def export_onnx(model: nn.Module, recipe, output: Path, height: int, width: int,
     return output
 
 
-def check_with_onnxruntime(model: nn.Module, recipe, path: Path, height: int, width: int, seed: int = 0) -> tuple[float, float]:
+def check_with_onnxruntime(
+    model: nn.Module, recipe, path: Path, height: int, width: int, seed: int = 0
+) -> tuple[float, float]:
     """(max |onnx - torch|, max |torch|) on a random normalised input."""
     import onnxruntime as ort
 

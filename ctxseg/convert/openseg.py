@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
-
 from ctxseg.convert.base import KeyMap
 
 if TYPE_CHECKING:  # tables never import the recipe layer

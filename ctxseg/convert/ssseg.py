@@ -12,8 +12,8 @@ Key table (source -> ctxseg):
   backbone_net.* (ResNeSt, ViT, HRNet)            -> ctxseg.convert.backbone_keys ssseg tables / same names (HRNet)
   context_within_image_module.parallel_branches.i -> decode_head.aspp_modules.i         (ASPP head)
   context_within_image_module.global_branch.{1,2} -> decode_head.image_pool.1.{conv,bn}
-  context_within_image_module.bottleneck          -> decode_head.bottleneck  input channels permuted:
-                                                     ssseg concatenates [branches..., pool], mmseg/ctxseg [pool, branches...]
+  context_within_image_module.bottleneck          -> decode_head.bottleneck  input channels permuted: ssseg
+                                                     concatenates [branches..., pool], mmseg/ctxseg [pool, branches...]
   context_within_image_module.branches.i.{1,2}    -> decode_head.psp_modules.i.1.{conv,bn}  (PPM head)
   bottleneck                                      -> plugins.memory.bottleneck       (memory_input)
   memory_module.memory                            -> plugins.memory.memory
@@ -21,7 +21,8 @@ Key table (source -> ctxseg):
   memory_module.fuse_memory_conv                  -> plugins.memory.fuse_memory_conv
   memory_module.bottleneck                        -> plugins.memory.memory_bottleneck
   memory_module.self_attention_ms / bottleneck_ms -> plugins.memory.self_attention_ms / bottleneck_ms
-  decoder_stageN.{0,1,4}                          -> plugins.memory.decoder_stageN.{bottleneck.conv, bottleneck.bn, conv_seg}
+  decoder_stageN.{0,1,4}                          -> plugins.memory.decoder_stageN.{bottleneck.conv, bottleneck.bn,
+                                                     conv_seg}
   auxiliary_decoder.{0,1,4}                       -> auxiliary_head.{convs.0.conv, convs.0.bn, conv_seg}
   auxiliary_decoder.i.{0,1,4,5,9}  (ViT: three)   -> auxiliary_head.decoders.i.{convs.0.conv, convs.0.bn, convs.1.conv,
                                                      convs.1.bn, conv_seg}   (aux_head type "ssseg_aux")
@@ -36,9 +37,8 @@ rows are printed as ignored. A recipe with num_classes = 182 converts without th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
-
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -87,17 +87,32 @@ def _aspp_bottleneck_fixup(src: dict[str, torch.Tensor], out: dict[str, torch.Te
     n = len([k for k in src if re.fullmatch(rf"{_CTX}\.parallel_branches\.\d+\.0\.weight", k)])
     w = src[key]
     per = w.shape[1] // (n + 1)
-    out["decode_head.bottleneck.conv.weight"] = torch.cat([w[:, n * per:], w[:, : n * per]], dim=1)
+    out["decode_head.bottleneck.conv.weight"] = torch.cat([w[:, n * per :], w[:, : n * per]], dim=1)
     return {key}
 
 
 # ssseg class-indexed tensors (class = dim 0): the memory bank, the stage decoders' and the auxiliary
 # decoders' final 1x1 convs (ViT: auxiliary_decoder.i.9, training-only and ignored)
-_CLASS_INDEXED = [r"memory_module\.memory", r"decoder_stage[12]\.4\.(weight|bias)", r"auxiliary_decoder\.4\.(weight|bias)",
-                  r"auxiliary_decoder\.\d+\.9\.(weight|bias)"]
+_CLASS_INDEXED = [
+    r"memory_module\.memory",
+    r"decoder_stage[12]\.4\.(weight|bias)",
+    r"auxiliary_decoder\.4\.(weight|bias)",
+    r"auxiliary_decoder\.\d+\.9\.(weight|bias)",
+]
 # names of the 11 COCO-Stuff ids that ctxseg's 171-class set drops (ssseg's 182-class names), in id order
-_DROPPED_NAMES = ("street sign", "hat", "shoe", "eye glasses", "plate", "mirror", "window", "desk", "door", "blender",
-                  "hair brush")
+_DROPPED_NAMES = (
+    "street sign",
+    "hat",
+    "shoe",
+    "eye glasses",
+    "plate",
+    "mirror",
+    "window",
+    "desk",
+    "door",
+    "blender",
+    "hair brush",
+)
 
 
 def _coco_rows() -> tuple[list[int], list[str]]:
@@ -110,12 +125,12 @@ def _coco_rows() -> tuple[list[int], list[str]]:
     return [cid - 1 for cid in USED_1BASED], dropped
 
 
-def _source_classes(src: dict) -> Optional[int]:
+def _source_classes(src: dict) -> int | None:
     w = src.get("decoder_stage2.4.bias")
     return None if w is None else int(w.shape[0])
 
 
-def class_rows(recipe: Recipe, src: dict) -> Optional[tuple[list[int], list[str]]]:
+def class_rows(recipe: Recipe, src: dict) -> tuple[list[int], list[str]] | None:
     """(kept source rows, dropped class descriptions) when a 182-class ssseg COCO-Stuff checkpoint is
     converted onto a 171-class recipe; None when the class counts need no selection."""
     if _source_classes(src) == 182 and recipe.data.num_classes == 171:
@@ -154,8 +169,12 @@ def _backbone_keymap(recipe: Recipe) -> KeyMap:
     if kind == "hrnet":  # ctxseg's HRNet keeps the mmseg/ssseg module names
         # MCIBI's downsample_backbone (conv, BN; on the concatenated branches) is the backbone's
         # `downsample` when the recipe sets concat_downsample
-        return KeyMap(rules=[(r"backbone_net\.(.+)", r"backbone.\1"),
-                             (r"downsample_backbone\.([01])\.(.+)", r"backbone.downsample.\1.\2")])
+        return KeyMap(
+            rules=[
+                (r"backbone_net\.(.+)", r"backbone.\1"),
+                (r"downsample_backbone\.([01])\.(.+)", r"backbone.downsample.\1.\2"),
+            ]
+        )
     if kind == "vit":  # includes MCIBI's norm_layers.i (outside the backbone in ssseg)
         return KeyMap(rules=ssseg_vit_rules())
     raise UserError(f"convert ssseg: no key table for backbone type '{kind}' (resnet, resnest, hrnet, vit)")
@@ -166,8 +185,11 @@ def _aux_decoders_rules(cfg: dict) -> list[tuple[str, str]]:
     then dropout, classifier) -> ctxseg's ssseg_aux head."""
     n = cfg.get("num_convs", 2)
     step = 4 if cfg.get("upsample", 4) > 1 else 3
-    rules = [(rf"auxiliary_decoder\.(\d+)\.{step * j + o}\.(.+)", rf"auxiliary_head.decoders.\1.convs.{j}.{name}.\2")
-             for j in range(n) for o, name in ((0, "conv"), (1, "bn"))]
+    rules = [
+        (rf"auxiliary_decoder\.(\d+)\.{step * j + o}\.(.+)", rf"auxiliary_head.decoders.\1.convs.{j}.{name}.\2")
+        for j in range(n)
+        for o, name in ((0, "conv"), (1, "bn"))
+    ]
     rules.append((rf"auxiliary_decoder\.(\d+)\.{step * n + 1}\.(.+)", r"auxiliary_head.decoders.\1.conv_seg.\2"))
     return rules
 
@@ -176,26 +198,32 @@ def keymap_for(recipe: Recipe, src: dict) -> KeyMap:
     m = recipe.model
     memory = m.plugin("mcibi")
     if memory is None:
-        raise UserError("convert ssseg: the recipe must describe an MCIBI model ([[model.plugins]] type = \"mcibi\")")
+        raise UserError('convert ssseg: the recipe must describe an MCIBI model ([[model.plugins]] type = "mcibi")')
     bb = _backbone_keymap(recipe)
     rules, ignore, fixups = list(bb.rules), list(bb.ignore), list(bb.fixups)
     head = m.head["type"]
     if head == "aspp":
         for i in range(16):
             rules += _conv_module(rf"{_CTX}\.parallel_branches\.{i}", f"decode_head.aspp_modules.{i}")
-        rules += [(rf"{_CTX}\.global_branch\.1\.(.+)", r"decode_head.image_pool.1.conv.\1"),
-                  (rf"{_CTX}\.global_branch\.2\.(.+)", r"decode_head.image_pool.1.bn.\1"),
-                  (rf"{_CTX}\.bottleneck\.1\.(.+)", r"decode_head.bottleneck.bn.\1")]
+        rules += [
+            (rf"{_CTX}\.global_branch\.1\.(.+)", r"decode_head.image_pool.1.conv.\1"),
+            (rf"{_CTX}\.global_branch\.2\.(.+)", r"decode_head.image_pool.1.bn.\1"),
+            (rf"{_CTX}\.bottleneck\.1\.(.+)", r"decode_head.bottleneck.bn.\1"),
+        ]
         fixups.append(_aspp_bottleneck_fixup)
     elif head == "psp":  # ssseg PPM: branches.i = (pool, conv, norm, act); concat [x, pools...] as mmseg
-        rules += [(rf"{_CTX}\.branches\.(\d+)\.1\.(.+)", r"decode_head.psp_modules.\1.1.conv.\2"),
-                  (rf"{_CTX}\.branches\.(\d+)\.2\.(.+)", r"decode_head.psp_modules.\1.1.bn.\2")]
+        rules += [
+            (rf"{_CTX}\.branches\.(\d+)\.1\.(.+)", r"decode_head.psp_modules.\1.1.conv.\2"),
+            (rf"{_CTX}\.branches\.(\d+)\.2\.(.+)", r"decode_head.psp_modules.\1.1.bn.\2"),
+        ]
         rules += _conv_module(rf"{_CTX}\.bottleneck", "decode_head.bottleneck")
     elif head == "fcn" and not memory.get("use_context_within_image", True):
         # no within-image context: ssseg's memory-input bottleneck is the FCN head's single conv
         rules += _conv_module(r"bottleneck", "decode_head.convs.0")
     else:
-        raise UserError(f"convert ssseg: head type '{head}' has no ssseg counterpart (aspp, psp, or fcn without context)")
+        raise UserError(
+            f"convert ssseg: head type '{head}' has no ssseg counterpart (aspp, psp, or fcn without context)"
+        )
     if memory.get("use_context_within_image", True):
         rules += _conv_module(r"bottleneck", f"{_MEM}.bottleneck")
     rules.append((r"memory_module\.memory", f"{_MEM}.memory"))

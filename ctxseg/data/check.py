@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -36,8 +36,9 @@ def _scan(sample: Sample, num_classes: int, ignore_index: int, reduce_zero: bool
     return sample.label, bad.tolist()
 
 
-def check_labels(index: PreparedIndex, split: str, num_classes: int, ignore_index: int, reduce_zero_label: bool,
-                 workers: int = 4) -> list[tuple[str, list[int]]]:
+def check_labels(
+    index: PreparedIndex, split: str, num_classes: int, ignore_index: int, reduce_zero_label: bool, workers: int = 4
+) -> list[tuple[str, list[int]]]:
     """Files of `split` whose label values fall outside [0, num_classes) and the ignore index."""
     samples = [s for s in index.samples(split) if s.label is not None]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -92,8 +93,16 @@ class _Cache:
             pass  # a read-only data folder: checks simply are not cached
 
 
-def check_data(index: PreparedIndex, splits: list[str], cfg, full: bool = True, rank: int = 0, world: int = 1,
-               gather: Callable[[object], list] | None = None, workers: int | None = None) -> list[str]:
+def check_data(
+    index: PreparedIndex,
+    splits: list[str],
+    cfg,
+    full: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    gather: Callable[[object], list] | None = None,
+    workers: int | None = None,
+) -> list[str]:
     """Problems (one line each) in the splits a run reads; empty when all is well.
 
     Missing or empty splits are always reported; with `full`, every image and label is also read.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,23 +30,48 @@ def load_label(sample: Sample, cfg: DataConfig, image_shape: tuple[int, int] | N
     Labels stay in a dtype OpenCV can resize (nearest) and become int64 tensors only at the end."""
     lab = read_label(sample.label)
     if image_shape is not None and lab.shape[:2] != tuple(image_shape):
-        raise UserError(f"{sample.label}: label size {lab.shape[1]}x{lab.shape[0]} differs from its image "
-                        f"{image_shape[1]}x{image_shape[0]} ({sample.image})")
+        raise UserError(
+            f"{sample.label}: label size {lab.shape[1]}x{lab.shape[0]} differs from its image "
+            f"{image_shape[1]}x{image_shape[0]} ({sample.image})"
+        )
     lab = reduce_zero_label(lab) if cfg.reduce_zero_label else lab.astype(np.int64)
     bad = (lab >= cfg.num_classes) & (lab != cfg.ignore_index)
     if bad.any():
         values = sorted(int(v) for v in np.unique(lab[bad]))[:8]
-        raise UserError(f"{sample.label}: label values {values} are outside [0, {cfg.num_classes}) and not the ignore "
-                        f"index {cfg.ignore_index} (check num_classes / reduce_zero_label, or run `ctxseg prepare --check`)")
+        raise UserError(
+            f"{sample.label}: label values {values} are outside [0, {cfg.num_classes}) and not the ignore "
+            f"index {cfg.ignore_index} (check num_classes / reduce_zero_label, or run `ctxseg prepare --check`)"
+        )
     return lab.astype(np.uint8) if max(cfg.num_classes, cfg.ignore_index) < 256 else lab.astype(np.int32)
 
 
 class SegDataset(Dataset):
     """Items are indexed by (sample index, augmentation seed) pairs from `TrainBatchSampler`
-    during training, or by a plain index for evaluation (no augmentation)."""
+    during training, or by a plain index for evaluation (no augmentation).
 
-    def __init__(self, index: PreparedIndex, split: str, cfg: DataConfig, train: bool,
-                 test_resize: tuple[int, int] | None = None, keep_ratio: bool = True):
+    Training items are {"image": float [3, h, w] normalised, "label": int64 [h, w]} after the
+    recipe's augmentation (padded to crop_size); evaluation items add "index" and "size" (the
+    original (h, w)) and carry a label only where the split has one.
+
+    Args:
+        index: the prepared dataset (meta.json, splits/).
+        split: split name (splits/<split>.txt).
+        cfg: the recipe's data section (augmentation, normalisation, num_classes, ignore_index).
+        train: apply the training augmentation (items then need a seed and a label).
+        test_resize: the official test pipeline's Resize applied to the image (never the label):
+            (long, short) edges with keep_ratio, else (h, w); None: native size.
+        keep_ratio: see `test_resize`.
+    """
+
+    def __init__(
+        self,
+        index: PreparedIndex,
+        split: str,
+        cfg: DataConfig,
+        train: bool,
+        test_resize: tuple[int, int] | None = None,
+        keep_ratio: bool = True,
+    ):
         """`test_resize` (evaluation only): the official test pipeline's Resize, applied to the image
         (never the label) before normalisation; items then carry `size`, the original (h, w)."""
         self.test_resize, self.test_keep_ratio = test_resize, keep_ratio
@@ -111,15 +136,34 @@ class TrainBatchSampler:
     epoch); global batch b takes stream positions [b*G, (b+1)*G) with G = batch * world, and rank r
     takes its contiguous share. Each sample's augmentation seed is (seed, stream position), so the
     data a step sees does not depend on worker count, restarts or timing.
+
+    Args:
+        num_samples: size of the training split.
+        batch_size: images per process per micro-batch.
+        seed: seed of the permutations and of the augmentation seeds.
+        rank: this process's rank.
+        world: number of processes.
+        start_batch: global micro-batch to start at (resuming).
+        weights: per-sample repeat factors (repeat-factor / class-balanced sampling; an "epoch" holds each
+            sample floor(w + u) times, u uniform); None: each sample once per epoch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, weights: np.ndarray | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        weights: np.ndarray | None = None,
+    ):
         self.n, self.batch, self.seed = num_samples, batch_size, seed
         self.rank, self.world, self.start = rank, world, start_batch
         self.weights = None if weights is None else np.asarray(weights, np.float64)
-        if self.weights is not None and (len(self.weights) != num_samples or not np.all(self.weights >= 0)
-                                         or self.weights.sum() <= 0):
+        if self.weights is not None and (
+            len(self.weights) != num_samples or not np.all(self.weights >= 0) or self.weights.sum() <= 0
+        ):
             raise UserError("Sampler weights must be one non-negative repeat factor per training sample, not all zero")
         self._epoch_cache: dict[int, np.ndarray] = {}
         self._epoch_ends: list[int] = []  # weighted: cumulative stream length after each epoch

@@ -19,6 +19,14 @@ from ctxseg.errors import UserError
 
 @dataclass
 class Sample:
+    """One line of a split file, resolved.
+
+    Args:
+        image: path of the image (under the index's image_root).
+        label: path of the label image (under label_root); None in a split without labels.
+        name: image path relative to image_root, without suffix (a stable id for outputs).
+    """
+
     image: Path
     label: Path | None
     name: str  # image path relative to image_root, without suffix (stable id for outputs)
@@ -26,11 +34,18 @@ class Sample:
 
 @dataclass
 class PreparedIndex:
+    """A prepared dataset (module docstring); open one with `PreparedIndex.open(root)`.
+
+    Args:
+        root: the index folder (meta.json, splits/).
+        meta: the parsed meta.json.
+    """
+
     root: Path
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, root: str | Path) -> "PreparedIndex":
+    def open(cls, root: str | Path) -> PreparedIndex:
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():

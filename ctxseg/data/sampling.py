@@ -25,8 +25,11 @@ def class_presence(index, dataset, cfg: DataConfig) -> np.ndarray:
     """[N, C] bool: does training image i contain class c (after reduce_zero_label, ignore excluded)."""
     meta = index.meta
     path = meta.get("class_presence")
-    if (path and meta.get("class_pixel_counts_split", "train") == cfg.train_split
-            and bool(meta.get("reduce_zero_label", False)) == cfg.reduce_zero_label):
+    if (
+        path
+        and meta.get("class_pixel_counts_split", "train") == cfg.train_split
+        and bool(meta.get("reduce_zero_label", False)) == cfg.reduce_zero_label
+    ):
         p = index.root / path
         if p.is_file():
             presence = np.load(p)

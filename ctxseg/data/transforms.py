@@ -51,8 +51,9 @@ def random_resize(img, label, scale, ratio_range, rng: np.random.Generator, keep
     return resize_pair(img, label, size)
 
 
-def random_rotate(img, label, prob: float, max_degree: int, ignore_index: int, rng: np.random.Generator,
-                  image_fill: float = 0.0):
+def random_rotate(
+    img, label, prob: float, max_degree: int, ignore_index: int, rng: np.random.Generator, image_fill: float = 0.0
+):
     """ssseg RandomRotation: with probability `prob`, rotate about the centre by an integer angle
     drawn from [-max_degree, max_degree) (numpy randint), keeping the size. The image is resampled
     bicubically (ssseg's default) and filled with `image_fill` (0, black); the label with nearest
@@ -62,13 +63,19 @@ def random_rotate(img, label, prob: float, max_degree: int, ignore_index: int, r
     angle = int(rng.integers(-max_degree, max_degree))
     h, w = img.shape[:2]
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
-    img = cv2.warpAffine(np.ascontiguousarray(img), matrix, (w, h), flags=cv2.INTER_CUBIC,
-                         borderValue=(image_fill, image_fill, image_fill))
+    img = cv2.warpAffine(
+        np.ascontiguousarray(img),
+        matrix,
+        (w, h),
+        flags=cv2.INTER_CUBIC,
+        borderValue=(image_fill, image_fill, image_fill),
+    )
     if label is not None:
         dtype = label.dtype  # OpenCV warps uint8/uint16 labels directly; wider ids go through float32 (exact)
         src = label if dtype in (np.uint8, np.uint16) else label.astype(np.float32)
-        label = cv2.warpAffine(np.ascontiguousarray(src), matrix, (w, h), flags=cv2.INTER_NEAREST,
-                               borderValue=float(ignore_index)).astype(dtype)
+        label = cv2.warpAffine(
+            np.ascontiguousarray(src), matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=float(ignore_index)
+        ).astype(dtype)
     return img, label
 
 

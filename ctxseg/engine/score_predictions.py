@@ -42,7 +42,11 @@ def _cityscapes_key(stem: str) -> str | None:
 
 
 class PredictionFinder:
-    """Indexes every *.png under a folder once, then finds the file for a sample (see the module docstring)."""
+    """Indexes every *.png under a folder once, then finds the file for a sample (see the module docstring).
+
+    Args:
+        root: the folder of prediction PNGs (searched recursively).
+    """
 
     def __init__(self, root: Path):
         self.root = root

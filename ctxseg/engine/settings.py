@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Args:
+    """How `infer` runs a model over images (see the module docstring); build with `from_recipe`.
+
+    Args:
         num_classes: channels of the returned scores.
         mode: "whole" (one forward per image) or "slide" (mmseg's overlapping windows).
         crop: sliding-window size (h, w); slide mode only.
@@ -27,8 +29,8 @@ class InferenceSettings:
         flip_pairs: left/right class pairs swapped when a flip is undone (LIP).
         window_batch: windows per forward pass in slide mode.
         align_corners: of every resize (the model's convention).
-        resize: the official test-time Resize (w, h) of the image before inference (None: native
-            size); logits are resized back to the label's size before scoring.
+        resize: the official test-time Resize of the image before inference, (long, short) edges (None:
+            native size); logits are resized back to the label's size before scoring.
         keep_ratio: the test-time Resize keeps the aspect ratio (mmseg's keep_ratio=True) or
             stretches to `resize` (LIP).
     """

@@ -195,12 +195,33 @@ def _without_autocast(model: nn.Module):
 
 @dataclass
 class TrainResult:
+    """What `Trainer.run` returns.
+
+    Args:
+        run_dir: the run folder (log.jsonl, best.safetensors, checkpoints/).
+        best_miou: best validation mIoU of the run (as `summary["mIoU"]`); None when it never evaluated.
+        final_step: the iteration the run stopped at.
+    """
+
     run_dir: Path
     best_miou: float | None
     final_step: int
 
 
 class Trainer:
+    """One training run (Accelerate: one instance per process), from a recipe or resumed from a checkpoint.
+
+    Args:
+        recipe: the resolved recipe.
+        runs_dir: folder in which a new run folder is created (and TensorBoard logs go).
+        resume: an iteration checkpoint (checkpoints/iter_*.safetensors with its .state.pt) to continue
+            in its own run folder; None: a new run.
+        mixed_precision: "no", "fp16" or "bf16", overriding train.mixed_precision; None: the recipe's
+            (or, when resuming, the precision the run used).
+        progress: show a progress bar (main process only).
+        eval_limit: evaluate on at most this many validation images (quick runs, tests); None: all.
+    """
+
     def __init__(self, recipe: Recipe, runs_dir: Path, resume: Path | None = None, mixed_precision: str | None = None,
                  progress: bool = True, eval_limit: int | None = None):
         from accelerate import Accelerator

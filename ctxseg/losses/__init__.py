@@ -24,6 +24,18 @@ def inverse_log_frequency(counts: list[int]) -> list[float]:
 
 
 class Criterion(nn.Module):
+    """The training loss: decode-head CE (+OHEM) + auxiliary CE x aux_weight + every plug-in's loss terms.
+
+    forward(model, outputs, target, step) returns (total, {term: value}); `stat_*` terms are logged,
+    never summed.
+
+    Args:
+        recipe: the recipe; train.loss (weights, class weights, OHEM), data.ignore_index and
+            model.align_corners (the logits' resize to the label size) are read.
+        class_pixel_counts: per-class pixel counts of the train split (meta.json), for
+            class_weight = "inverse_log_freq"; None: uniform counts.
+    """
+
     def __init__(self, recipe: Recipe, class_pixel_counts: list[int] | None = None):
         super().__init__()
         lc = recipe.train.loss

@@ -57,7 +57,18 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 
 @dataclass
 class Anchors:
-    """Result of hard-anchor sampling. T = number of (image, class) pairs, V = n_view."""
+    """Result of hard-anchor sampling. T = number of (image, class) pairs, V = n_view.
+
+    Args:
+        feats: [T, V, D] float32 anchor embeddings (the official code writes into a float32 tensor).
+        labels: [T] class of each pair.
+        pairs: [T, 2] (image, class), images in batch order, classes ascending.
+        indices: [T, V] flat pixel indices of the anchors: hard ones first, then easy.
+        num_hard: [T] hard candidates (ground truth c, predicted otherwise).
+        num_easy: [T] easy candidates (ground truth c, predicted c).
+        num_hard_keep: [T] hard anchors kept.
+        num_easy_keep: [T] easy anchors kept.
+    """
 
     feats: torch.Tensor  # [T, V, D] float32 (the official code writes into a float32 tensor)
     labels: torch.Tensor  # [T] class of each pair
@@ -345,6 +356,15 @@ class QueueContrast(torch.autograd.Function):
 
 @dataclass
 class ContrastResult:
+    """What `pixel_contrast_loss` computed; `degenerate` when the official code would raise or give NaN.
+
+    Args:
+        loss: the contrast loss; None when no class has enough pixels (the official code raises).
+        anchors: the sampled anchors; None with `loss`.
+        labels_down: [B, h, w] labels down-sampled to the embedding grid (legacy nearest).
+        num_pos: positives per anchor row; a 0 makes the official loss NaN.
+    """
+
     loss: torch.Tensor | None  # None: no class with enough pixels (the official code raises)
     anchors: Anchors | None
     labels_down: torch.Tensor  # [B, h, w]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from torch import nn
@@ -78,7 +79,10 @@ AUX_HEADS: dict[str, Callable[..., nn.Module]] = {
 }
 
 KINDS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "backbone": BACKBONES, "head": HEADS, "aux_head": AUX_HEADS, "plugin": PLUGINS,
+    "backbone": BACKBONES,
+    "head": HEADS,
+    "aux_head": AUX_HEADS,
+    "plugin": PLUGINS,
 }
 
 # constructor arguments filled by the builder, never by a recipe key; where each comes from
@@ -94,7 +98,13 @@ INJECTED: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DataFacts:
-    """Facts about the data every component may need, read once from the recipe."""
+    """Facts about the data every component may need, read once from the recipe.
+
+    Args:
+        num_classes: number of classes (data.num_classes).
+        ignore_index: label value not trained on nor scored (data.ignore_index).
+        align_corners: `align_corners` of every bilinear resize (model.align_corners).
+    """
 
     num_classes: int
     ignore_index: int = 255
@@ -110,7 +120,9 @@ def register(kind: str, name: str, constructor: Callable[..., nn.Module] | None 
 
     def add(obj):
         if kind == "plugin" and inspect.isclass(obj) and not issubclass(obj, ContextPlugin):
-            raise TypeError(f"plug-in '{name}': {obj.__qualname__} must subclass ctxseg.models.context.base.ContextPlugin")
+            raise TypeError(
+                f"plug-in '{name}': {obj.__qualname__} must subclass ctxseg.models.context.base.ContextPlugin"
+            )
         if name in table and table[name] is not obj and getattr(table[name], "__qualname__", None) != obj.__qualname__:
             raise ValueError(f"{kind} type '{name}' is already registered ({table[name]!r})")
         table[name] = obj
@@ -156,7 +168,7 @@ def build_component(kind: str, cfg: dict[str, Any], **injected: Any) -> nn.Modul
 # validation of component tables against constructor signatures
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature_model(fn) -> type[BaseModel]:
     """A pydantic model with one field per recipe argument of a component constructor."""
     fields: dict[str, Any] = {}
@@ -171,7 +183,9 @@ def _signature_model(fn) -> type[BaseModel]:
         default = p.default if p.default is not inspect.Parameter.empty else ...
         fields[name] = (ann, default)
     return create_model(
-        f"{getattr(fn, '__name__', 'component')}_args", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+        f"{getattr(fn, '__name__', 'component')}_args",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
     )
 
 
@@ -185,12 +199,18 @@ def validate_component(kind: str, cfg: dict[str, Any], where: str, format_errors
     if builder is None:
         close = difflib.get_close_matches(str(cfg["type"]), choices, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; choose one of: {', '.join(sorted(choices))}"
-        extra = " (a plug-in defined outside ctxseg is loaded by the recipe's `imports = [\"module\"]`)" if kind == "plugin" else ""
+        extra = (
+            ' (a plug-in defined outside ctxseg is loaded by the recipe\'s `imports = ["module"]`)'
+            if kind == "plugin"
+            else ""
+        )
         raise UserError(f"'{where}.type' = '{cfg['type']}' is not a known {kind}{hint}{extra}")
     fixed = sorted(set(cfg) & set(INJECTED))
     if fixed:
-        raise UserError(f"'{where}.{fixed[0]}' is not a recipe key of a component: it comes from "
-                        f"{INJECTED[fixed[0]]}, set once for every component")
+        raise UserError(
+            f"'{where}.{fixed[0]}' is not a recipe key of a component: it comes from "
+            f"{INJECTED[fixed[0]]}, set once for every component"
+        )
     model = _signature_model(builder)
     args = {k: v for k, v in cfg.items() if k not in ("type", "name")}
     try:
@@ -215,6 +235,8 @@ def validate_plugins(entries: list[dict[str, Any]], format_errors: Callable | No
         validate_component("plugin", cfg, where, format_errors)
         name = plugin_name(cfg)
         if name in seen:
-            raise UserError(f"'{where}': a plug-in named '{name}' is already listed (model.plugins[{seen[name]}]); "
-                            f"give one of them another `name = \"...\"`")
+            raise UserError(
+                f"'{where}': a plug-in named '{name}' is already listed (model.plugins[{seen[name]}]); "
+                f'give one of them another `name = "..."`'
+            )
         seen[name] = i

@@ -10,18 +10,44 @@ from torch import nn
 def resize(x: torch.Tensor, size, align_corners: bool = False, mode: str = "bilinear") -> torch.Tensor:
     """mmseg's `resize`: a plain interpolate to an explicit size (never a scale factor)."""
     if torch.jit.is_tracing():  # ONNX export: keep traced sizes symbolic so --dynamic graphs follow the input
-        return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
+        return F.interpolate(
+            x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None
+        )
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
+    return F.interpolate(
+        x, size=size, mode=mode, align_corners=align_corners if mode in ("bilinear", "bicubic") else None
+    )
 
 
 class ConvModule(nn.Sequential):
-    """conv -> BN -> ReLU with mmseg's state-dict names (`conv.weight`, `bn.*`); no conv bias before BN."""
+    """conv -> BN -> ReLU with mmseg's state-dict names (`conv.weight`, `bn.*`); no conv bias before BN.
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, groups: int = 1, norm: bool = True, act: bool = True):
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        kernel_size: convolution kernel size.
+        stride: convolution stride.
+        padding: zero padding on each side, in pixels.
+        dilation: convolution dilation.
+        groups: convolution groups (`in_ch` for a depthwise convolution).
+        norm: add a BatchNorm2d (`bn`); the convolution then has no bias.
+        act: add an in-place ReLU (`activate`).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        act: bool = True,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, groups, bias=not norm)
         if norm:
@@ -31,7 +57,15 @@ class ConvModule(nn.Sequential):
 
 
 class DepthwiseSeparableConvModule(nn.Sequential):
-    """mmcv's depthwise-separable ConvModule: depthwise 3x3 (BN, ReLU) then pointwise 1x1 (BN, ReLU)."""
+    """mmcv's depthwise-separable ConvModule: depthwise 3x3 (BN, ReLU) then pointwise 1x1 (BN, ReLU).
+
+    Args:
+        in_ch: input channels (also the depthwise convolution's groups).
+        out_ch: output channels of the pointwise convolution.
+        kernel_size: kernel size of the depthwise convolution.
+        padding: zero padding of the depthwise convolution.
+        dilation: dilation of the depthwise convolution.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, padding: int = 1, dilation: int = 1):
         super().__init__()
@@ -56,8 +90,13 @@ def _mkldnn_pointwise():
 
 def foldable(bn: nn.Module) -> bool:
     # exact types: subclasses (timm's BatchNormAct2d) do more than normalise
-    return (type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and not bn.training and bn.track_running_stats
-            and bn.running_mean is not None and bn.running_var is not None)
+    return (
+        type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm)
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
 
 
 class FusedConv2d(nn.Module):
@@ -65,14 +104,21 @@ class FusedConv2d(nn.Module):
 
     On CPU float32 the fused oneDNN op computes it in one pass over the output (no separate BN,
     add or ReLU passes, each of which reads and writes the whole map and synchronises the
-    threads); elsewhere it is F.conv2d followed by the in-place add/ReLU."""
+    threads); elsewhere it is F.conv2d followed by the in-place add/ReLU.
+
+    Args:
+        conv: the convolution to fuse; its weights are copied (frozen), the module itself is not kept.
+        bn: the BatchNorm that follows it (eval statistics are folded in); None: no norm.
+        relu: apply ReLU after the (optional) residual add.
+    """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.Module | None = None, relu: bool = False):
         super().__init__()
         weight, bias = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
         if bn is not None:
             weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
-                weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+                weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
             weight, bias = weight.detach(), bias.detach()
         if bias is None:
             bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
@@ -80,19 +126,41 @@ class FusedConv2d(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.relu = relu
-        self.pointwise = _mkldnn_pointwise() if conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) else None
+        self.pointwise = (
+            _mkldnn_pointwise() if conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) else None
+        )
 
     def _fast(self, x: torch.Tensor) -> bool:
-        return (self.pointwise is not None and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.jit.is_tracing() and not x.requires_grad)
+        return (
+            self.pointwise is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.jit.is_tracing()
+            and not x.requires_grad
+        )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self._fast(x):
             args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if residual is not None:  # the op wants the residual in the output's layout (x's)
-                fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-                return self.pointwise.binary(x, residual.contiguous(memory_format=fmt), self.weight, self.bias, *args,
-                                             "add", None, "relu" if self.relu else None, [None], "")
+                fmt = (
+                    torch.channels_last
+                    if x.is_contiguous(memory_format=torch.channels_last)
+                    else torch.contiguous_format
+                )
+                return self.pointwise.binary(
+                    x,
+                    residual.contiguous(memory_format=fmt),
+                    self.weight,
+                    self.bias,
+                    *args,
+                    "add",
+                    None,
+                    "relu" if self.relu else None,
+                    [None],
+                    "",
+                )
             return self.pointwise(x, self.weight, self.bias, *args, "relu" if self.relu else "none", [None], "")
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:

@@ -25,8 +25,28 @@ if TYPE_CHECKING:
 
 
 class Segmentor(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
-                 plugins: dict[str, nn.Module] | None = None, num_classes: int = 0, align_corners: bool = False):
+    """Backbone + decode head + optional auxiliary head + context plug-ins (see the module docstring).
+
+    Build one from a recipe with `build_segmentor`.
+
+    Args:
+        backbone: maps images [N, 3, H, W] to a list of feature maps (`out_channels` lists their channels).
+        head: the decode head; returns a dict with `logits` (and `feats`) at feature resolution.
+        aux_head: auxiliary head on the same features, run in training (or with `with_aux`); None: none.
+        plugins: context plug-ins (ContextPlugin) by name, applied and hooked in this order.
+        num_classes: number of classes of the logits.
+        align_corners: `align_corners` of the bilinear resizes (kept for inference and export).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+        plugins: dict[str, nn.Module] | None = None,
+        num_classes: int = 0,
+        align_corners: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.decode_head = head
@@ -63,8 +83,11 @@ class Segmentor(nn.Module):
 
 def data_facts(recipe: Recipe) -> DataFacts:
     """The one place data facts are read from a recipe for every component."""
-    return DataFacts(num_classes=recipe.data.num_classes, ignore_index=recipe.data.ignore_index,
-                     align_corners=recipe.model.align_corners)
+    return DataFacts(
+        num_classes=recipe.data.num_classes,
+        ignore_index=recipe.data.ignore_index,
+        align_corners=recipe.model.align_corners,
+    )
 
 
 def build_segmentor(recipe: Recipe) -> Segmentor:

@@ -25,8 +25,12 @@ def per_image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_in
 
     from ctxseg.metrics import ConfusionMatrix, image_miou
 
-    m = ConfusionMatrix.compute(torch.from_numpy(np.ascontiguousarray(pred)), torch.from_numpy(np.ascontiguousarray(gt)),
-                                num_classes, ignore_index)
+    m = ConfusionMatrix.compute(
+        torch.from_numpy(np.ascontiguousarray(pred)),
+        torch.from_numpy(np.ascontiguousarray(gt)),
+        num_classes,
+        ignore_index,
+    )
     return image_miou(m)
 
 
@@ -49,11 +53,22 @@ def _header(width: int, text: str, height: int = 24, scale: float = 0.5) -> np.n
     return bar
 
 
-def compare_panel(image_bgr: np.ndarray, gt: np.ndarray, pred: np.ndarray, palette, classes: list[str],
-                  ignore_index: int = 255, title: str = "", miou: float | None = None, tile_width: int = 480) -> np.ndarray:
+def compare_panel(
+    image_bgr: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    palette,
+    classes: list[str],
+    ignore_index: int = 255,
+    title: str = "",
+    miou: float | None = None,
+    tile_width: int = 480,
+) -> np.ndarray:
     """One BGR picture: a title bar, then image | ground truth | prediction | errors, then a legend."""
     if gt.shape != pred.shape or gt.shape != image_bgr.shape[:2]:
-        raise ValueError(f"shape mismatch: image {image_bgr.shape[:2]}, ground truth {gt.shape}, prediction {pred.shape}")
+        raise ValueError(
+            f"shape mismatch: image {image_bgr.shape[:2]}, ground truth {gt.shape}, prediction {pred.shape}"
+        )
     n = len(classes)
     if miou is None:
         miou = per_image_miou(np.where(pred < n, pred, 0), gt, n, ignore_index)
@@ -72,14 +87,19 @@ def compare_panel(image_bgr: np.ndarray, gt: np.ndarray, pred: np.ndarray, palet
         ("image", cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)),
         ("ground truth", label_tile(gt)),
         ("prediction", label_tile(pred)),
-        (f"errors: {100 * wrong:.1f}% wrong (red)", cv2.resize(error_map(pred, gt, ignore_index), size, interpolation=cv2.INTER_NEAREST)),
+        (
+            f"errors: {100 * wrong:.1f}% wrong (red)",
+            cv2.resize(error_map(pred, gt, ignore_index), size, interpolation=cv2.INTER_NEAREST),
+        ),
     ]
     gap = np.full((size[1] + 24, 6, 3), 255, np.uint8)
     row = []
     for k, (name, tile) in enumerate(tiles):
         row += ([gap] if k else []) + [np.vstack([_header(size[0], name), tile])]
     body = np.hstack(row)
-    present = sorted({int(c) for c in np.unique(np.concatenate([gt.ravel(), pred.ravel()])) if c != ignore_index and c < n})
+    present = sorted(
+        {int(c) for c in np.unique(np.concatenate([gt.ravel(), pred.ravel()])) if c != ignore_index and c < n}
+    )
     names = [classes[c] for c in present]
     colors = [(palette[c] if palette is not None else (128, 128, 128)) for c in present]
     if (gt == ignore_index).any():

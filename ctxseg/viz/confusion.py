@@ -41,7 +41,9 @@ def top_confusions(mat: np.ndarray, classes: list[str], k: int = 20) -> list[dic
         g, p = divmod(int(flat), off.shape[1])
         if off[g, p] <= 0:
             break
-        out.append({"gt": classes[g], "pred": classes[p], "fraction": float(off[g, p]), "pixels": int(np.asarray(mat)[g, p])})
+        out.append(
+            {"gt": classes[g], "pred": classes[p], "fraction": float(off[g, p]), "pixels": int(np.asarray(mat)[g, p])}
+        )
     return out
 
 
@@ -93,8 +95,15 @@ def plot_confusion(mat: np.ndarray, classes: list[str], path: Path, top: int = 3
         for i in range(n):
             for j in range(n):
                 if norm[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="black" if norm[i, j] > 0.6 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * norm[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if norm[i, j] > 0.6 else "white",
+                    )
     subset = f" — the {n} classes with the largest confusions, of {len(mat)}" if n < len(mat) else ""
     ax.set_title((title + "\n" if title else "") + f"row-normalised confusion matrix{subset}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth class's pixels")
@@ -114,7 +123,9 @@ def plot_top_confusions(mat: np.ndarray, classes: list[str], path: Path, k: int 
         ax.text(v, y, f" {v:.1f}%", va="center", fontsize=7)
     ax.set_yticks(range(len(pairs)), labels, fontsize=8)
     ax.set_xlabel("% of the ground-truth class's pixels")
-    ax.set_title((title + "\n" if title else "") + f"top {len(pairs)} confusions (ground truth → prediction)", fontsize=10)
+    ax.set_title(
+        (title + "\n" if title else "") + f"top {len(pairs)} confusions (ground truth → prediction)", fontsize=10
+    )
     if not pairs:
         ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()

@@ -99,7 +99,14 @@ def plot_curves(runs: dict[str, list[dict]], out_dir: Path, smooth: float = 0.0)
             xs, ys = s[key]
             c = colors[i % len(colors)]
             smoothed = smooth > 0 and key.startswith("loss") and len(ys) > 2
-            ax.plot(xs, ema(ys, smooth) if smoothed else ys, color=c, label=label, marker="o" if len(xs) < 30 else None, ms=3)
+            ax.plot(
+                xs,
+                ema(ys, smooth) if smoothed else ys,
+                color=c,
+                label=label,
+                marker="o" if len(xs) < 30 else None,
+                ms=3,
+            )
             if smoothed:
                 ax.plot(xs, ys, color=c, alpha=0.25, lw=0.8)
         ax.set_title(key, fontsize=10)
@@ -116,7 +123,7 @@ def plot_curves(runs: dict[str, list[dict]], out_dir: Path, smooth: float = 0.0)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, key in zip(axes.ravel(), keys):
         draw(ax, key)
-    for ax in axes.ravel()[len(keys):]:
+    for ax in axes.ravel()[len(keys) :]:
         ax.axis("off")
     fig.suptitle(" vs ".join(runs), fontsize=11)
     fig.tight_layout()

@@ -19,7 +19,6 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -32,7 +31,14 @@ METHODS = ("auto", "tsne", "umap", "pca")
 
 @dataclass
 class EmbedSample:
-    """Sampled pixel embeddings of one checkpoint."""
+    """Sampled pixel embeddings of one checkpoint.
+
+    Args:
+        name: panel title.
+        source: what was sampled: "contrast embed" or "decode-head feats".
+        points: [N, D] float32 embeddings, unit-norm rows.
+        labels: [N] int64 class ids of the sampled pixels.
+    """
 
     name: str  # panel title
     source: str  # "contrast embed" | "decode-head feats"
@@ -63,8 +69,9 @@ def embedding_map(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return F.normalize(out["feats"].float(), p=2, dim=1), "decode-head feats"
 
 
-def sample_balanced(emb: list[np.ndarray], labels: list[np.ndarray], num_classes: int, ignore_index: int,
-                    per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_balanced(
+    emb: list[np.ndarray], labels: list[np.ndarray], num_classes: int, ignore_index: int, per_class: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """At most `per_class` random pixels of each class present, pooled over the images.
 
     emb: per image [D, h, w]; labels: per image [h, w] (already on the embedding grid)."""
@@ -82,15 +89,22 @@ def sample_balanced(emb: list[np.ndarray], labels: list[np.ndarray], num_classes
     return feats[sel].astype(np.float32), labs[sel]
 
 
-def collect(checkpoint: Path, data_root: Optional[Path], split: Optional[str], num_images: int, per_class: int,
-            max_side: int, seed: int):
+def collect(
+    checkpoint: Path,
+    data_root: Path | None,
+    split: str | None,
+    num_images: int,
+    per_class: int,
+    max_side: int,
+    seed: int,
+):
     """Run a checkpoint over the first `num_images` images of its recipe's val split and sample."""
     from ctxseg.data.index import PreparedIndex
     from ctxseg.data.transforms import normalize
-    from ctxseg.viz.sources import DatasetInfo
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.io import read_image
     from ctxseg.losses.contrast import downsample_labels
+    from ctxseg.viz.sources import DatasetInfo
 
     model, recipe, _ = load_model(checkpoint)
     root = data_root or Path(recipe.data.root)
@@ -167,8 +181,9 @@ def project_2d(x: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 # picture
 
 
-def plot_embeddings(panels: list[tuple[EmbedSample, np.ndarray]], classes: list[str], palette, method: str,
-                    dest: Path) -> Path:
+def plot_embeddings(
+    panels: list[tuple[EmbedSample, np.ndarray]], classes: list[str], palette, method: str, dest: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

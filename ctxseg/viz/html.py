@@ -26,8 +26,9 @@ document.body.dataset.loaded=ok;document.body.dataset.total=imgs.length;
 document.getElementById('status').textContent=ok+' of '+imgs.length+' pictures loaded';});"""
 
 
-def write_index(folder: Path, pictures: list[tuple[Path, str]], title: str, note: str | None = None,
-                max_width: int = 480) -> Path:
+def write_index(
+    folder: Path, pictures: list[tuple[Path, str]], title: str, note: str | None = None, max_width: int = 480
+) -> Path:
     """Write <folder>/index.html showing `pictures` [(path, caption)] in order; returns its path.
 
     `max_width` caps the displayed width (wide pictures such as compare panels want more)."""
@@ -37,7 +38,9 @@ def write_index(folder: Path, pictures: list[tuple[Path, str]], title: str, note
         rel = html.escape(Path(os.path.relpath(Path(p).resolve(), folder.resolve())).as_posix())
         cap = html.escape(caption)
         # no lazy loading: the load-count script (and a printout) should see every picture
-        cards.append(f'<figure><a href="{rel}"><img src="{rel}" alt="{cap}"></a><figcaption>{cap}</figcaption></figure>')
+        cards.append(
+            f'<figure><a href="{rel}"><img src="{rel}" alt="{cap}"></a><figcaption>{cap}</figcaption></figure>'
+        )
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -21,7 +21,7 @@ def memory_from_checkpoint(path: Path) -> tuple[torch.Tensor, list[str]]:
     state, recipe, _ = read_checkpoint(path)
     keys = [k for k in state if k.endswith("memory.memory") or k == "memory"]
     if not keys:
-        raise UserError(f"{path} holds no MCIBI memory (recipe without [[model.plugins]] type = \"mcibi\")")
+        raise UserError(f'{path} holds no MCIBI memory (recipe without [[model.plugins]] type = "mcibi")')
     memory = state[keys[0]].float()
     names = [str(i) for i in range(memory.shape[0])]
     try:
@@ -68,7 +68,11 @@ def plot_memory(memory: torch.Tensor, names: list[str], out_dir: Path) -> tuple[
     centered = vecs - vecs.mean(0, keepdim=True)
     if centered.shape[0] >= 2:
         _, _, v = torch.linalg.svd(centered, full_matrices=False)
-        xy = (centered @ v[:2].t()).numpy() if v.shape[0] >= 2 else np.c_[(centered @ v[:1].t()).numpy(), np.zeros(len(cls))]
+        xy = (
+            (centered @ v[:2].t()).numpy()
+            if v.shape[0] >= 2
+            else np.c_[(centered @ v[:1].t()).numpy(), np.zeros(len(cls))]
+        )
     else:
         xy = np.zeros((1, 2))
     fig, ax = plt.subplots(figsize=(8, 8))

@@ -8,8 +8,15 @@ import numpy as np
 from ctxseg.viz.palette import IGNORE_COLOR, colorize
 
 
-def overlay(image_bgr: np.ndarray, label: np.ndarray, palette, classes: list[str], ignore_index: int = 255,
-            alpha: float = 0.5, legend: bool = True) -> np.ndarray:
+def overlay(
+    image_bgr: np.ndarray,
+    label: np.ndarray,
+    palette,
+    classes: list[str],
+    ignore_index: int = 255,
+    alpha: float = 0.5,
+    legend: bool = True,
+) -> np.ndarray:
     """BGR uint8 picture: colours blended over the image, ignore pixels hatched, legend of present classes."""
     color = colorize(label, palette, len(classes), ignore_index)[..., ::-1].astype(np.float32)
     out = image_bgr.astype(np.float32) * (1 - alpha) + color * alpha

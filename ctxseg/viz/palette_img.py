@@ -15,8 +15,13 @@ import numpy as np
 from ctxseg.viz.palette import IGNORE_COLOR, default_palette
 
 # dataset name (recipe data.dataset) -> module under ctxseg.data.prepare with CLASSES / PALETTE
-_DATASET_MODULES = {"coco-stuff10k": "cocostuff", "coco-stuff164k": "cocostuff", "voc-aug": "voc",
-                    "pascal-context": "pascal_context", "pascal-context-60": "pascal_context"}
+_DATASET_MODULES = {
+    "coco-stuff10k": "cocostuff",
+    "coco-stuff164k": "cocostuff",
+    "voc-aug": "voc",
+    "pascal-context": "pascal_context",
+    "pascal-context-60": "pascal_context",
+}
 
 
 def classes_from_recipe(recipe) -> tuple[list[str], list[list[int]], int, str]:
@@ -40,14 +45,26 @@ def classes_from_recipe(recipe) -> tuple[list[str], list[list[int]], int, str]:
     except ImportError:
         pass
     if classes is None or len(classes) != d.num_classes:
-        return [str(i) for i in range(d.num_classes)], default_palette(d.num_classes), d.ignore_index, "generated (dataset not prepared)"
+        return (
+            [str(i) for i in range(d.num_classes)],
+            default_palette(d.num_classes),
+            d.ignore_index,
+            "generated (dataset not prepared)",
+        )
     if palette is None or len(palette) < len(classes):
         palette = default_palette(len(classes))
     return list(classes), [list(c) for c in palette], d.ignore_index, f"ctxseg.data.prepare.{name}"
 
 
-def palette_image(classes: list[str], palette, ignore_index: int | None = 255, rows: int = 40, title: str = "",
-                  col_width: int = 230, row_height: int = 22) -> np.ndarray:
+def palette_image(
+    classes: list[str],
+    palette,
+    ignore_index: int | None = 255,
+    rows: int = 40,
+    title: str = "",
+    col_width: int = 230,
+    row_height: int = 22,
+) -> np.ndarray:
     """BGR uint8 legend of every class (and the ignore colour)."""
     entries = [(f"{i:>3}  {name}", tuple(int(v) for v in palette[i])) for i, name in enumerate(classes)]
     if ignore_index is not None:
@@ -68,5 +85,7 @@ def palette_image(classes: list[str], palette, ignore_index: int | None = 255, r
             swatch[((yy + xx) // 3) % 2 == 0] = (150, 150, 150)
         img[y : y + swatch.shape[0], x : x + swatch.shape[1]] = swatch
         cv2.rectangle(img, (x, y), (x + 28, y + row_height - 6), (0, 0, 0), 1)
-        cv2.putText(img, text[:28], (x + 34, y + row_height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img, text[:28], (x + 34, y + row_height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA
+        )
     return img

@@ -37,7 +37,13 @@ def read_manifest(path: Path) -> dict:
 
 
 class DatasetInfo:
-    """Class names, palette and label conventions of a prepared index (generated when it is missing)."""
+    """Class names, palette and label conventions of a prepared index (generated when it is missing).
+
+    Args:
+        data_root: the prepared index folder; None, or a folder without a readable meta.json, gives
+            numbered class names, the default palette, ignore index 255 and no reduce_zero_label.
+        num_classes: number of generated class names without an index (default 256).
+    """
 
     def __init__(self, data_root: str | Path | None, num_classes: int | None = None):
         try:
@@ -51,7 +57,12 @@ class DatasetInfo:
             from ctxseg.viz.palette import default_palette
 
             n = num_classes or 256
-            self.classes, self.palette, self.ignore, self.reduce_zero_label = [str(i) for i in range(n)], default_palette(n), 255, False
+            self.classes, self.palette, self.ignore, self.reduce_zero_label = (
+                [str(i) for i in range(n)],
+                default_palette(n),
+                255,
+                False,
+            )
 
     def ground_truth(self, path: str | Path) -> np.ndarray:
         label = read_label(path).astype(np.int64)

@@ -63,8 +63,9 @@ def check_prepared(root: Path, workers: int = 4) -> list[tuple[str, str]]:
         except Exception as e:  # noqa: BLE001 - missing, truncated, corrupt: named, and the scan continues
             reason = str(e).replace(str(sample.label), "this file").strip() or type(e).__name__
             return str(sample.label), f"unreadable ({reason})"
-        return str(path), (f"values {bad} outside 0..{m['num_classes'] - 1} and ignore {m.get('ignore_index', 255)}"
-                           if bad else None)
+        return str(path), (
+            f"values {bad} outside 0..{m['num_classes'] - 1} and ignore {m.get('ignore_index', 255)}" if bad else None
+        )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [(p, problem) for p, problem in pool.map(scan, labels.values()) if problem]

@@ -19,9 +19,32 @@ from pathlib import Path
 from ctxseg.data.prepare.common import DatasetInfo, Job, need_root, paired, prepare_index
 
 SPLITS = {"train": 367, "val": 101, "test": 233}
-CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian", "bicyclist"]
-PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [0, 0, 192], [128, 128, 0],
-           [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+CLASSES = [
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "signsymbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
+PALETTE = [
+    [128, 128, 128],
+    [128, 0, 0],
+    [192, 192, 128],
+    [128, 64, 128],
+    [0, 0, 192],
+    [128, 128, 0],
+    [192, 128, 128],
+    [64, 64, 128],
+    [64, 0, 128],
+    [64, 64, 0],
+    [0, 128, 192],
+]
 VOID = 11
 
 
@@ -31,7 +54,9 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
     if not (base / "trainannot").is_dir():
         from ctxseg.errors import UserError
 
-        raise UserError(f"CamVid not found under {root}: expected train/, trainannot/, val/, valannot/, test/, testannot/")
+        raise UserError(
+            f"CamVid not found under {root}: expected train/, trainannot/, val/, valannot/, test/, testannot/"
+        )
     jobs, sources, warnings = [], [], []
     for split in SPLITS:
         img_dir, ann_dir = base / split, base / f"{split}annot"
@@ -40,7 +65,18 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
         for name in paired(images, labels, split, warnings):
             jobs.append(Job(split, f"{split}/{name}", f"{split}annot/{name}"))
             sources += [str(images[name]), str(labels[name])]
-    info = DatasetInfo("camvid", CLASSES, PALETTE, VOID, False, [], SPLITS,
-                       {"label_convention": "11 classes 0..10; void = 11 is the ignore index (ContrastiveSeg's "
-                                            "12-id config: num_classes 12, ignore 255)", "void_id": VOID})
+    info = DatasetInfo(
+        "camvid",
+        CLASSES,
+        PALETTE,
+        VOID,
+        False,
+        [],
+        SPLITS,
+        {
+            "label_convention": "11 classes 0..10; void = 11 is the ignore index (ContrastiveSeg's "
+            "12-id config: num_classes 12, ignore 255)",
+            "void_id": VOID,
+        },
+    )
     return prepare_index(info, jobs, Path(out), base, base, workers, progress, sources, warnings)

@@ -27,8 +27,9 @@ def _labels():
     try:
         from cityscapesscripts.helpers import labels
     except ImportError:
-        raise UserError("Cityscapes needs cityscapesscripts: pip install cityscapesscripts "
-                        "(or pip install 'ctxseg[datasets]')") from None
+        raise UserError(
+            "Cityscapes needs cityscapesscripts: pip install cityscapesscripts (or pip install 'ctxseg[datasets]')"
+        ) from None
     return labels
 
 
@@ -84,7 +85,9 @@ def submission(stem, pred: np.ndarray) -> tuple[str, np.ndarray]:
     name = Path(str(stem)).name
     parts = name.split("_")
     if len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
-        raise UserError(f"--format cityscapes needs Cityscapes file names (<city>_<seq>_<frame>_leftImg8bit.png), got '{name}'")
+        raise UserError(
+            f"--format cityscapes needs Cityscapes file names (<city>_<seq>_<frame>_leftImg8bit.png), got '{name}'"
+        )
     out = "_".join(parts[:3]) + IMG_SUFFIX
     if pred.size and int(pred.max()) > 18:
         raise UserError(f"--format cityscapes expects 19-class trainId predictions, got value {int(pred.max())}")
@@ -97,7 +100,9 @@ def _gt_sources(root: Path) -> dict[str, str]:
     gt = root / "gtFine"
     if gt.is_dir():
         for p in gt.glob("*/*/*_gtFine_polygons.json"):
-            found[f"{p.parent.parent.name}/{p.parent.name}/{p.name[: -len('_gtFine_polygons.json')]}"] = "json:" + str(p)
+            found[f"{p.parent.parent.name}/{p.parent.name}/{p.name[: -len('_gtFine_polygons.json')]}"] = "json:" + str(
+                p
+            )
         for p in gt.glob("*/*/*_gtFine_labelIds.png"):
             found[f"{p.parent.parent.name}/{p.parent.name}/{p.name[: -len('_gtFine_labelIds.png')]}"] = str(p)
         return found
@@ -122,7 +127,9 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
     if not (root / "leftImg8bit").is_dir():
         archive = root / "leftImg8bit_trainvaltest.zip"
         if not archive.is_file():
-            raise UserError(f"Cityscapes images not found under {root}: expected leftImg8bit/ or leftImg8bit_trainvaltest.zip")
+            raise UserError(
+                f"Cityscapes images not found under {root}: expected leftImg8bit/ or leftImg8bit_trainvaltest.zip"
+            )
         image_root = out / "raw"
         extract_zip(archive, image_root, "leftImg8bit/", progress)
         sources.append(str(archive))
@@ -149,8 +156,18 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
             else:
                 jobs.append(Job(split, rel, label, src, convert_labelids))
     if no_label:
-        warnings.append(f"{len(no_label)} train/val image(s) have no gtFine label and were left out, e.g. {', '.join(no_label[:5])}")
+        warnings.append(
+            f"{len(no_label)} train/val image(s) have no gtFine label and were left out, e.g. {', '.join(no_label[:5])}"
+        )
     classes, palette = class_info()
-    info = DatasetInfo("cityscapes", classes, palette, 255, False, [], SPLITS,
-                       {"label_convention": "19 trainIds (cityscapesscripts labels.py), 255 = ignore"})
+    info = DatasetInfo(
+        "cityscapes",
+        classes,
+        palette,
+        255,
+        False,
+        [],
+        SPLITS,
+        {"label_convention": "19 trainIds (cityscapesscripts labels.py), 255 = ignore"},
+    )
     return prepare_index(info, jobs, out, image_root, "labels", workers, progress, sources, warnings)

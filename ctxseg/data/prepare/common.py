@@ -25,10 +25,10 @@ import json
 import os
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -43,13 +43,30 @@ class BadFilesError(UserError):
 
     def __init__(self, dataset: str, messages: list[str]):
         self.messages = messages
-        self.summary = (f"{len(messages)} file(s) of {dataset} could not be read (truncated or corrupt?); nothing was "
-                        f"indexed. Replace them from the download and re-run (finished labels are kept).")
+        self.summary = (
+            f"{len(messages)} file(s) of {dataset} could not be read (truncated or corrupt?); nothing was "
+            f"indexed. Replace them from the download and re-run (finished labels are kept)."
+        )
         super().__init__(self.summary + "\n" + "\n".join(f"  {m}" for m in messages))
 
 
 @dataclass
 class Job:
+    """One sample for `prepare_index`: an image, and its label used in place or converted.
+
+    Args:
+        split: the split the sample belongs to.
+        image: image path relative to the index's image_root.
+        label: label path relative to label_root (converted labels: under the output folder; labels used
+            in place: under the raw root); None: no label (test splits).
+        source: where a converted label comes from (a path, or "zip::member").
+        convert: top-level function fn(source, *args) -> HxW uint8 label (top-level so it can run in a
+            worker process); None: the label file is used in place.
+        args: extra arguments of `convert`.
+        fingerprint: identity of the source when it is not a plain file (default: path, size, mtime),
+            used to skip labels converted by an earlier run.
+    """
+
     split: str
     image: str  # relative to the index's image_root
     label: str | None = None  # relative to label_root (converted: under <out>; in place: under the raw root)
@@ -61,6 +78,19 @@ class Job:
 
 @dataclass
 class DatasetInfo:
+    """What a dataset module tells `prepare_index` about its dataset (written to meta.json).
+
+    Args:
+        name: dataset name.
+        classes: class names, in class-id order.
+        palette: one RGB colour per class.
+        ignore_index: label value not trained on nor scored.
+        reduce_zero_label: labels use 0 for "other" (mmseg's reduce_zero_label is applied when loading).
+        flip_pairs: (left, right) class pairs swapped by a horizontal flip (LIP).
+        official: official split sizes, {split: count}, checked after preparing.
+        extra: more meta.json keys (label conventions, notes).
+    """
+
     name: str
     classes: list[str]
     palette: list[list[int]]
@@ -79,14 +109,18 @@ def require_scipy():
     try:
         import scipy.io
     except ImportError:  # pragma: no cover - scipy is in the datasets extra
-        raise UserError("This dataset's annotations are MATLAB .mat files: install scipy "
-                        "(pip install 'ctxseg[datasets]' or pip install scipy)") from None
+        raise UserError(
+            "This dataset's annotations are MATLAB .mat files: install scipy "
+            "(pip install 'ctxseg[datasets]' or pip install scipy)"
+        ) from None
     return scipy.io
 
 
 def need_root(root, name: str) -> Path:
     if root is None:
-        raise UserError(f"`ctxseg prepare {name}` needs --root: the folder with the official download (see docs/datasets.md)")
+        raise UserError(
+            f"`ctxseg prepare {name}` needs --root: the folder with the official download (see docs/datasets.md)"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder")
@@ -99,7 +133,9 @@ def find_dir(root: Path, *candidates: str, what: str) -> Path:
         p = root / c
         if p.is_dir():
             return p
-    raise UserError(f"{what} not found under {root} (looked for {', '.join(candidates)}); see docs/datasets.md for the layout")
+    raise UserError(
+        f"{what} not found under {root} (looked for {', '.join(candidates)}); see docs/datasets.md for the layout"
+    )
 
 
 def read_list(path: Path) -> list[str]:
@@ -177,7 +213,9 @@ def extract_zip(archive: Path, dest: Path, prefix: str, progress=None) -> int:
             # the member's time stamp is given to the extracted file (as unzip does): a re-run skips a file
             # only if size and time stamp still match, so a replaced archive is extracted again
             stamp = time.mktime(m.date_time + (0, 0, -1))
-            if not (target.is_file() and target.stat().st_size == m.file_size and int(target.stat().st_mtime) == int(stamp)):
+            if not (
+                target.is_file() and target.stat().st_size == m.file_size and int(target.stat().st_mtime) == int(stamp)
+            ):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.part")
                 with z.open(m) as src, open(tmp, "wb") as dst:
@@ -343,8 +381,10 @@ def paired(images: dict[str, Path], labels: dict[str, Path], split: str, warning
     """Keys present as both image and annotation, sorted; files without a partner are reported."""
     lonely = sorted(set(images) ^ set(labels))
     if lonely:
-        warnings.append(f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
-                        f"e.g. {', '.join(lonely[:5])}")
+        warnings.append(
+            f"split '{split}': {len(lonely)} image(s)/annotation(s) without a partner were left out, "
+            f"e.g. {', '.join(lonely[:5])}"
+        )
     return sorted(set(images) & set(labels))
 
 
@@ -380,9 +420,18 @@ def check_split_sizes(found: dict[str, int], official: dict[str, int]) -> list[s
     return msgs
 
 
-def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Path, label_root: Path | str,
-                  workers: int = 2, progress=None, sources: list[str] | None = None,
-                  warnings: list[str] | None = None, stats_split: str = "train") -> dict:
+def prepare_index(
+    info: DatasetInfo,
+    jobs: list[Job],
+    out: Path,
+    image_root: Path,
+    label_root: Path | str,
+    workers: int = 2,
+    progress=None,
+    sources: list[str] | None = None,
+    warnings: list[str] | None = None,
+    stats_split: str = "train",
+) -> dict:
     """Run the jobs and write the prepared index; returns meta (plus a 'run' report not written to disk)."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -391,8 +440,20 @@ def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Pat
     num_classes = len(info.classes)
     state = _State(out)
     known = state.data
-    tasks = [(k, j, str(image_root), str(label_root_abs), num_classes, info.ignore_index, info.reduce_zero_label,
-              j.split == stats_split, _known_for(j, known, image_root, label_root_abs)) for k, j in enumerate(jobs)]
+    tasks = [
+        (
+            k,
+            j,
+            str(image_root),
+            str(label_root_abs),
+            num_classes,
+            info.ignore_index,
+            info.reduce_zero_label,
+            j.split == stats_split,
+            _known_for(j, known, image_root, label_root_abs),
+        )
+        for k, j in enumerate(jobs)
+    ]
     counts = np.zeros(num_classes, np.int64)
     train_jobs = [k for k, j in enumerate(jobs) if j.split == stats_split and j.label is not None]
     row_of = {k: r for r, k in enumerate(train_jobs)}
@@ -428,7 +489,9 @@ def prepare_index(info: DatasetInfo, jobs: list[Job], out: Path, image_root: Pat
                     progress(i + 1, total)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for i, r in enumerate(pool.map(_process, tasks, chunksize=max(1, min(64, total // (workers * 8) or 1)))):
+                for i, r in enumerate(
+                    pool.map(_process, tasks, chunksize=max(1, min(64, total // (workers * 8) or 1)))
+                ):
                     collect(r)
                     if progress:
                         progress(i + 1, total)

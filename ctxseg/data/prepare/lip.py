@@ -26,14 +26,39 @@ from ctxseg.data.prepare.common import DatasetInfo, Job, bitmap_palette, need_ro
 from ctxseg.errors import UserError
 
 SPLITS = {"train": 30462, "val": 10000}
-CLASSES = ["background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
-           "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe",
-           "right-shoe"]
+CLASSES = [
+    "background",
+    "hat",
+    "hair",
+    "glove",
+    "sunglasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "jumpsuits",
+    "scarf",
+    "skirt",
+    "face",
+    "left-arm",
+    "right-arm",
+    "left-leg",
+    "right-leg",
+    "left-shoe",
+    "right-shoe",
+]
 FLIP_PAIRS = [(14, 15), (16, 17), (18, 19)]
 # where <split>_images/ and <split>_segmentations/ may live, relative to --root (first match wins)
 IMAGE_DIRS = ("TrainVal_images", "TrainVal_images/TrainVal_images", "LIP/TrainVal_images", ".", "LIP")
-ANN_DIRS = ("TrainVal_parsing_annotations/TrainVal_parsing_annotations", "TrainVal_parsing_annotations",
-            "LIP/TrainVal_parsing_annotations/TrainVal_parsing_annotations", "LIP/TrainVal_parsing_annotations", ".", "LIP")
+ANN_DIRS = (
+    "TrainVal_parsing_annotations/TrainVal_parsing_annotations",
+    "TrainVal_parsing_annotations",
+    "LIP/TrainVal_parsing_annotations/TrainVal_parsing_annotations",
+    "LIP/TrainVal_parsing_annotations",
+    ".",
+    "LIP",
+)
 
 
 def _find(root: Path, sub: str, candidates: tuple[str, ...], what: str) -> Path:
@@ -41,9 +66,11 @@ def _find(root: Path, sub: str, candidates: tuple[str, ...], what: str) -> Path:
     for c in candidates:
         if (root / c / sub).is_dir():
             return root / c
-    raise UserError(f"LIP {what} not found under {root}: looked for "
-                    + ", ".join(f"{(Path(c) / sub).as_posix()}/" for c in candidates)
-                    + " (see docs/datasets.md for the accepted layouts)")
+    raise UserError(
+        f"LIP {what} not found under {root}: looked for "
+        + ", ".join(f"{(Path(c) / sub).as_posix()}/" for c in candidates)
+        + " (see docs/datasets.md for the accepted layouts)"
+    )
 
 
 def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
@@ -66,9 +93,22 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
                 continue
             jobs.append(Job(split, img.relative_to(root).as_posix(), lab.relative_to(root).as_posix()))
             sources += [str(img), str(lab)]
-    warnings = [f"{len(missing)} listed id(s) lack the image or annotation and were left out, e.g. "
-                f"{', '.join(missing[:5])}"] if missing else []
-    info = DatasetInfo("lip", CLASSES, bitmap_palette(20), 255, False, FLIP_PAIRS, SPLITS,
-                       {"label_convention": "grayscale PNG 0..19, 0 = background (a class)",
-                        "layout": "flat" if images == anns else "nested"})
+    warnings = (
+        [f"{len(missing)} listed id(s) lack the image or annotation and were left out, e.g. {', '.join(missing[:5])}"]
+        if missing
+        else []
+    )
+    info = DatasetInfo(
+        "lip",
+        CLASSES,
+        bitmap_palette(20),
+        255,
+        False,
+        FLIP_PAIRS,
+        SPLITS,
+        {
+            "label_convention": "grayscale PNG 0..19, 0 = background (a class)",
+            "layout": "flat" if images == anns else "nested",
+        },
+    )
     return prepare_index(info, jobs, Path(out), root, root, workers, progress, sources, warnings)

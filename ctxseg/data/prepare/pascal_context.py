@@ -30,22 +30,142 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxseg.data.prepare.common import (DatasetInfo, Job, bitmap_palette, find_dir, need_root, prepare_index,
-                                        read_list, require_scipy)
+from ctxseg.data.prepare.common import (
+    DatasetInfo,
+    Job,
+    bitmap_palette,
+    need_root,
+    prepare_index,
+    read_list,
+    require_scipy,
+)
 from ctxseg.errors import UserError
 
 # VOC 2010 train / val (ImageSets/Main), the split of the PASCAL-Context benchmark
 SPLITS = {"train": 4998, "val": 5105}
 # ids in the 459-class labels.txt of the 59 benchmark classes (ascending = alphabetical)
-CONTEXT59_IDS = [2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115,
-                 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349,
-                 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458]
-CLASSES59 = ["aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
-             "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup",
-             "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground", "horse", "keyboard",
-             "light", "motorbike", "mountain", "mouse", "person", "plate", "platform", "pottedplant", "road",
-             "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train",
-             "tree", "truck", "tvmonitor", "wall", "water", "window", "wood"]
+CONTEXT59_IDS = [
+    2,
+    9,
+    18,
+    19,
+    22,
+    23,
+    25,
+    31,
+    33,
+    34,
+    44,
+    45,
+    46,
+    59,
+    65,
+    68,
+    72,
+    80,
+    85,
+    98,
+    104,
+    105,
+    113,
+    115,
+    144,
+    158,
+    159,
+    162,
+    187,
+    189,
+    207,
+    220,
+    232,
+    258,
+    259,
+    260,
+    284,
+    295,
+    296,
+    308,
+    324,
+    326,
+    347,
+    349,
+    354,
+    355,
+    360,
+    366,
+    368,
+    397,
+    415,
+    416,
+    420,
+    424,
+    427,
+    440,
+    445,
+    454,
+    458,
+]
+CLASSES59 = [
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
+]
 
 
 def context_lut() -> np.ndarray:
@@ -123,8 +243,12 @@ def read_detail_json(path: Path) -> dict[str, dict]:
         images = {img["image_id"]: img for img in data["images"]}
         per_image: dict[str, dict] = {}
         for img in images.values():
-            per_image[Path(img["file_name"]).stem] = {"phase": img.get("phase"), "height": int(img["height"]),
-                                                     "width": int(img["width"]), "anns": []}
+            per_image[Path(img["file_name"]).stem] = {
+                "phase": img.get("phase"),
+                "height": int(img["height"]),
+                "width": int(img["width"]),
+                "anns": [],
+            }
         names = {iid: Path(img["file_name"]).stem for iid, img in images.items()}
         seen: set = set()
         for ann in data["annos_segmentation"]:
@@ -150,16 +274,25 @@ def find_route(root: Path, voc: Path, route: str | None = None) -> tuple[str, Pa
     given route (a tree may hold several: then each can be prepared and compared)."""
     candidates = {
         "mat": [p for p in (root / "trainval", voc / "trainval", root / "pascal-context" / "trainval") if p.is_dir()],
-        "json": [p for p in (voc / "trainval_merged.json", root / "trainval_merged.json",
-                             root / "VOCdevkit" / "trainval_merged.json") if p.is_file()],
+        "json": [
+            p
+            for p in (
+                voc / "trainval_merged.json",
+                root / "trainval_merged.json",
+                root / "VOCdevkit" / "trainval_merged.json",
+            )
+            if p.is_file()
+        ],
         "png": [p for p in (voc / "SegmentationClassContext",) if p.is_dir()],
     }
-    for name in ([route] if route else ["mat", "json", "png"]):
+    for name in [route] if route else ["mat", "json", "png"]:
         if candidates[name]:
             return name, candidates[name][0]
-    raise UserError(f"PASCAL-Context annotations not found under {root}: expected trainval/*.mat (trainval.tar.gz), "
-                    f"VOCdevkit/VOC2010/trainval_merged.json, or VOCdevkit/VOC2010/SegmentationClassContext/ "
-                    f"(see docs/datasets.md)")
+    raise UserError(
+        f"PASCAL-Context annotations not found under {root}: expected trainval/*.mat (trainval.tar.gz), "
+        f"VOCdevkit/VOC2010/trainval_merged.json, or VOCdevkit/VOC2010/SegmentationClassContext/ "
+        f"(see docs/datasets.md)"
+    )
 
 
 def _prepare(root, out, workers, progress, name: str, sixty: bool, route: str | None = None) -> dict:
@@ -197,8 +330,15 @@ def _prepare(root, out, workers, progress, name: str, sixty: bool, route: str | 
                 if ok:
                     args = (entry["height"], entry["width"], tuple(entry["anns"]))
                     digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()
-                    job = Job(split, image, f"{image_id}.png", f"{where}#{image_id}", convert_json, args,
-                              fingerprint=f"{where.name}#{image_id}\t{digest}")
+                    job = Job(
+                        split,
+                        image,
+                        f"{image_id}.png",
+                        f"{where}#{image_id}",
+                        convert_json,
+                        args,
+                        fingerprint=f"{where.name}#{image_id}\t{digest}",
+                    )
             else:
                 png = where / f"{image_id}.png"
                 ok = png.is_file()
@@ -207,17 +347,41 @@ def _prepare(root, out, workers, progress, name: str, sixty: bool, route: str | 
                 missing.append(image_id)
                 continue
             jobs.append(job)
-            sources += [str(img)] + ([job.source] if route == "mat" else [str(where / f"{image_id}.png")] if route == "png" else [])
-    warnings = [f"{len(missing)} listed image(s) lack the image or its annotation and were left out, e.g. "
-                f"{', '.join(missing[:5])}"] if missing else []
+            sources += [str(img)] + (
+                [job.source] if route == "mat" else [str(where / f"{image_id}.png")] if route == "png" else []
+            )
+    warnings = (
+        [
+            f"{len(missing)} listed image(s) lack the image or its annotation and were left out, e.g. "
+            f"{', '.join(missing[:5])}"
+        ]
+        if missing
+        else []
+    )
     classes = (["background"] + CLASSES59) if sixty else CLASSES59
     palette = bitmap_palette(60) if sixty else bitmap_palette(60)[1:]
-    info = DatasetInfo(name, classes, palette, 255, not sixty, [], SPLITS,
-                       {"label_convention": "PNG 0 = background, 1..59 = classes; "
-                                            + ("background is class 0 (60 classes)" if sixty else
-                                               "background ignored via reduce_zero_label (59 classes)"),
-                        "annotation_route": {"mat": "trainval/*.mat (LabelMap)", "json": "trainval_merged.json (PASCAL in Detail)",
-                                             "png": "SegmentationClassContext/*.png (converted, in place)"}[route]})
+    info = DatasetInfo(
+        name,
+        classes,
+        palette,
+        255,
+        not sixty,
+        [],
+        SPLITS,
+        {
+            "label_convention": "PNG 0 = background, 1..59 = classes; "
+            + (
+                "background is class 0 (60 classes)"
+                if sixty
+                else "background ignored via reduce_zero_label (59 classes)"
+            ),
+            "annotation_route": {
+                "mat": "trainval/*.mat (LabelMap)",
+                "json": "trainval_merged.json (PASCAL in Detail)",
+                "png": "SegmentationClassContext/*.png (converted, in place)",
+            }[route],
+        },
+    )
     label_root = root if route == "png" else "labels"
     return prepare_index(info, jobs, Path(out), root, label_root, workers, progress, sources, warnings)
 

@@ -18,7 +18,15 @@ import numpy as np
 
 from ctxseg.io import write_json, write_png, write_text
 
-CLASSES = ["background", "horizontal-stripes", "vertical-stripes", "checkerboard", "dots", "diagonal-stripes", "speckle"]
+CLASSES = [
+    "background",
+    "horizontal-stripes",
+    "vertical-stripes",
+    "checkerboard",
+    "dots",
+    "diagonal-stripes",
+    "speckle",
+]
 PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]]
 IGNORE = 255
 SPLITS = {"train": 400, "val": 100}
@@ -55,7 +63,16 @@ def _shape_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     size = rng.uniform(0.12, 0.32) * min(h, w)
     kind = rng.integers(3)
     if kind == 0:
-        cv2.ellipse(mask, (int(cx), int(cy)), (int(size), int(size * rng.uniform(0.5, 1.0))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        cv2.ellipse(
+            mask,
+            (int(cx), int(cy)),
+            (int(size), int(size * rng.uniform(0.5, 1.0))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
     else:
         n = 4 if kind == 1 else 3
         ang = np.sort(rng.uniform(0, 2 * np.pi, n)) if kind == 2 else np.arange(n) * np.pi / 2 + rng.uniform(0, np.pi)
@@ -110,7 +127,9 @@ def _write_one(args) -> np.ndarray:
     return np.bincount(lab[lab != IGNORE].ravel(), minlength=len(CLASSES))
 
 
-def prepare_synthetic(out: Path, seed: int = 0, sizes: dict[str, int] | None = None, workers: int = 2, progress=None) -> dict:
+def prepare_synthetic(
+    out: Path, seed: int = 0, sizes: dict[str, int] | None = None, workers: int = 2, progress=None
+) -> dict:
     sizes = sizes or SPLITS
     out = Path(out)
     counts = np.zeros(len(CLASSES), np.int64)

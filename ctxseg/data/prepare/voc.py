@@ -19,13 +19,43 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxseg.data.prepare.common import (DatasetInfo, Job, bitmap_palette, find_dir, need_root, prepare_index,
-                                        read_indexed_png, read_list, require_scipy)
+from ctxseg.data.prepare.common import (
+    DatasetInfo,
+    Job,
+    bitmap_palette,
+    find_dir,
+    need_root,
+    prepare_index,
+    read_indexed_png,
+    read_list,
+    require_scipy,
+)
 from ctxseg.errors import UserError
 
 SPLITS = {"train_aug": 10582, "val": 1449}
-CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 def convert_voc_png(source: str) -> np.ndarray:
@@ -65,7 +95,9 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
             missing.append(name)
             return
         if voc_png.is_file():
-            job = Job(split, f"{img_rel.as_posix()}/JPEGImages/{name}.jpg", f"{name}.png", str(voc_png), convert_voc_png)
+            job = Job(
+                split, f"{img_rel.as_posix()}/JPEGImages/{name}.jpg", f"{name}.png", str(voc_png), convert_voc_png
+            )
         elif split != "val" and mat.is_file():
             job = Job(split, f"{img_rel.as_posix()}/JPEGImages/{name}.jpg", f"{name}.png", str(mat), convert_sbd_mat)
         else:
@@ -78,10 +110,28 @@ def prepare(root, out, workers=2, seed=0, progress=None) -> dict:
         add("train_aug", name)
     for name in voc_val:
         add("val", name)
-    warnings = [f"{len(missing)} listed image(s) lack the image or any annotation and were left out, e.g. "
-                f"{', '.join(missing[:5])}"] if missing else []
-    info = DatasetInfo("voc-aug", CLASSES, bitmap_palette(21), 255, False, [], SPLITS,
-                       {"label_convention": "0 = background, 1..20 = classes, 255 = boundary/void (ignored)",
-                        "train_split": "train_aug"})
+    warnings = (
+        [
+            f"{len(missing)} listed image(s) lack the image or any annotation and were left out, e.g. "
+            f"{', '.join(missing[:5])}"
+        ]
+        if missing
+        else []
+    )
+    info = DatasetInfo(
+        "voc-aug",
+        CLASSES,
+        bitmap_palette(21),
+        255,
+        False,
+        [],
+        SPLITS,
+        {
+            "label_convention": "0 = background, 1..20 = classes, 255 = boundary/void (ignored)",
+            "train_split": "train_aug",
+        },
+    )
     # converted labels of both splits live in one folder keyed by image name (VOC names are unique)
-    return prepare_index(info, jobs, Path(out), root, "labels", workers, progress, sources, warnings, stats_split="train_aug")
+    return prepare_index(
+        info, jobs, Path(out), root, "labels", workers, progress, sources, warnings, stats_split="train_aug"
+    )

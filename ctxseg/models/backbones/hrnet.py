@@ -52,6 +52,15 @@ def _conv_bn(in_ch: int, out_ch: int, k: int, stride: int = 1, relu: bool = True
 
 
 class BasicBlock(nn.Module):
+    """Residual block of two 3x3 conv + BN (mmseg / original HRNet names).
+
+    Args:
+        in_ch: input channels.
+        planes: output channels (expansion 1).
+        stride: stride of the first 3x3 conv.
+        downsample: shortcut projection (conv + BN) when shape changes; None: identity shortcut.
+    """
+
     expansion = 1
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
@@ -83,7 +92,14 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """pytorch style: the stride sits on the 3x3 conv."""
+    """pytorch style: the stride sits on the 3x3 conv.
+
+    Args:
+        in_ch: input channels.
+        planes: width of the 1x1 / 3x3 convs; the output has planes x 4 channels.
+        stride: stride of the 3x3 conv.
+        downsample: shortcut projection (conv + BN) when shape changes; None: identity shortcut.
+    """
 
     expansion = 4
 
@@ -145,6 +161,13 @@ class HRModule(nn.Module):
     fuse (j > i): conv1x1 -> BN -> upsample x2^(j-i) -> resize to x[i] again (the double resize;
     `fuse_upsample="direct"` skips the first, i.e. one interpolate straight to the target size).
     fuse (j < i): (i-j) conv3x3 stride-2 + BN, ReLU on all but the last. ReLU after the sum.
+
+    Args:
+        in_channels: input channels of each branch.
+        num_blocks: BasicBlocks per branch.
+        num_channels: output channels of each branch.
+        fuse_upsample: "mmseg" (double bilinear resize), "direct" (one resize) or "openseg" (one resize
+            with align_corners=True), see `hrnet`.
     """
 
     def __init__(self, in_channels: list[int], num_blocks: list[int], num_channels: list[int],
@@ -195,7 +218,14 @@ class HRModule(nn.Module):
 
 
 class HRNet(nn.Module):
-    """Stem (two 3x3 stride-2 convs, 64 channels, fixed in mmseg), stage 1 (Bottleneck), stages 2-4."""
+    """Stem (two 3x3 stride-2 convs, 64 channels, fixed in mmseg), stage 1 (Bottleneck), stages 2-4.
+
+    Args:
+        stages: four dicts of num_modules / num_blocks / num_channels (one entry per branch), see ARCHS.
+        fuse_upsample: "mmseg", "direct" or "openseg" upsampling in the fuse layers, see `hrnet`.
+        concat_downsample: 1 returns the four branches; s > 1 returns one map: the branches concatenated
+            and downsampled by a stride-s 3x3 conv + BN + ReLU (sssegmentation MCIBI), see `hrnet`.
+    """
 
     def __init__(self, stages: list[dict[str, Any]], fuse_upsample: str = "mmseg", concat_downsample: int = 1):
         super().__init__()
@@ -275,19 +305,24 @@ def hrnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
 def hrnet(*, arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
           fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
           concat_downsample: int = 1, pretrained_strict: bool = True) -> HRNet:
-    """HRNetV2p backbone; `stages` (4 dicts of num_modules/num_blocks/num_channels) overrides `arch`.
+    """HRNetV2p backbone; recipe type "hrnet". `stages` overrides `arch`.
 
     fuse_upsample="mmseg" reproduces mmseg's double bilinear resize in the fuse layers (default,
     needed for mmseg checkpoints to give mmseg's outputs); "direct" resizes once to the target;
     "openseg" resizes once with align_corners=True (openseg.pytorch / ContrastiveSeg checkpoints).
-    pretrained_strict: false loads what fits and lists the rest instead of stopping.
-    pretrained: a local file with mmseg/HRNet key names, "timm" (ImageNet weights of timm's
-    matching hrnet) or "timm:NAME.TAG".
-    concat_downsample: 1 (default) returns the four branches. s > 1 returns ONE map (out_channels
-    [sum of widths]): the branches resized to branch 0 and concatenated, then `downsample` = 3x3
-    stride-s conv (no bias, padding 1, width kept) + BN + ReLU, i.e. sssegmentation MCIBI's
-    `downsample_backbone` (stride 2 in its HRNet-W48 Cityscapes/LIP configs: output stride 8).
-    Heads then read it with in_index = 0 and no input_transform.
+
+    Args:
+        arch: preset of the stage specs: "w18_small", "w18" or "w48".
+        stages: 4 dicts of num_modules/num_blocks/num_channels that override `arch`.
+        fuse_upsample: "mmseg", "direct" or "openseg" (above).
+        pretrained: a local file with mmseg/HRNet key names, "timm" (ImageNet weights of timm's
+            matching hrnet) or "timm:NAME.TAG"; None: random initialisation.
+        concat_downsample: 1 (default) returns the four branches. s > 1 returns ONE map (out_channels
+            [sum of widths]): the branches resized to branch 0 and concatenated, then `downsample` = 3x3
+            stride-s conv (no bias, padding 1, width kept) + BN + ReLU, i.e. sssegmentation MCIBI's
+            `downsample_backbone` (stride 2 in its HRNet-W48 Cityscapes/LIP configs: output stride 8).
+            Heads then read it with in_index = 0 and no input_transform.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
     """
     if concat_downsample < 1:
         raise ValueError(f"HRNet concat_downsample must be >= 1, got {concat_downsample}")

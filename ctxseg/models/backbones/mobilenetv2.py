@@ -40,7 +40,18 @@ def make_divisible(value: float, divisor: int = 8, min_ratio: float = 0.9) -> in
 
 
 class ConvModule6(nn.Sequential):
-    """conv -> BN -> (ReLU6); mmseg names `conv`, `bn`."""
+    """conv -> BN -> (ReLU6); mmseg names `conv`, `bn`.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        k: kernel size.
+        stride: convolution stride.
+        padding: zero padding on each side.
+        dilation: convolution dilation.
+        groups: convolution groups (`cin` for the depthwise 3x3).
+        act: end with an in-place ReLU6 (`activate`); False for the linear projection.
+    """
 
     def __init__(self, cin, cout, k=1, stride=1, padding=0, dilation=1, groups=1, act=True):
         super().__init__()
@@ -51,6 +62,16 @@ class ConvModule6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (unless expand_ratio is 1) -> depthwise 3x3 -> linear 1x1 projection.
+
+    Args:
+        cin: input channels.
+        cout: output channels; a residual connection is added when stride is 1 and cin == cout.
+        stride: stride of the depthwise 3x3.
+        expand_ratio: hidden channels = round(cin x expand_ratio).
+        dilation: dilation (and padding) of the depthwise 3x3.
+    """
+
     def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int, dilation: int = 1):
         super().__init__()
         hidden = int(round(cin * expand_ratio))
@@ -58,8 +79,10 @@ class InvertedResidual(nn.Module):
         layers = []
         if expand_ratio != 1:
             layers.append(ConvModule6(cin, hidden, 1))
-        layers += [ConvModule6(hidden, hidden, 3, stride, dilation, dilation, groups=hidden),
-                   ConvModule6(hidden, cout, 1, act=False)]
+        layers += [
+            ConvModule6(hidden, hidden, 3, stride, dilation, dilation, groups=hidden),
+            ConvModule6(hidden, cout, 1, act=False),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,8 +90,22 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, widen_factor: float = 1.0, strides=(1, 2, 2, 1, 1, 1, 1), dilations=(1, 1, 1, 2, 2, 4, 4),
-                 out_indices=(1, 2, 4, 6)):
+    """mmseg's MobileNetV2: stem + seven layers of inverted residuals (module docstring).
+
+    Args:
+        widen_factor: channel multiplier (channels rounded to multiples of 8).
+        strides: stride of the first block of each of the seven layers.
+        dilations: dilation of every block of each of the seven layers.
+        out_indices: which layers' outputs (0..6) forward returns.
+    """
+
+    def __init__(
+        self,
+        widen_factor: float = 1.0,
+        strides=(1, 2, 2, 1, 1, 1, 1),
+        dilations=(1, 1, 1, 2, 2, 4, 4),
+        out_indices=(1, 2, 4, 6),
+    ):
         super().__init__()
         self.out_indices = tuple(out_indices)
         cin = make_divisible(32 * widen_factor, 8)
@@ -95,22 +132,36 @@ class MobileNetV2(nn.Module):
         return outs
 
 
-_MMCLS_SKIP = [(r"conv2\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
-               (r"head\..+", "ImageNet classifier")]
-_TIMM_SKIP = [(r"(conv_head|bn2)\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
-              (r"classifier\..+", "ImageNet classifier")]
+_MMCLS_SKIP = [
+    (r"conv2\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
+    (r"head\..+", "ImageNet classifier"),
+]
+_TIMM_SKIP = [
+    (r"(conv_head|bn2)\..+", "the ImageNet model's last 1x1 conv (320 -> 1280); mmseg's MobileNetV2 has none"),
+    (r"classifier\..+", "ImageNet classifier"),
+]
 
 
 def _timm_rules() -> list[tuple[str, str]]:
-    rules = [(r"conv_stem\.(.+)", r"conv1.conv.\1"), (r"bn1\.(.+)", r"conv1.bn.\1"),
-             # stage 0 is timm's depthwise-separable block (dw, pw) = mmseg's expand_ratio-1 block (conv.0, conv.1)
-             (r"blocks\.0\.(\d+)\.conv_dw\.(.+)", r"layer1.\1.conv.0.conv.\2"), (r"blocks\.0\.(\d+)\.bn1\.(.+)", r"layer1.\1.conv.0.bn.\2"),
-             (r"blocks\.0\.(\d+)\.conv_pw\.(.+)", r"layer1.\1.conv.1.conv.\2"), (r"blocks\.0\.(\d+)\.bn2\.(.+)", r"layer1.\1.conv.1.bn.\2")]
+    rules = [
+        (r"conv_stem\.(.+)", r"conv1.conv.\1"),
+        (r"bn1\.(.+)", r"conv1.bn.\1"),
+        # stage 0 is timm's depthwise-separable block (dw, pw) = mmseg's expand_ratio-1 block (conv.0, conv.1)
+        (r"blocks\.0\.(\d+)\.conv_dw\.(.+)", r"layer1.\1.conv.0.conv.\2"),
+        (r"blocks\.0\.(\d+)\.bn1\.(.+)", r"layer1.\1.conv.0.bn.\2"),
+        (r"blocks\.0\.(\d+)\.conv_pw\.(.+)", r"layer1.\1.conv.1.conv.\2"),
+        (r"blocks\.0\.(\d+)\.bn2\.(.+)", r"layer1.\1.conv.1.bn.\2"),
+    ]
     for i in range(1, 7):
         b, layer = rf"blocks\.{i}\.(\d+)\.", f"layer{i + 1}"
-        rules += [(b + r"conv_pw\.(.+)", layer + r".\1.conv.0.conv.\2"), (b + r"bn1\.(.+)", layer + r".\1.conv.0.bn.\2"),
-                  (b + r"conv_dw\.(.+)", layer + r".\1.conv.1.conv.\2"), (b + r"bn2\.(.+)", layer + r".\1.conv.1.bn.\2"),
-                  (b + r"conv_pwl\.(.+)", layer + r".\1.conv.2.conv.\2"), (b + r"bn3\.(.+)", layer + r".\1.conv.2.bn.\2")]
+        rules += [
+            (b + r"conv_pw\.(.+)", layer + r".\1.conv.0.conv.\2"),
+            (b + r"bn1\.(.+)", layer + r".\1.conv.0.bn.\2"),
+            (b + r"conv_dw\.(.+)", layer + r".\1.conv.1.conv.\2"),
+            (b + r"bn2\.(.+)", layer + r".\1.conv.1.bn.\2"),
+            (b + r"conv_pwl\.(.+)", layer + r".\1.conv.2.conv.\2"),
+            (b + r"bn3\.(.+)", layer + r".\1.conv.2.bn.\2"),
+        ]
     return rules
 
 
@@ -121,18 +172,39 @@ def mobilenetv2_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> M
     return rename(src, [], _MMCLS_SKIP, "mmcls MobileNetV2")
 
 
-def mobilenetv2(*, widen_factor: float = 1.0, strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
-                dilations: list[int] = (1, 1, 1, 2, 2, 4, 4), out_indices: list[int] = (1, 2, 4, 6),
-                norm: Literal["model", "BN"] = "model", pretrained: str | None = None,
-                pretrained_strict: bool = True) -> MobileNetV2:
-    """MobileNetV2-D8 (mmseg). `pretrained`: the official mmcls file or its URL
-    (https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth,
-    mmseg's `mmcls://mobilenet_v2`), "timm" (mobilenetv2_100, another training) or "timm:NAME.TAG".
-    norm: "model" follows model.norm; "BN" keeps plain per-process BatchNorm under SyncBN (mmseg's
-    default for this backbone). pretrained_strict: false loads what fits and lists the rest."""
+def mobilenetv2(
+    *,
+    widen_factor: float = 1.0,
+    strides: list[int] = (1, 2, 2, 1, 1, 1, 1),
+    dilations: list[int] = (1, 1, 1, 2, 2, 4, 4),
+    out_indices: list[int] = (1, 2, 4, 6),
+    norm: Literal["model", "BN"] = "model",
+    pretrained: str | None = None,
+    pretrained_strict: bool = True,
+) -> MobileNetV2:
+    """MobileNetV2-D8 (mmseg); recipe type "mobilenetv2".
+
+    Args:
+        widen_factor: channel multiplier.
+        strides: stride of each of the seven layers (D8: (1, 2, 2, 1, 1, 1, 1)).
+        dilations: dilation of each of the seven layers (D8: (1, 1, 1, 2, 2, 4, 4)).
+        out_indices: which layers' outputs forward returns ((1, 2, 4, 6): channels 24, 32, 96, 320).
+        norm: "model" follows model.norm; "BN" keeps plain per-process BatchNorm under SyncBN (mmseg's
+            default for this backbone).
+        pretrained: the official mmcls file or its URL
+            (https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth,
+            mmseg's `mmcls://mobilenet_v2`), "timm" (mobilenetv2_100, another training) or "timm:NAME.TAG";
+            None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     model = MobileNetV2(widen_factor, tuple(strides), tuple(dilations), tuple(out_indices))
     model.keep_plain_bn = norm == "BN"  # read by ctxseg.models.norm.convert_sync_batchnorm
     if pretrained:
-        load_pretrained(model, pretrained, mobilenetv2_key_filter,
-                        timm_name="mobilenetv2_100" if widen_factor == 1.0 else None, strict=pretrained_strict)
+        load_pretrained(
+            model,
+            pretrained,
+            mobilenetv2_key_filter,
+            timm_name="mobilenetv2_100" if widen_factor == 1.0 else None,
+            strict=pretrained_strict,
+        )
     return model

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -34,7 +34,15 @@ from ctxseg.errors import UserError
 
 @dataclass
 class Mapped:
-    """A key filter's result: tensors under the backbone's names, and what it left out on purpose."""
+    """A key filter's result: tensors under the backbone's names, and what it left out on purpose.
+
+    Args:
+        state: the source tensors renamed to the backbone's state-dict keys.
+        layout: name of the recognised source layout (e.g. "timm ResNet"), for the report.
+        skipped: source key -> why it is deliberately not loaded (e.g. the ImageNet classifier).
+        kept_init: backbone key pattern (regex) -> why no source tensor fills it (keeps its initialisation).
+        notes: functional fix-ups applied (e.g. the position embedding resized).
+    """
 
     state: dict[str, torch.Tensor]
     layout: str
@@ -49,6 +57,20 @@ KeyFilter = Callable[[dict[str, torch.Tensor], nn.Module], Mapped]
 
 @dataclass
 class PretrainedReport:
+    """What loading pretrained weights did, printed after loading and used to refuse a bad fit.
+
+    Args:
+        source: the weights' origin (file, URL or `timm:NAME`).
+        layout: the key filter's recognised layout.
+        loaded: backbone keys filled from the source.
+        skipped: source key -> why it was deliberately not loaded.
+        kept_init: backbone key -> why it keeps its initialisation.
+        unexpected: source tensors the backbone has no place for.
+        missing: backbone tensors no source tensor fills.
+        shape_mismatches: (key, source shape, backbone shape) of tensors that do not fit.
+        notes: functional fix-ups the key filter applied.
+    """
+
     source: str
     layout: str
     loaded: list[str]
@@ -66,14 +88,19 @@ class PretrainedReport:
     def problems(self, limit: int = 10) -> str:
         lines = [f"  source tensor with no place in the backbone: {k}" for k in self.unexpected[:limit]]
         lines += [f"  backbone tensor not filled: {k}" for k in self.missing[:limit]]
-        lines += [f"  shape mismatch at {k}: source {list(s)} vs backbone {list(t)}" for k, s, t in self.shape_mismatches[:limit]]
+        lines += [
+            f"  shape mismatch at {k}: source {list(s)} vs backbone {list(t)}"
+            for k, s, t in self.shape_mismatches[:limit]
+        ]
         more = len(self.unexpected) + len(self.missing) + len(self.shape_mismatches) - len(lines)
         if more > 0:
             lines.append(f"  ... and {more} more")
         return "\n".join(lines)
 
     def summary(self) -> str:
-        lines = [f"pretrained backbone weights: {self.source} (layout: {self.layout}): loaded {len(self.loaded)} tensors"]
+        lines = [
+            f"pretrained backbone weights: {self.source} (layout: {self.layout}): loaded {len(self.loaded)} tensors"
+        ]
         for why, keys in _group(self.skipped).items():
             lines.append(f"  skipped {len(keys)} source tensors ({why}): {_short(keys)}")
         for why, keys in _group(self.kept_init).items():
@@ -124,10 +151,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 # Official files recipes name that are not on a hub: where the official code gets them.
 KNOWN_FILES = {
-    "resnet101-imagenet.pth": "openseg.pytorch / ContrastiveSeg's deep-base ResNet-101 (64-64-128 stem) ImageNet weights "
-                              "(scripts/cityscapes/deeplab/*: PRETRAINED_MODEL=${ASSET_ROOT}/resnet101-imagenet.pth); "
-                              "the same file name and key layout as CSAIL's "
-                              "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet101-imagenet.pth",
+    "resnet101-imagenet.pth": "openseg.pytorch / ContrastiveSeg's deep-base ResNet-101 (64-64-128 stem) "
+    "ImageNet weights (scripts/cityscapes/deeplab/*: PRETRAINED_MODEL=${ASSET_ROOT}/resnet101-imagenet.pth); "
+    "the same file name and key layout as CSAIL's "
+    "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet101-imagenet.pth",
 }
 
 
@@ -135,8 +162,7 @@ def known_file_hint(name: str) -> str:
     what = KNOWN_FILES.get(name)
     if what is None:
         return ""
-    return (f"\n  This is {what}.\n  Put the file there, or point the recipe at it: "
-            f"--set model.backbone.pretrained=PATH")
+    return f"\n  This is {what}.\n  Put the file there, or point the recipe at it: --set model.backbone.pretrained=PATH"
 
 
 def is_url(spec: str) -> bool:
@@ -161,8 +187,10 @@ def download(url: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(target), hash_prefix=m.group(1) if m else None, progress=True)
         except Exception as e:  # noqa: BLE001 - offline, 404, hash mismatch: the user must fetch it
-            raise UserError(f"Cannot download pretrained weights {url}: {e}\n  Download the file yourself and set "
-                            f"model.backbone.pretrained to its path") from None
+            raise UserError(
+                f"Cannot download pretrained weights {url}: {e}\n  Download the file yourself and set "
+                f"model.backbone.pretrained to its path"
+            ) from None
     return target
 
 
@@ -183,15 +211,19 @@ def timm_weights(name: str, **kwargs) -> dict[str, torch.Tensor]:
     try:
         return timm.create_model(name, pretrained=True, **kwargs).state_dict()
     except Exception as e:  # noqa: BLE001 - offline, unknown tag
-        raise UserError(f"Cannot fetch timm weights '{name}': {e}\n  Save them to a file elsewhere and set "
-                        f"model.backbone.pretrained to its path") from None
+        raise UserError(
+            f"Cannot fetch timm weights '{name}': {e}\n  Save them to a file elsewhere and set "
+            f"model.backbone.pretrained to its path"
+        ) from None
 
 
 def source_state(spec: str, timm_name: str | None, timm_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
     name = timm_model_name(spec, timm_name)
     if spec.startswith("timm"):
         if name is None:
-            raise UserError(f"Pretrained source '{spec}': this backbone has no default timm model; give timm:NAME.TAG or a file")
+            raise UserError(
+                f"Pretrained source '{spec}': this backbone has no default timm model; give timm:NAME.TAG or a file"
+            )
         return timm_weights(name, **(timm_kwargs or {}))
     if is_url(spec):
         return read_state_dict(download(spec))
@@ -214,11 +246,16 @@ def compare(mapped: Mapped, target: dict[str, torch.Tensor], source: str) -> Pre
             kept[k] = why
     missing = [k for k in target if k not in mapped.state and k not in kept]
     unexpected = [k for k in mapped.state if k not in target]
-    mismatches = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in mapped.state.items()
-                  if k in target and tuple(v.shape) != tuple(target[k].shape)]
+    mismatches = [
+        (k, tuple(v.shape), tuple(target[k].shape))
+        for k, v in mapped.state.items()
+        if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
     bad = {k for k, _, _ in mismatches}
     loaded = [k for k in mapped.state if k in target and k not in bad]
-    return PretrainedReport(source, mapped.layout, loaded, mapped.skipped, kept, unexpected, missing, mismatches, mapped.notes)
+    return PretrainedReport(
+        source, mapped.layout, loaded, mapped.skipped, kept, unexpected, missing, mismatches, mapped.notes
+    )
 
 
 def _is_main_process() -> bool:
@@ -232,32 +269,44 @@ def print_report(report: PretrainedReport) -> None:
         Console(highlight=False, soft_wrap=True).print(report.summary(), markup=False)
 
 
-def check_timm_source(module: nn.Module, spec: str, key_filter: KeyFilter, timm_name: str | None,
-                      timm_kwargs: dict | None = None) -> PretrainedReport | None:
+def check_timm_source(
+    module: nn.Module, spec: str, key_filter: KeyFilter, timm_name: str | None, timm_kwargs: dict | None = None
+) -> PretrainedReport | None:
     """For a timm source: map the timm model's layout (meta tensors) onto `module` without downloading."""
     if not spec.startswith("timm"):
         return None
     name = timm_model_name(spec, timm_name)
     if name is None:
-        raise UserError(f"Pretrained source '{spec}': this backbone has no default timm model; give timm:NAME.TAG or a file")
+        raise UserError(
+            f"Pretrained source '{spec}': this backbone has no default timm model; give timm:NAME.TAG or a file"
+        )
     skeleton = timm_skeleton(name, **(timm_kwargs or {}))
     return compare(key_filter(skeleton, module), module.state_dict(), f"timm:{name}")
 
 
-def load_pretrained(module: nn.Module, spec: str, key_filter: KeyFilter, timm_name: str | None = None,
-                    strict: bool = True, timm_kwargs: dict | None = None) -> PretrainedReport:
+def load_pretrained(
+    module: nn.Module,
+    spec: str,
+    key_filter: KeyFilter,
+    timm_name: str | None = None,
+    strict: bool = True,
+    timm_kwargs: dict | None = None,
+) -> PretrainedReport:
     """Load `spec` into `module` through the backbone's `key_filter`; strict by default (see module doc)."""
     pre = check_timm_source(module, spec, key_filter, timm_name, timm_kwargs)
     if pre is not None and strict and not pre.ok:  # refuse before downloading
-        raise UserError(f"Pretrained weights '{pre.source}' do not fit this backbone:\n{pre.problems()}"
-                        + _hint(pre))
+        raise UserError(f"Pretrained weights '{pre.source}' do not fit this backbone:\n{pre.problems()}" + _hint(pre))
     src = source_state(spec, timm_name, timm_kwargs)
     target = module.state_dict()
     mapped = key_filter(src, module)
-    report = compare(mapped, target, spec if not spec.startswith("timm") else f"timm:{timm_model_name(spec, timm_name)}")
+    report = compare(
+        mapped, target, spec if not spec.startswith("timm") else f"timm:{timm_model_name(spec, timm_name)}"
+    )
     if strict and not report.ok:
-        raise UserError(f"Pretrained weights '{report.source}' (layout: {report.layout}) do not fit this backbone:\n"
-                        f"{report.problems()}{_hint(report)}\n  (pretrained_strict = false loads what fits and lists the rest)")
+        raise UserError(
+            f"Pretrained weights '{report.source}' (layout: {report.layout}) do not fit this backbone:\n"
+            f"{report.problems()}{_hint(report)}\n  (pretrained_strict = false loads what fits and lists the rest)"
+        )
     load = {k: mapped.state[k].to(target[k].dtype) for k in report.loaded}
     module.load_state_dict(load, strict=False)
     print_report(report)
@@ -267,9 +316,11 @@ def load_pretrained(module: nn.Module, spec: str, key_filter: KeyFilter, timm_na
 def _hint(report: PretrainedReport) -> str:
     for k, s, t in report.shape_mismatches:
         if re.search(r"(^|\.)conv1\.0\.weight$", k) and len(s) == 4 and s[0] != t[0]:
-            return (f"\n  The source's deep stem starts with {s[0]} channels, this backbone's with {t[0]}: timm's "
-                    f"resnet*c weights have a 32-32-64 stem; openseg's deep-base ResNet (64-64-128, stem_channels = 128) "
-                    f"needs its own ImageNet file (resnet101-imagenet.pth).")
+            return (
+                f"\n  The source's deep stem starts with {s[0]} channels, this backbone's with {t[0]}: timm's "
+                f"resnet*c weights have a 32-32-64 stem; openseg's deep-base ResNet (64-64-128, stem_channels = 128) "
+                f"needs its own ImageNet file (resnet101-imagenet.pth)."
+            )
     return ""
 
 
@@ -280,7 +331,9 @@ def check_recipe_pretrained(backbone_cfg: dict) -> str:
     if not spec:
         return "backbone: random initialisation (no `pretrained` in the recipe)"
     if not spec.startswith("timm") and not is_url(spec) and not Path(spec).is_file():
-        raise UserError(f"Pretrained weights not found: {spec} (model.backbone.pretrained){known_file_hint(Path(spec).name)}")
+        raise UserError(
+            f"Pretrained weights not found: {spec} (model.backbone.pretrained){known_file_hint(Path(spec).name)}"
+        )
     return f"backbone: pretrained weights from {spec}"
 
 
@@ -288,8 +341,13 @@ def check_recipe_pretrained(backbone_cfg: dict) -> str:
 # small helpers for key filters
 
 
-def rename(src: dict[str, torch.Tensor], rules: list[tuple[str, str]], skip: list[tuple[str, str]],
-           layout: str, prefix: str = "backbone.") -> Mapped:
+def rename(
+    src: dict[str, torch.Tensor],
+    rules: list[tuple[str, str]],
+    skip: list[tuple[str, str]],
+    layout: str,
+    prefix: str = "backbone.",
+) -> Mapped:
     """Apply regex `rules` (first full match wins) and `skip` = [(pattern, why)]; unmatched keys keep
     their name. When some keys start with `prefix` (a whole segmentation or classification
     checkpoint), only those are used, without it; the others are skipped as outside the backbone."""
@@ -301,7 +359,7 @@ def rename(src: dict[str, torch.Tensor], rules: list[tuple[str, str]], skip: lis
             if not k.startswith(prefix):
                 skipped[k] = f"outside the backbone (not under `{prefix}`)"
                 continue
-            k = k[len(prefix):]
+            k = k[len(prefix) :]
         why = next((w for p, w in skip if re.fullmatch(p, k)), None)
         if why is not None:
             skipped[k] = why

@@ -26,13 +26,38 @@ _STEM = {50: 32, 101: 64, 200: 64, 269: 64}  # stem_width (ResNeSt-50 uses 32)
 
 
 class ResNeStD8(nn.Module):
-    def __init__(self, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
-                 out_indices=(0, 1, 2, 3)):
+    """Dilated ResNeSt (timm's resnest*e layout) returning the outputs of `out_indices`.
+
+    Args:
+        depth: 50, 101, 200 or 269.
+        output_stride: 8 (stages 3 and 4 dilated) or 16.
+        radix: split-attention radix.
+        drop_path_rate: stochastic depth rate (timm's).
+        out_indices: which stage outputs (0..3) forward returns.
+    """
+
+    def __init__(
+        self,
+        depth: int = 101,
+        output_stride: int = 8,
+        radix: int = 2,
+        drop_path_rate: float = 0.0,
+        out_indices=(0, 1, 2, 3),
+    ):
         super().__init__()
         self.net = ResNet(
-            ResNestBottleneck, _DEPTHS[depth], num_classes=0, global_pool="", output_stride=output_stride,
-            stem_type="deep", stem_width=_STEM[depth], avg_down=True, base_width=64, cardinality=1,
-            block_args=dict(radix=radix, avd=True, avd_first=False), drop_path_rate=drop_path_rate,
+            ResNestBottleneck,
+            _DEPTHS[depth],
+            num_classes=0,
+            global_pool="",
+            output_stride=output_stride,
+            stem_type="deep",
+            stem_width=_STEM[depth],
+            avg_down=True,
+            base_width=64,
+            cardinality=1,
+            block_args=dict(radix=radix, avd=True, avd_first=False),
+            drop_path_rate=drop_path_rate,
         )
         for layer in (self.net.layer3, self.net.layer4):
             ds = layer[0].downsample
@@ -46,10 +71,26 @@ class ResNeStD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnest(*, depth: int = 101, output_stride: int = 8, radix: int = 2, drop_path_rate: float = 0.0,
-            pretrained: str | None = None, pretrained_strict: bool = True) -> ResNeStD8:
-    """ResNeSt-D8. `pretrained`: `timm` (resnest{depth}e), `timm:NAME.TAG`, a URL or a local file in
-    timm naming (the classifier `fc` is skipped). pretrained_strict: false loads what fits."""
+def resnest(
+    *,
+    depth: int = 101,
+    output_stride: int = 8,
+    radix: int = 2,
+    drop_path_rate: float = 0.0,
+    pretrained: str | None = None,
+    pretrained_strict: bool = True,
+) -> ResNeStD8:
+    """ResNeSt-D8 (sssegmentation's ResNeSt, MCIBI's S-101-D8); recipe type "resnest".
+
+    Args:
+        depth: 50, 101, 200 or 269.
+        output_stride: 8 or 16.
+        radix: split-attention radix.
+        drop_path_rate: stochastic depth rate.
+        pretrained: "timm" (timm's resnest{depth}e), "timm:NAME.TAG", a URL or a local file in timm
+            naming (the classifier `fc` is skipped); None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     if depth not in _DEPTHS:
         from ctxseg.errors import UserError
 

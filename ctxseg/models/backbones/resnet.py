@@ -47,9 +47,12 @@ def timm_resnet_stages(net: ResNet, x: torch.Tensor, out_indices) -> list[torch.
 _CLASSIFIER = [(r"fc\.(weight|bias)", "ImageNet classifier")]
 # openseg / CSAIL deep-base stem -> timm's deep stem Sequential (conv, bn, act, conv, bn, act, conv) + bn1
 _DEEPBASE_STEM = [
-    (r"(?:resinit\.)?conv1\.(.+)", r"conv1.0.\1"), (r"(?:resinit\.)?bn1\.(.+)", r"conv1.1.\1"),
-    (r"(?:resinit\.)?conv2\.(.+)", r"conv1.3.\1"), (r"(?:resinit\.)?bn2\.(.+)", r"conv1.4.\1"),
-    (r"(?:resinit\.)?conv3\.(.+)", r"conv1.6.\1"), (r"(?:resinit\.)?bn3\.(.+)", r"bn1.\1"),
+    (r"(?:resinit\.)?conv1\.(.+)", r"conv1.0.\1"),
+    (r"(?:resinit\.)?bn1\.(.+)", r"conv1.1.\1"),
+    (r"(?:resinit\.)?conv2\.(.+)", r"conv1.3.\1"),
+    (r"(?:resinit\.)?bn2\.(.+)", r"conv1.4.\1"),
+    (r"(?:resinit\.)?conv3\.(.+)", r"conv1.6.\1"),
+    (r"(?:resinit\.)?bn3\.(.+)", r"bn1.\1"),
 ]
 
 
@@ -61,20 +64,54 @@ def resnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped
 
 
 class ResNetD8(nn.Module):
-    """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8)."""
+    """Deep-stem dilated ResNet returning the four stage outputs (strides 4, 8, 8, 8 for OS 8).
 
-    def __init__(self, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
-                 deep_stem: bool = True, avg_down: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 pretrained: str | None = None, drop_path_rate: float = 0.0, stem_pool_ceil: bool = False,
-                 pretrained_strict: bool = True):
+    Args:
+        depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
+        stem_channels: output channels of the stem; a deep stem's first two convs have half as many
+            (64: timm/mmseg 32-32-64; 128: openseg deep-base 64-64-128).
+        base_channels: channels of the first stage's blocks before expansion (doubled at each stage).
+        output_stride: 8 (stages 3 and 4 dilated 2 and 4) or 16 (stage 4 dilated 2); 32: no dilation.
+        deep_stem: three 3x3 stem convolutions (V1c) instead of one 7x7.
+        avg_down: average-pool + 1x1 conv shortcut in downsampling blocks (ResNet-D).
+        out_indices: which stage outputs (0..3) forward returns.
+        pretrained: ImageNet weights: "timm", "timm:NAME.TAG", a URL or a local file (see `resnet`);
+            None: random initialisation.
+        drop_path_rate: stochastic depth rate (timm's, linearly increasing over the blocks).
+        stem_pool_ceil: the stem max-pool rounds up (ceil_mode=True), as openseg's deep-base ResNet.
+        pretrained_strict: stop when the pretrained weights do not fit exactly; False loads what fits
+            and lists the rest.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        stem_channels: int = 64,
+        base_channels: int = 64,
+        output_stride: int = 8,
+        deep_stem: bool = True,
+        avg_down: bool = False,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        pretrained: str | None = None,
+        drop_path_rate: float = 0.0,
+        stem_pool_ceil: bool = False,
+        pretrained_strict: bool = True,
+    ):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
         block, layers = _DEPTHS[depth]
         self.net = ResNet(
-            block, layers, num_classes=0, global_pool="", output_stride=output_stride,
-            stem_type="deep" if deep_stem else "", stem_width=stem_channels // 2 if deep_stem else stem_channels,
-            avg_down=avg_down, channels=tuple(base_channels * 2**i for i in range(4)), drop_path_rate=drop_path_rate,
+            block,
+            layers,
+            num_classes=0,
+            global_pool="",
+            output_stride=output_stride,
+            stem_type="deep" if deep_stem else "",
+            stem_width=stem_channels // 2 if deep_stem else stem_channels,
+            avg_down=avg_down,
+            channels=tuple(base_channels * 2**i for i in range(4)),
+            drop_path_rate=drop_path_rate,
         )
         if block is BasicBlock:
             # mmseg/ssseg dilate only conv1 of a BasicBlock (conv2 stays 3x3, padding 1); timm dilates both
@@ -94,14 +131,43 @@ class ResNetD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
-def resnet(*, depth: int = 50, stem_channels: int = 64, base_channels: int = 64, output_stride: int = 8,
-           deep_stem: bool = True, avg_down: bool = False, pretrained: str | None = None,
-           drop_path_rate: float = 0.0, stem_pool_ceil: bool = False, pretrained_strict: bool = True) -> ResNetD8:
-    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)).
+def resnet(
+    *,
+    depth: int = 50,
+    stem_channels: int = 64,
+    base_channels: int = 64,
+    output_stride: int = 8,
+    deep_stem: bool = True,
+    avg_down: bool = False,
+    pretrained: str | None = None,
+    drop_path_rate: float = 0.0,
+    stem_pool_ceil: bool = False,
+    pretrained_strict: bool = True,
+) -> ResNetD8:
+    """ResNet-V1c-D8 (mmseg's ResNetV1c with dilations (1,1,2,4), strides (1,2,1,1)); recipe type "resnet".
 
-    pretrained: "timm" (timm's resnet{depth}c / d), "timm:NAME.TAG", a URL or a local file in timm
-    or openseg deep-base layout (module docstring). stem_pool_ceil: openseg's ceil-mode stem pool.
-    pretrained_strict: false loads what fits and lists the rest instead of stopping."""
-    return ResNetD8(depth, stem_channels, base_channels, output_stride, deep_stem, avg_down,
-                    pretrained=pretrained, drop_path_rate=drop_path_rate, stem_pool_ceil=stem_pool_ceil,
-                    pretrained_strict=pretrained_strict)
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        stem_channels: output channels of the stem (64: timm/mmseg; 128: openseg deep-base).
+        base_channels: channels of the first stage's blocks before expansion.
+        output_stride: 8, 16 or 32.
+        deep_stem: three 3x3 stem convolutions (V1c) instead of one 7x7.
+        avg_down: average-pool shortcut in downsampling blocks (ResNet-D).
+        pretrained: "timm" (timm's resnet{depth}c, or resnet{depth}d with avg_down), "timm:NAME.TAG",
+            a URL or a local file in timm or openseg deep-base layout (module docstring); None: none.
+        drop_path_rate: stochastic depth rate.
+        stem_pool_ceil: openseg's ceil-mode stem max-pool.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
+    return ResNetD8(
+        depth,
+        stem_channels,
+        base_channels,
+        output_stride,
+        deep_stem,
+        avg_down,
+        pretrained=pretrained,
+        drop_path_rate=drop_path_rate,
+        stem_pool_ceil=stem_pool_ceil,
+        pretrained_strict=pretrained_strict,
+    )

@@ -83,17 +83,42 @@ def shift_attn_mask(hp: int, wp: int, ws: int, shift: int, device=None) -> torch
 
 
 class ShiftWindowMSA(nn.Module):
-    """Padding, cyclic shift, window partition around timm's WindowAttention (mmseg's ShiftWindowMSA)."""
+    """Padding, cyclic shift, window partition around timm's WindowAttention (mmseg's ShiftWindowMSA).
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, always_shift: bool = True, mask_padding: bool = False):
+    Args:
+        dim: token channels.
+        num_heads: attention heads.
+        window_size: side of the square attention windows, in tokens.
+        shift: cyclically shift the map by window_size // 2 before partitioning (odd blocks).
+        qkv_bias: bias on the qkv projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        always_shift: shift even when the padded map is a single window (mmseg); False skips it there
+            (classification Swin).
+        mask_padding: mask the window-padding tokens out of the attention; False (mmseg) lets them attend
+            (their keys/values are the qkv bias).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        always_shift: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.always_shift = always_shift
         self.mask_padding = mask_padding
-        self.w_msa = WindowAttention(dim, num_heads, window_size=window_size, qkv_bias=qkv_bias,
-                                     attn_drop=attn_drop, proj_drop=proj_drop)
+        self.w_msa = WindowAttention(
+            dim, num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
+        )
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, _, c = x.shape
@@ -124,14 +149,41 @@ class ShiftWindowMSA(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """Pre-norm block: x + DropPath(W-MSA(norm1(x))); x + DropPath(MLP(norm2(x)))."""
+    """Pre-norm block: x + DropPath(W-MSA(norm1(x))); x + DropPath(MLP(norm2(x))).
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 always_shift: bool = True, mask_padding: bool = False):
+    Args:
+        dim: token channels.
+        num_heads: attention heads.
+        window_size: side of the attention windows, in tokens.
+        shift: shifted-window block (the odd blocks of a stage).
+        mlp_ratio: hidden channels of the MLP = dim x mlp_ratio.
+        qkv_bias: bias on the qkv projection.
+        drop: dropout after the attention projection and in the MLP (mmcv's ffn_drop).
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate of this block.
+        always_shift: see ShiftWindowMSA.
+        mask_padding: see ShiftWindowMSA.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        always_shift: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = ShiftWindowMSA(dim, num_heads, window_size, shift, qkv_bias, attn_drop, drop, always_shift, mask_padding)
+        self.attn = ShiftWindowMSA(
+            dim, num_heads, window_size, shift, qkv_bias, attn_drop, drop, always_shift, mask_padding
+        )
         self.norm2 = nn.LayerNorm(dim)
         # GELU exact (erf), as mmcv's FFN; the dropouts are mmcv's ffn_drop
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -143,7 +195,14 @@ class SwinBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv k=s=patch_size after corner padding, then LayerNorm; returns tokens and their (H, W)."""
+    """Conv k=s=patch_size after corner padding, then LayerNorm; returns tokens and their (H, W).
+
+    Args:
+        in_chans: input image channels.
+        dim: embedding channels.
+        patch_size: patch side in pixels (kernel size and stride of the projection).
+        norm: LayerNorm after the projection.
+    """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, norm: bool = True):
         super().__init__()
@@ -163,7 +222,14 @@ class PatchEmbed(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbourhood -> 4C (corner padded) -> LayerNorm -> Linear(4C, 2C, no bias)."""
+    """2x2 neighbourhood -> 4C (corner padded) -> LayerNorm -> Linear(4C, 2C, no bias).
+
+    Args:
+        dim: input token channels C.
+        out_dim: output channels (2C in Swin).
+        order: channel order of the concatenated 2x2 neighbourhood: "unfold" (mmseg's nn.Unfold order)
+            or "timm" (the original Swin / timm order), see the module docstring.
+    """
 
     def __init__(self, dim: int, out_dim: int, order: Literal["unfold", "timm"] = "unfold"):
         super().__init__()
@@ -185,8 +251,31 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, out_dim: int | None, dpr: list[float],
-                 merge_order: str, **block_kw):
+    """`depth` Swin blocks (alternately regular and shifted windows), then an optional patch merging.
+
+    forward returns (tokens for the next stage, their (H, W), this stage's output tokens, their (H, W)).
+
+    Args:
+        dim: token channels of the stage.
+        depth: number of blocks.
+        num_heads: attention heads of every block.
+        window_size: side of the attention windows, in tokens.
+        out_dim: output channels of the patch merging at the end; None: no merging (last stage).
+        dpr: stochastic depth rate of each block (length `depth`).
+        merge_order: PatchMerging's `order`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        out_dim: int | None,
+        dpr: list[float],
+        merge_order: str,
+        **block_kw,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, drop_path=dpr[i], **block_kw) for i in range(depth)
@@ -203,13 +292,51 @@ class SwinStage(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW)."""
+    """Four stages at strides 4, 8, 16, 32; returns the normalized stage outputs (NCHW).
 
-    def __init__(self, *, embed_dims: int = 96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size: int = 7,
-                 patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, pretrain_img_size: int = 224,
-                 use_abs_pos_embed: bool = False, patch_norm: bool = True, out_indices=(0, 1, 2, 3),
-                 always_shift: bool = True, mask_padding: bool = False, merge_order: str = "unfold", in_chans: int = 3):
+    Args:
+        embed_dims: channels of the first stage (doubled at each stage).
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: side of the attention windows, in tokens.
+        patch_size: patch side of the patch embedding, in pixels.
+        mlp_ratio: MLP hidden channels / token channels.
+        qkv_bias: bias on the qkv projections.
+        drop_rate: dropout after the position embedding, the attention projections and in the MLPs.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block (rising linearly from 0 over all blocks).
+        pretrain_img_size: image size of the pretraining, which sizes the absolute position embedding.
+        use_abs_pos_embed: add a learned absolute position embedding after the patch embedding.
+        patch_norm: LayerNorm after the patch embedding.
+        out_indices: which stages' outputs (0..3) forward returns.
+        always_shift: see ShiftWindowMSA (mmseg: True).
+        mask_padding: see ShiftWindowMSA (mmseg: False).
+        merge_order: PatchMerging's `order` ("unfold": mmseg; "timm": original Swin).
+        in_chans: input image channels.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dims: int = 96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size: int = 7,
+        patch_size: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        pretrain_img_size: int = 224,
+        use_abs_pos_embed: bool = False,
+        patch_norm: bool = True,
+        out_indices=(0, 1, 2, 3),
+        always_shift: bool = True,
+        mask_padding: bool = False,
+        merge_order: str = "unfold",
+        in_chans: int = 3,
+    ):
         super().__init__()
         if len(depths) != len(num_heads):
             raise UserError(f"swin: depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
@@ -225,14 +352,30 @@ class SwinTransformer(nn.Module):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.drop_after_pos = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows linearly
-        block_kw = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                        always_shift=always_shift, mask_padding=mask_padding)
+        block_kw = dict(
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            always_shift=always_shift,
+            mask_padding=mask_padding,
+        )
         self.stages = nn.ModuleList()
         for i in range(n):
             start = sum(depths[:i])
             out_dim = self.num_features[i + 1] if i < n - 1 else None
-            self.stages.append(SwinStage(self.num_features[i], depths[i], num_heads[i], window_size, out_dim,
-                                         dpr[start:start + depths[i]], merge_order, **block_kw))
+            self.stages.append(
+                SwinStage(
+                    self.num_features[i],
+                    depths[i],
+                    num_heads[i],
+                    window_size,
+                    out_dim,
+                    dpr[start : start + depths[i]],
+                    merge_order,
+                    **block_kw,
+                )
+            )
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
         self.apply(_init_weights)
@@ -272,24 +415,72 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def swin(*, arch: Literal["tiny", "small", "base", "large"] = "tiny", embed_dims: int | None = None,
-         depths: list[int] | None = None, num_heads: list[int] | None = None, window_size: int = 7,
-         pretrain_img_size: int = 224, patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-         drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3,
-         use_abs_pos_embed: bool = False, patch_norm: bool = True, out_indices: list[int] = (0, 1, 2, 3),
-         always_shift: bool = True, mask_padding: bool = False, merge_order: Literal["unfold", "timm"] = "unfold",
-         pretrained: str | None = None) -> SwinTransformer:
-    """Swin-T/S/B/L as mmseg's SwinTransformer. `arch` presets embed_dims/depths/num_heads; the
-    explicit keys override it (tiny test models). `pretrained`: a local backbone file (mmseg
-    naming, e.g. from mmseg's swin2mmseg converter, or a full mmseg checkpoint) or
-    `timm:swin_base_patch4_window12_384.ms_in22k` (timm / original naming, converted on load)."""
+def swin(
+    *,
+    arch: Literal["tiny", "small", "base", "large"] = "tiny",
+    embed_dims: int | None = None,
+    depths: list[int] | None = None,
+    num_heads: list[int] | None = None,
+    window_size: int = 7,
+    pretrain_img_size: int = 224,
+    patch_size: int = 4,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    drop_rate: float = 0.0,
+    attn_drop_rate: float = 0.0,
+    drop_path_rate: float = 0.3,
+    use_abs_pos_embed: bool = False,
+    patch_norm: bool = True,
+    out_indices: list[int] = (0, 1, 2, 3),
+    always_shift: bool = True,
+    mask_padding: bool = False,
+    merge_order: Literal["unfold", "timm"] = "unfold",
+    pretrained: str | None = None,
+) -> SwinTransformer:
+    """Swin-T/S/B/L as mmseg's SwinTransformer; recipe type "swin".
+
+    Args:
+        arch: preset of embed_dims / depths / num_heads: "tiny", "small", "base" or "large".
+        embed_dims: overrides the preset's first-stage channels (tiny test models).
+        depths: overrides the preset's blocks per stage.
+        num_heads: overrides the preset's attention heads per stage.
+        window_size: side of the attention windows, in tokens (7; 12 for the 384-pretrained models).
+        pretrain_img_size: image size of the pretraining (absolute position embedding size).
+        patch_size: patch side of the patch embedding, in pixels.
+        mlp_ratio: MLP hidden channels / token channels.
+        qkv_bias: bias on the qkv projections.
+        drop_rate: dropout rate (position embedding, attention projections, MLPs).
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth rate of the last block (rising linearly from 0).
+        use_abs_pos_embed: learned absolute position embedding.
+        patch_norm: LayerNorm after the patch embedding.
+        out_indices: which stages' outputs forward returns.
+        always_shift: see ShiftWindowMSA.
+        mask_padding: see ShiftWindowMSA.
+        merge_order: "unfold" (mmseg) or "timm" (original Swin) patch-merging channel order.
+        pretrained: a local backbone file (mmseg naming, e.g. from mmseg's swin2mmseg converter, or a full
+            mmseg checkpoint) or `timm:swin_base_patch4_window12_384.ms_in22k` (timm / original naming,
+            converted on load); None: random initialisation.
+    """
     ed, dp, nh = ARCHS[arch]
     # keywords only: a reordered constructor parameter cannot silently take another's value
     model = SwinTransformer(
-        embed_dims=embed_dims or ed, depths=tuple(depths or dp), num_heads=tuple(num_heads or nh), window_size=window_size,
-        patch_size=patch_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-        drop_path_rate=drop_path_rate, pretrain_img_size=pretrain_img_size, use_abs_pos_embed=use_abs_pos_embed,
-        patch_norm=patch_norm, out_indices=tuple(out_indices), always_shift=always_shift, mask_padding=mask_padding,
+        embed_dims=embed_dims or ed,
+        depths=tuple(depths or dp),
+        num_heads=tuple(num_heads or nh),
+        window_size=window_size,
+        patch_size=patch_size,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=qkv_bias,
+        drop_rate=drop_rate,
+        attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate,
+        pretrain_img_size=pretrain_img_size,
+        use_abs_pos_embed=use_abs_pos_embed,
+        patch_norm=patch_norm,
+        out_indices=tuple(out_indices),
+        always_shift=always_shift,
+        mask_padding=mask_padding,
         merge_order=merge_order,
     )
     if pretrained:

@@ -27,8 +27,8 @@ import re
 
 import torch
 
-from ctxseg.keymap import KeyMap, apply_keymap
 from ctxseg.errors import UserError
+from ctxseg.keymap import KeyMap, apply_keymap
 
 # position k of (dh, dw) in the original order is [(0,0), (1,0), (0,1), (1,1)];
 # the unfold order is j = 2*dh + dw, so j -> k is [0, 2, 1, 3] (its own inverse)
@@ -64,7 +64,9 @@ def source_layout(keys) -> str:
     return "timm"
 
 
-def swin_keymap(src: dict, merge_order: str = "unfold", src_prefix: str = "backbone.", dst_prefix: str = "backbone.") -> KeyMap:
+def swin_keymap(
+    src: dict, merge_order: str = "unfold", src_prefix: str = "backbone.", dst_prefix: str = "backbone."
+) -> KeyMap:
     s, d = re.escape(src_prefix), dst_prefix
     layout = source_layout(src)
     blk = r"(?:stages|layers)\.(\d+)\.blocks\.(\d+)"
@@ -78,7 +80,10 @@ def swin_keymap(src: dict, merge_order: str = "unfold", src_prefix: str = "backb
         ]
     else:
         rules += [
-            (s + blk + r"\.attn\.(qkv|proj|relative_position_bias_table)(.*)", d + r"stages.\1.blocks.\2.attn.w_msa.\3\4"),
+            (
+                s + blk + r"\.attn\.(qkv|proj|relative_position_bias_table)(.*)",
+                d + r"stages.\1.blocks.\2.attn.w_msa.\3\4",
+            ),
             (s + blk + r"\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)", d + r"stages.\1.blocks.\2.\3.\4"),
             (s + r"patch_embed\.proj\.(weight|bias)", d + r"patch_embed.projection.\1"),
             (s + r"(patch_embed\.norm\..+|norm\d\..+|absolute_pos_embed)", d + r"\1"),
@@ -129,7 +134,7 @@ def load_swin_pretrained(model, pretrained: str) -> None:
 
         src = read_state_dict(pretrained)
     if any(k.startswith("backbone.") for k in src):
-        src = {k[len("backbone."):]: v for k, v in src.items() if k.startswith("backbone.")}
+        src = {k[len("backbone.") :]: v for k, v in src.items() if k.startswith("backbone.")}
     order = model.stages[0].downsample.order if model.stages[0].downsample is not None else "unfold"
     km = swin_keymap(src, order, src_prefix="", dst_prefix="")
     km.ignore += [r"head\..*", r"norm\.(weight|bias)"]
@@ -137,6 +142,8 @@ def load_swin_pretrained(model, pretrained: str) -> None:
     out, report = apply_keymap(src, target, km)
     missing = [k for k in report.missing if not re.fullmatch(r"norm\d\..+", k)]
     if report.unused or missing or report.shape_mismatches:
-        raise UserError(f"Pretrained weights '{pretrained}' do not fit this Swin backbone:\n"
-                        + report.problems().replace("target key not filled", "backbone key not filled"))
+        raise UserError(
+            f"Pretrained weights '{pretrained}' do not fit this Swin backbone:\n"
+            + report.problems().replace("target key not filled", "backbone key not filled")
+        )
     model.load_state_dict(out, strict=False)

@@ -37,22 +37,60 @@ ARCHS = {"base": (768, 12, 12), "large": (1024, 24, 16)}  # embed_dim, depth, he
 
 
 class ViTBackbone(nn.Module):
-    def __init__(self, img_size: int = 512, patch_size: int = 16, embed_dim: int = 1024, depth: int = 24,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, out_indices=(9, 14, 19, 23), drop_path_rate: float = 0.0,
-                 out_norm: bool = True, pos_interp: str = "bilinear"):
+    """timm VisionTransformer returning NCHW maps after the blocks in `out_indices` (module docstring).
+
+    Args:
+        img_size: image side the position embedding is trained at (resized to other inputs' grids).
+        patch_size: patch side in pixels; the outputs' stride.
+        embed_dim: token channels.
+        depth: number of transformer blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden channels / token channels.
+        out_indices: indices of the blocks whose outputs forward returns (MCIBI ViT-L: 9, 14, 19, 23).
+        drop_path_rate: stochastic depth rate (timm's, rising linearly over the blocks).
+        out_norm: a LayerNorm (eps 1e-6) on each returned output (sssegmentation's `norm_layers`).
+        pos_interp: interpolation of the position embedding to the input's grid: "bilinear"
+            (sssegmentation) or "bicubic" (mmseg).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 512,
+        patch_size: int = 16,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        out_indices=(9, 14, 19, 23),
+        drop_path_rate: float = 0.0,
+        out_norm: bool = True,
+        pos_interp: str = "bilinear",
+    ):
         super().__init__()
         self.pos_interp = pos_interp
         self.net = VisionTransformer(
-            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0, global_pool="", class_token=True,
-            final_norm=False, drop_path_rate=drop_path_rate, dynamic_img_size=True,
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="",
+            class_token=True,
+            final_norm=False,
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
         )
         self.patch_size = patch_size
         self.grid = img_size // patch_size
         self.out_indices = tuple(out_indices)
         self.out_channels = [embed_dim] * len(self.out_indices)
-        self.norm_layers = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in self.out_indices) if out_norm else None
+        self.norm_layers = (
+            nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in self.out_indices) if out_norm else None
+        )
 
     def _pos_embed(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         pos = self.net.pos_embed
@@ -91,8 +129,10 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], mode: str) -> tor
     return torch.cat([pos[:, :1], g.flatten(2).transpose(1, 2)], dim=1)
 
 
-_VIT_SKIP = [(r"(head|pre_logits)\..+", "ImageNet classifier"),
-             (r"(norm|fc_norm)\.(weight|bias)", "final norm; this ViT has none (final_norm=False)")]
+_VIT_SKIP = [
+    (r"(head|pre_logits)\..+", "ImageNet classifier"),
+    (r"(norm|fc_norm)\.(weight|bias)", "final norm; this ViT has none (final_norm=False)"),
+]
 
 
 def vit_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
@@ -103,23 +143,61 @@ def vit_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
     if pos is not None and pos.dim() == 3 and pos.shape[1] != want[1]:
         n = int(round((pos.shape[1] - 1) ** 0.5))
         mapped.state["net.pos_embed"] = resize_pos_embed(pos, (module.grid, module.grid), module.pos_interp)
-        mapped.notes.append(f"pos_embed resized from a {n}x{n} to a {module.grid}x{module.grid} grid ({module.pos_interp})")
+        mapped.notes.append(
+            f"pos_embed resized from a {n}x{n} to a {module.grid}x{module.grid} grid ({module.pos_interp})"
+        )
     if module.norm_layers is not None:
         mapped.kept_init[r"norm_layers\..+"] = "MCIBI's output norms, not in ImageNet weights"
     return mapped
 
 
-def vit(*, arch: str = "large", img_size: int = 512, patch_size: int = 16, embed_dim: int | None = None,
-        depth: int | None = None, num_heads: int | None = None, out_indices: list[int] = (9, 14, 19, 23),
-        drop_path_rate: float = 0.0, out_norm: bool = True, pos_interp: Literal["bilinear", "bicubic"] = "bilinear",
-        pretrained: str | None = None, pretrained_strict: bool = True) -> ViTBackbone:
-    """ViT-L/16 (MCIBI). `pretrained`: a file or URL in timm naming (MCIBI: the original
-    jx_vit_large_p16_384 release), or `timm:NAME.TAG`; see `vit_key_filter`.
-    pretrained_strict: false loads what fits and lists the rest instead of stopping."""
+def vit(
+    *,
+    arch: str = "large",
+    img_size: int = 512,
+    patch_size: int = 16,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    out_indices: list[int] = (9, 14, 19, 23),
+    drop_path_rate: float = 0.0,
+    out_norm: bool = True,
+    pos_interp: Literal["bilinear", "bicubic"] = "bilinear",
+    pretrained: str | None = None,
+    pretrained_strict: bool = True,
+) -> ViTBackbone:
+    """ViT-B/16 or ViT-L/16 (MCIBI's ViT-Large); recipe type "vit".
+
+    Args:
+        arch: preset of embed_dim / depth / num_heads: "base" or "large".
+        img_size: image side the position embedding is trained at.
+        patch_size: patch side in pixels.
+        embed_dim: overrides the preset's token channels (tiny test models).
+        depth: overrides the preset's number of blocks.
+        num_heads: overrides the preset's attention heads.
+        out_indices: indices of the blocks whose outputs forward returns.
+        drop_path_rate: stochastic depth rate.
+        out_norm: a LayerNorm on each returned output (sssegmentation's MCIBI).
+        pos_interp: "bilinear" (sssegmentation) or "bicubic" (mmseg) position-embedding resizing.
+        pretrained: a file or URL in timm naming (MCIBI: the original jx_vit_large_p16_384 release), or
+            `timm:NAME.TAG`; see `vit_key_filter`. None: random initialisation.
+        pretrained_strict: False loads what fits and lists the rest instead of stopping.
+    """
     e, d, h = ARCHS[arch]
-    model = ViTBackbone(img_size, patch_size, embed_dim or e, depth or d, num_heads or h, 4.0, tuple(out_indices),
-                        drop_path_rate, out_norm, pos_interp)
+    model = ViTBackbone(
+        img_size,
+        patch_size,
+        embed_dim or e,
+        depth or d,
+        num_heads or h,
+        4.0,
+        tuple(out_indices),
+        drop_path_rate,
+        out_norm,
+        pos_interp,
+    )
     if pretrained:
-        load_pretrained(model, pretrained, vit_key_filter, timm_name=f"vit_{arch}_patch{patch_size}_384",
-                        strict=pretrained_strict)
+        load_pretrained(
+            model, pretrained, vit_key_filter, timm_name=f"vit_{arch}_patch{patch_size}_384", strict=pretrained_strict
+        )
     return model

@@ -61,23 +61,30 @@ def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
 
 
 class ContextAwareClassifier(ContextPlugin):
-    """Recipe `[[model.plugins]] type = "cac"`. Recipe keys (keyword arguments):
+    """Recipe `[[model.plugins]] type = "cac"`: CAC's context-aware classifier (tianzhuotao/CAC).
 
-    logit_scale        cosine-similarity scale (15)
-    smoothness         weight of softmax(apd) in the KL target (0.5; the one-hot gets 1 - smoothness)
-    label_eps          extra label smoothing of the KL target (reference `eps`, 0 = off)
-    pre_self_weight    weight of the CE on the vanilla logits (1)
-    pre_weight         weight of the CE on the adaptive-perspective logits (1)
-    kl_weight          weight of the class-wise KL term (1)
-    l2_mode            normalisation in the refined logits: 'eps' (default; FCN/UPer reference, and
-                       finite everywhere), 'bare' (literal OCR/DeepLabV3+ reference), 'clamp'
-    label_resize       labels -> feature size: 'nearest' (reference, legacy floor index) or 'nearest-exact'
-    pre_align_corners  align_corners of the bilinear upsampling in pre_self / pre (reference: true)
-    The label value ignored everywhere is data.ignore_index.
     The classifier it builds on is the current classifier slot (the decode head's conv_seg, or
     MCIBI's decoder_stage2.conv_seg when MCIBI is listed before it): read, never owned, so its
-    weights keep their state-dict keys.
-    The main CE on the refined logits is train.loss.decode_weight (reference loss_weight 1.0).
+    weights keep their state-dict keys. The main CE on the refined logits is
+    train.loss.decode_weight (reference loss_weight 1.0).
+
+    Args:
+        classifier: the current classifier slot (injected by the builder); must be a 1x1 convolution.
+        num_classes: number of classes (injected: data.num_classes).
+        align_corners: `align_corners` of the model's resizes (injected: model.align_corners).
+        ignore_index: label value ignored everywhere (injected: data.ignore_index).
+        logit_scale: cosine-similarity scale of the refined logits (15).
+        smoothness: weight of softmax(apd) in the KL target (0.5; the one-hot gets 1 - smoothness).
+        label_eps: extra label smoothing of the KL target (reference `eps`; 0 = off).
+        pre_self_weight: weight of the CE on the vanilla logits (1).
+        pre_weight: weight of the CE on the adaptive-perspective logits (1).
+        kl_weight: weight of the class-wise KL term (1).
+        l2_mode: normalisation in the refined logits: "eps" (default; FCN/UPer reference, and finite
+            everywhere), "bare" (literal OCR/DeepLabV3+ reference) or "clamp".
+        label_resize: labels -> feature size: "nearest" (reference, legacy floor index) or
+            "nearest-exact".
+        pre_align_corners: `align_corners` of the bilinear upsampling in the pre_self / pre losses
+            (reference: True).
     """
 
     default_name = "cac"  # state-dict prefix plugins.cac.* (the CAC converter's table)

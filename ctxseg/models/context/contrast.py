@@ -29,7 +29,15 @@ from ctxseg.models.heads.base import ClassifierSlot
 
 
 class ProjectionHead(nn.Module):
-    """openseg's ProjectionHead: 'linear' = 1x1 conv; 'convmlp' = 1x1 conv, BN, ReLU, 1x1 conv."""
+    """openseg's ProjectionHead: 'linear' = 1x1 conv; 'convmlp' = 1x1 conv, BN, ReLU, 1x1 conv.
+
+    forward returns the projection L2-normalised along channels.
+
+    Args:
+        in_channels: channels of the features projected.
+        proj_dim: embedding channels.
+        proj: "linear" or "convmlp".
+    """
 
     def __init__(self, in_channels: int, proj_dim: int, proj: str = "convmlp"):
         super().__init__()
@@ -46,9 +54,44 @@ class ProjectionHead(nn.Module):
 
 
 class PixelContrast(ContextPlugin):
-    """Recipe `[[model.plugins]] type = "pixel_contrast"`; the labels' ignore value is data.ignore_index.
+    """Recipe `[[model.plugins]] type = "pixel_contrast"`: ContrastiveSeg's pixel contrast (tfzhou/ContrastiveSeg).
+
     The projection reads outputs["feats"] (source "head": the input of the current classifier slot)
-    or a backbone level (source "backbone")."""
+    or a backbone level (source "backbone"). See docs/contrastiveseg.md for the official behaviours
+    and the options that switch them.
+
+    Args:
+        classifier: the current classifier slot (injected by the builder); its input channels size the
+            projection with source "head".
+        in_channels: channels of every backbone output (injected), for source "backbone".
+        num_classes: number of classes (injected: data.num_classes).
+        align_corners: `align_corners` of the logits' resize to the embedding grid (injected).
+        ignore_index: label value never sampled nor enqueued (injected: data.ignore_index).
+        proj_dim: embedding channels (256).
+        proj: projection head, "convmlp" or "linear".
+        source: what is projected: "head" (outputs["feats"]) or "backbone" (backbone output `in_index`).
+        in_index: backbone output projected with source "backbone".
+        proj_in_channels: input channels of the projection; None infers them from `source`.
+        temperature: softmax temperature T of the contrast loss (0.1).
+        base_temperature: the loss is scaled by T / base_temperature (0.07).
+        max_samples: anchors per step across all (image, class) pairs (1024).
+        max_views: anchors per (image, class) pair at most; a class needs more than this many pixels in
+            an image to be sampled (100).
+        loss_weight: weight of `loss_contrast` (0.1).
+        warmup: the term is added from this training step on (5000).
+        official_single_process: reproduce the official trainer, where the term never switches on in a
+            non-distributed run.
+        use_queue: memory variant: contrast against per-class segment and pixel queues (registered
+            buffers, updated after every step from all processes).
+        memory_size: entries per class of each queue.
+        pixel_update_freq: pixel embeddings enqueued per image and class per step.
+        official_queue_update: reproduce the official queue update (misaligned label grid, first K map
+            positions, pointer advancing by 1, class 0 never enqueued).
+        network_stride: label subsampling stride of the official queue update.
+        queue_skip_class0: leave class 0's queue rows all-zero in the contrast set (official).
+        queue_self_mask: remove column r from row r's positives in the contrast set (official).
+        seed: seed of the queue updates' random draws (the same on every process).
+    """
 
     default_name = "contrast"  # state-dict prefix plugins.contrast.* (the openseg converter's table)
 

@@ -47,7 +47,13 @@ from ctxseg.models.layers import ConvModule, resize
 
 class SelfAttentionBlock(nn.Module):
     """ssseg SelfAttentionBlock as MCIBI configures it: key/query 2 x (1x1 ConvModule), value 1 x,
-    out_project 1 x; logits scaled by transform_channels ** -0.5, softmax over key positions."""
+    out_project 1 x; logits scaled by transform_channels ** -0.5, softmax over key positions.
+
+    Args:
+        in_channels: channels of the query and key/value inputs.
+        transform_channels: channels of the key/query/value projections.
+        out_channels: output channels of `out_project`.
+    """
 
     def __init__(self, in_channels: int, transform_channels: int, out_channels: int):
         super().__init__()
@@ -68,7 +74,13 @@ class SelfAttentionBlock(nn.Module):
 
 
 class StageDecoder(nn.Module):
-    """ssseg decoder_stage1/2: 1x1 ConvModule, Dropout2d, 1x1 classifier."""
+    """ssseg decoder_stage1/2: 1x1 ConvModule, Dropout2d, 1x1 classifier.
+
+    Args:
+        channels: input (and bottleneck) channels.
+        num_classes: number of classes of the 1x1 classifier.
+        dropout: Dropout2d probability before the classifier; 0 disables it.
+    """
 
     def __init__(self, channels: int, num_classes: int, dropout: float):
         super().__init__()
@@ -136,13 +148,43 @@ def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Te
 
 
 class MCIBIMemory(ContextPlugin):
-    """MCIBI dataset-level memory (recipe `[[model.plugins]] type = "mcibi"`). The keys mirror ssseg's
-    head cfg: feats/transform/out channels, num_feats_per_cls, update_cfg (strategy, momentum_cfg
-    base_momentum/base_lr/adjust_by_learning_rate), use_hard_aggregate, use_loss;
-    context_within_image comes from the decode head (ASPP, PPM, OCR) or is off (FCN).
-    official_aggregation_grad = false makes the aggregation's backward use the memory the forward
-    used (ssseg's backward sees the memory after this step's in-forward update). The update's
-    ignore_index is data.ignore_index."""
+    """MCIBI dataset-level memory (recipe `[[model.plugins]] type = "mcibi"`), see the module docstring.
+
+    The keys mirror ssseg's head cfg: feats/transform/out channels, num_feats_per_cls, update_cfg
+    (strategy, momentum_cfg base_momentum/base_lr/adjust_by_learning_rate), use_hard_aggregate,
+    use_loss; context_within_image comes from the decode head (ASPP, PPM, OCR) or is off (FCN).
+
+    Args:
+        head: the decode head (injected by the builder): its input selection and features are used.
+        classifier: the current classifier slot (injected); emptied (an identity), since decoder_stage2
+            classifies.
+        num_classes: number of classes K (injected: data.num_classes).
+        align_corners: `align_corners` of the resizes (injected: model.align_corners).
+        ignore_index: label value skipped by the memory update and the stage-1 CE (injected:
+            data.ignore_index).
+        feats_channels: memory / feature channels C; must equal the decode head's `channels`.
+        transform_channels: channels of the self-attention projections.
+        out_channels: channels of `memory_bottleneck` (must equal feats_channels with
+            use_context_within_image).
+        num_feats_per_cls: memory slots S per class (> 1 needs strategy "cosine_similarity").
+        use_context_within_image: fuse the decode head's own context (ASPP, PPM, OCR) with the memory
+            output (`self_attention_ms`, `bottleneck_ms`); False: the head's features are the memory input.
+        use_hard_aggregate: aggregate the memory with one-hot argmax of the stage-1 logits instead of
+            their softmax.
+        strategy: memory update: "cosine_similarity" (weighted by 1 - cosine, per slot) or "mean".
+        base_momentum: momentum of the memory update at base_lr.
+        base_lr: learning rate at which the momentum is base_momentum.
+        adjust_by_learning_rate: momentum = base_momentum / base_lr x the step's learning rate (ssseg).
+        dropout: Dropout2d probability of both stage decoders.
+        stage1_weight: weight of the stage-1 CE (0.4).
+        use_memory_loss: add the memory loss (decoder_stage2 classifying the stored memory).
+        memory_loss_weight: weight of the memory loss.
+        memory_loss_start_epochs: the memory loss starts after this many epochs (ssseg: 1).
+        memory_loss_start_iters: the memory loss starts at this iteration instead; None: from epochs.
+        update_max_elements: bound on the memory update's temporaries (rows x pixels).
+        official_aggregation_grad: reproduce ssseg's backward of the aggregation, which sees the memory
+            after this step's in-forward update; False uses the memory the forward used.
+    """
 
     default_name = "memory"  # state-dict prefix plugins.memory.* (the ssseg converter's table)
     synchronised_buffers = ("memory",)  # ssseg all-reduces the memory after every update

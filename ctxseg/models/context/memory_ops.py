@@ -35,6 +35,16 @@ UNIT_EPS = 1e-12  # F.normalize's eps (slot assignment)
 
 @dataclass
 class ClassStats:
+    """Per-class statistics of the (virtually upsampled) features that the memory update needs.
+
+    Args:
+        count: [K] pixels per class (float64).
+        sums: [K, C] per-class feature sums (rows not requested are zero).
+        num: [K*S, C] sum of w_i f_i per (class, slot), w_i = 1 - cos(f_i, slot) for the pixels
+            assigned to the slot.
+        den: [K*S] sum of w_i per (class, slot).
+    """
+
     count: torch.Tensor  # [K] pixels per class (float64)
     sums: torch.Tensor  # [K, C] per-class feature sums (rows not requested are zero)
     num: torch.Tensor  # [K*S, C] sum of w_i f_i per (class, slot)

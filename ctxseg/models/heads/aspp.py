@@ -10,6 +10,14 @@ from ctxseg.models.layers import ConvModule, resize
 
 
 class ASPPModule(nn.ModuleList):
+    """Parallel ConvModules, one per dilation (1x1 for dilation 1, else 3x3 with that dilation).
+
+    Args:
+        dilations: dilation of each branch.
+        in_channels: input channels.
+        channels: output channels of each branch.
+    """
+
     def __init__(self, dilations, in_channels: int, channels: int):
         super().__init__(
             ConvModule(in_channels, channels, 1 if d == 1 else 3, padding=0 if d == 1 else d, dilation=d) for d in dilations
@@ -20,7 +28,20 @@ class ASPPModule(nn.ModuleList):
 
 
 class ASPPHead(DecodeHead):
-    """Note the order: mmseg puts the image-pool branch FIRST (torchvision puts it last)."""
+    """DeepLabV3 head (mmseg ASPPHead): image pool + ASPP branches, concatenated, 3x3 bottleneck.
+
+    Note the order: mmseg puts the image-pool branch FIRST (torchvision puts it last).
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of every branch and of the bottleneck.
+        dilations: dilation of each ASPP branch (1: a 1x1 conv).
+        in_index: which backbone output the head reads.
+        dropout_ratio: Dropout2d probability before the classifier.
+        align_corners: `align_corners` of the image-pool upsampling (injected: model.align_corners).
+        input_transform: see InputSelector (None: one backbone output).
+    """
 
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
                  in_index: int | list[int] = -1, dropout_ratio: float = 0.1, align_corners: bool = False,

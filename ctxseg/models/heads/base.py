@@ -15,7 +15,15 @@ class InputSelector:
     """Which backbone outputs a head reads, and how (mmseg's in_index / input_transform).
 
     Plain data: a plug-in that needs the head's input (MCIBI's memory bottleneck) keeps a copy of
-    this instead of a reference to the head."""
+    this instead of a reference to the head.
+
+    Args:
+        in_index: index of the backbone output read (negative counts from the end), or a tuple of
+            indices for the two transforms.
+        input_transform: None (one output), "resize_concat" (the outputs resized to the first one's
+            size and concatenated along channels) or "multiple_select" (a list of the outputs).
+        align_corners: `align_corners` of the "resize_concat" resizes.
+    """
 
     in_index: int | tuple[int, ...]
     input_transform: str | None = None
@@ -38,7 +46,12 @@ class ClassifierSlot:
     A non-owning handle: the module lives at `owner.<attr>` (`conv_seg`, mmseg's name, so
     state-dict keys and converters do not change), applied after `owner.dropout` when the owner
     has one. A plug-in that takes the classifier over replaces the slot's module (`replace`); one
-    that builds on the classifier reads it (`weight`)."""
+    that builds on the classifier reads it (`weight`).
+
+    Args:
+        owner: the module that holds the classifier (a decode head, or a plug-in that took it over).
+        attr: attribute name of the classifier in `owner`.
+    """
 
     owner: nn.Module
     attr: str = "conv_seg"
@@ -78,6 +91,15 @@ class DecodeHead(nn.Module):
     `forward` returns {"logits": ..., "feats": ...} at feature resolution. Keeping `feats`
     separate lets context plug-ins (CAC's classifier, contrast projections) use the head's final
     representation without knowing the head.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder), or of the one output.
+        channels: channels of the head's final feature map (the classifier's input).
+        num_classes: number of classes of the 1x1 classifier `conv_seg`.
+        in_index: which backbone output(s) the head reads (see InputSelector).
+        input_transform: None, "resize_concat" or "multiple_select" (see InputSelector).
+        dropout_ratio: Dropout2d probability before the classifier; 0 disables it.
+        align_corners: `align_corners` of the head's bilinear resizes.
     """
 
     def __init__(self, *, in_channels: list[int] | int, channels: int, num_classes: int, in_index: int | list[int] = -1,

@@ -10,6 +10,23 @@ from ctxseg.models.layers import ConvModule
 
 
 class FCNHead(DecodeHead):
+    """FCN head (mmseg FCNHead): `num_convs` ConvModules, optionally fused with the input by `conv_cat`.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the convolutions.
+        num_convs: number of ConvModules; 0 passes the input through.
+        kernel_size: kernel size of the convolutions (and of `conv_cat`).
+        concat_input: concatenate the input before the convolutions' output (input first) and fuse them
+            with one more ConvModule (`conv_cat`).
+        dilation: dilation of the convolutions (not of `conv_cat`).
+        in_index: which backbone output(s) the head reads.
+        dropout_ratio: Dropout2d probability before the classifier.
+        align_corners: `align_corners` of the "resize_concat" transform (injected: model.align_corners).
+        input_transform: see InputSelector (None: one backbone output).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, num_convs: int = 2, kernel_size: int = 3,
                  concat_input: bool = True, dilation: int = 1, in_index: int | list[int] = -1, dropout_ratio: float = 0.1,
                  align_corners: bool = False, input_transform: str | None = None):

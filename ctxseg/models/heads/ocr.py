@@ -35,7 +35,11 @@ from ctxseg.models.layers import ConvModule, resize
 
 
 class SpatialGatherModule(nn.Module):
-    """Class-weighted average of pixel features: (N, C, H, W), (N, K, H, W) -> (N, C, K, 1)."""
+    """Class-weighted average of pixel features: (N, C, H, W), (N, K, H, W) -> (N, C, K, 1).
+
+    Args:
+        scale: multiplies the class scores before the softmax over pixels (mmseg's OCRHead `scale`).
+    """
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -57,7 +61,13 @@ def _project(in_ch: int, out_ch: int, num_convs: int) -> nn.Module:
 
 class ObjectAttentionBlock(nn.Module):
     """Pixels (queries) attend to object representations (keys/values), then a 1x1 bottleneck
-    on cat([context, pixels]) (context first)."""
+    on cat([context, pixels]) (context first).
+
+    Args:
+        in_channels: channels of the pixel features and of the object representations.
+        channels: channels of the key/query/value projections (mmseg's `ocr_channels`).
+        scale: max-pool kernel that downsamples the queries (1: none).
+    """
 
     def __init__(self, in_channels: int, channels: int, scale: int = 1):
         super().__init__()
@@ -103,7 +113,23 @@ class ObjectAttentionBlock(nn.Module):
 
 
 class OCRHead(DecodeHead):
-    """forward -> {"logits": OCR logits, "feats": object context, "aux_logits": region logits}."""
+    """forward -> {"logits": OCR logits, "feats": object context, "aux_logits": region logits}.
+
+    mmseg's two-stage cascade (decode_head.0 = FCN region head, decode_head.1 = OCRHead) in one head.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the pixel representation (the 3x3 bottleneck) and of the object context.
+        ocr_channels: channels of the object attention's key/query/value projections.
+        scale: SpatialGatherModule's score scale and ObjectAttentionBlock's query downsampling.
+        in_index: which backbone output(s) the head reads (HRNet: all four with "resize_concat").
+        input_transform: see InputSelector.
+        dropout_ratio: Dropout2d probability before the classifier.
+        region_head: arguments of the FCN region head (the cascade's first stage; `type` may only be
+            "fcn"); in_channels, num_classes and align_corners are this head's.
+        align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
+    """
 
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, ocr_channels: int = 256, scale: int = 1,
                  in_index: int | list[int] = -1, input_transform: str | None = None, dropout_ratio: float = 0.1,

@@ -38,6 +38,19 @@ class _ASPP(nn.Module):
 
 
 class OpensegDeepLabHead(DecodeHead):
+    """openseg.pytorch's DeepLabV3 head (ContrastiveSeg's DeepLabV3), see the module docstring.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the ASPP branches, `project` and `refine`.
+        dilations: the three dilations of the 3x3 ASPP branches.
+        in_index: which backbone output the head reads.
+        dropout_ratio: Dropout2d probability before the classifier (openseg: none).
+        align_corners: `align_corners` of the image-pool upsampling (openseg: True; injected:
+            model.align_corners).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: list[int] = [12, 24, 36],
                  in_index: int = -1, dropout_ratio: float = 0.0, align_corners: bool = True):
         super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
@@ -52,7 +65,16 @@ class OpensegDeepLabHead(DecodeHead):
 
 
 class OpensegDSNHead(DecodeHead):
-    """openseg's auxiliary `layer_dsn` on the stride-8 layer3 output (1024 channels for R-101)."""
+    """openseg's auxiliary `layer_dsn` on the stride-8 layer3 output (1024 channels for R-101).
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the 3x3 conv (with bias) + BN + ReLU.
+        in_index: which backbone output the head reads (-2: layer3).
+        dropout_ratio: Dropout2d probability before the classifier (openseg: none).
+        align_corners: `align_corners` of resizes (injected: model.align_corners).
+    """
 
     def __init__(self, *, in_channels, num_classes: int, channels: int = 256, in_index: int = -2, dropout_ratio: float = 0.0,
                  align_corners: bool = True):

@@ -16,6 +16,17 @@ from ctxseg.models.layers import resize
 
 
 class OpensegHRNetHead(DecodeHead):
+    """openseg.pytorch's HRNet head: the four branches upsampled and concatenated, see the module docstring.
+
+    Args:
+        in_channels: channels of the four HRNet branches (injected by the builder); their sum is the
+            head's `channels` (720 for W48).
+        num_classes: number of classes (injected: data.num_classes).
+        dropout_ratio: Dropout2d probability before the 1x1 classifier.
+        align_corners: `align_corners` of the branches' upsampling (openseg: True; injected:
+            model.align_corners).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, dropout_ratio: float = 0.1, align_corners: bool = True):
         in_index = list(range(len(in_channels)))
         channels = sum(in_channels)

@@ -10,7 +10,14 @@ from ctxseg.models.layers import ConvModule, resize
 
 
 class PPM(nn.ModuleList):
-    """Pyramid pooling module: AdaptiveAvgPool(s) -> 1x1 ConvModule -> bilinear resize, per scale."""
+    """Pyramid pooling module: AdaptiveAvgPool(s) -> 1x1 ConvModule -> bilinear resize, per scale.
+
+    Args:
+        pool_scales: output sizes of the adaptive average pools.
+        in_channels: input channels.
+        channels: output channels of each branch.
+        align_corners: `align_corners` of the upsampling back to the input size.
+    """
 
     def __init__(self, pool_scales, in_channels: int, channels: int, align_corners: bool):
         super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1)) for s in pool_scales)
@@ -21,6 +28,18 @@ class PPM(nn.ModuleList):
 
 
 class PSPHead(DecodeHead):
+    """PSPNet head (mmseg PSPHead): the input concatenated with its pyramid pooling, 3x3 bottleneck.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the pooling branches and of the bottleneck.
+        pool_scales: output sizes of the pyramid's adaptive average pools.
+        in_index: which backbone output the head reads.
+        dropout_ratio: Dropout2d probability before the classifier.
+        align_corners: `align_corners` of the pooled maps' upsampling (injected: model.align_corners).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
                  in_index: int = -1, dropout_ratio: float = 0.1, align_corners: bool = False):
         super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,

@@ -21,7 +21,13 @@ from ctxseg.models.layers import ConvModule, DepthwiseSeparableConvModule, resiz
 
 
 class SeparableASPPModule(nn.ModuleList):
-    """Dilation 1 -> plain 1x1 ConvModule; dilation d > 1 -> depthwise-separable 3x3 with dilation d."""
+    """Dilation 1 -> plain 1x1 ConvModule; dilation d > 1 -> depthwise-separable 3x3 with dilation d.
+
+    Args:
+        dilations: dilation of each branch.
+        in_channels: input channels.
+        channels: output channels of each branch.
+    """
 
     def __init__(self, dilations, in_channels: int, channels: int):
         super().__init__(
@@ -35,6 +41,22 @@ class SeparableASPPModule(nn.ModuleList):
 
 
 class SepASPPHead(DecodeHead):
+    """DeepLabV3+ head (mmseg DepthwiseSeparableASPPHead), see the module docstring.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the ASPP branches, the bottleneck and the separable convolutions.
+        dilations: dilation of each ASPP branch (1: a 1x1 conv).
+        c1_in_channels: channels of the low-level skip input; 0 disables the skip (then c1_channels must
+            be 0 too, mmseg semantics).
+        c1_channels: output channels of the skip's 1x1 ConvModule.
+        c1_in_index: which backbone output feeds the skip (mmseg: 0, stride 4).
+        in_index: which backbone output feeds the ASPP.
+        dropout_ratio: Dropout2d probability before the classifier.
+        align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
                  c1_in_channels: int = 256, c1_channels: int = 48, c1_in_index: int = 0, in_index: int = -1,
                  dropout_ratio: float = 0.1, align_corners: bool = False):

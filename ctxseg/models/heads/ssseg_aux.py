@@ -23,6 +23,17 @@ from ctxseg.models.layers import ConvModule
 
 
 class AuxDecoder(nn.Module):
+    """One sssegmentation auxiliary decoder: (3x3 ConvModule -> nearest upsample) x num_convs, dropout, 1x1 conv.
+
+    Args:
+        in_channels: channels of the backbone output it reads.
+        channels: channels of the 3x3 convolutions.
+        num_classes: number of classes of the 1x1 classifier.
+        num_convs: number of conv-BN-ReLU blocks, each followed by the upsample.
+        upsample: nearest-neighbour scale factor after every block (1: none).
+        dropout_ratio: Dropout2d probability before the classifier.
+    """
+
     def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int, upsample: int, dropout_ratio: float):
         super().__init__()
         self.convs = nn.ModuleList(ConvModule(in_channels if j == 0 else channels, channels, 3, padding=1) for j in range(num_convs))

@@ -19,6 +19,19 @@ from ctxseg.models.layers import ConvModule, resize
 
 
 class UPerHead(DecodeHead):
+    """UPerNet head (mmseg UPerHead): PPM on the last input, FPN top-down path, fused by a 3x3 bottleneck.
+
+    Args:
+        in_channels: channels of every backbone output (injected by the builder).
+        num_classes: number of classes (injected: data.num_classes).
+        channels: channels of the lateral, FPN and bottleneck convolutions.
+        pool_scales: output sizes of the PPM's adaptive average pools.
+        in_index: the backbone outputs read, fine to coarse (input_transform is always
+            "multiple_select", as mmseg forces).
+        dropout_ratio: Dropout2d probability before the classifier.
+        align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
+    """
+
     def __init__(self, *, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
                  in_index: list[int] = (0, 1, 2, 3), dropout_ratio: float = 0.1, align_corners: bool = False):
         # mmseg forces input_transform="multiple_select" for UPerHead
