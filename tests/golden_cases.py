@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.conftest import GOLDEN
 
@@ -45,9 +46,19 @@ def _mmseg_backbone(cfg: dict) -> dict:
     t = cfg["type"]
     if t == "ResNetV1c":
         # ctxseg's resnet is mmseg's ResNetV1c-D8 (deep stem, strides 1,2,1,1, dilations 1,1,2,4, contract_dilation)
-        assert cfg.get("strides", [1, 2, 1, 1]) == [1, 2, 1, 1] and cfg.get("dilations", [1, 1, 2, 4]) == [1, 1, 2, 4], cfg
+        assert cfg.get("strides", [1, 2, 1, 1]) == [1, 2, 1, 1] and cfg.get("dilations", [1, 1, 2, 4]) == [
+            1,
+            1,
+            2,
+            4,
+        ], cfg
         assert cfg.get("contract_dilation", True) and cfg.get("style", "pytorch") == "pytorch", cfg
-        return {"type": "resnet", "depth": cfg["depth"], "stem_channels": cfg["stem_channels"], "base_channels": cfg["base_channels"]}
+        return {
+            "type": "resnet",
+            "depth": cfg["depth"],
+            "stem_channels": cfg["stem_channels"],
+            "base_channels": cfg["base_channels"],
+        }
     if t == "HRNet":
         extra = cfg["extra"]
         blocks = {"stage1": "BOTTLENECK", "stage2": "BASIC", "stage3": "BASIC", "stage4": "BASIC"}
@@ -56,15 +67,40 @@ def _mmseg_backbone(cfg: dict) -> dict:
         return {"type": "hrnet", "stages": stages}
     if t == "SwinTransformer":
         assert cfg.get("strides", [4, 2, 2, 2]) == [4, 2, 2, 2] and cfg.get("qk_scale") is None, cfg
-        keys = ("embed_dims", "depths", "num_heads", "window_size", "pretrain_img_size", "patch_size", "mlp_ratio", "qkv_bias",
-                "drop_rate", "attn_drop_rate", "drop_path_rate", "use_abs_pos_embed", "patch_norm", "out_indices")
+        keys = (
+            "embed_dims",
+            "depths",
+            "num_heads",
+            "window_size",
+            "pretrain_img_size",
+            "patch_size",
+            "mlp_ratio",
+            "qkv_bias",
+            "drop_rate",
+            "attn_drop_rate",
+            "drop_path_rate",
+            "use_abs_pos_embed",
+            "patch_norm",
+            "out_indices",
+        )
         return {"type": "swin", **{k: cfg[k] for k in keys if k in cfg}}
     raise AssertionError(f"no ctxseg backbone for mmseg {t}: extend tests/golden_cases.py")
 
 
 _HEAD_KEYS = {
-    "FCNHead": ("fcn", ("in_index", "channels", "num_convs", "concat_input", "kernel_size", "dilation", "dropout_ratio",
-                        "input_transform")),
+    "FCNHead": (
+        "fcn",
+        (
+            "in_index",
+            "channels",
+            "num_convs",
+            "concat_input",
+            "kernel_size",
+            "dilation",
+            "dropout_ratio",
+            "input_transform",
+        ),
+    ),
     "PSPHead": ("psp", ("in_index", "channels", "pool_scales", "dropout_ratio")),
     "ASPPHead": ("aspp", ("in_index", "channels", "dilations", "dropout_ratio")),
     "UPerHead": ("uper", ("in_index", "channels", "pool_scales", "dropout_ratio")),
@@ -92,8 +128,12 @@ def mmseg_recipe(case: str) -> dict:
         model["head"] = _mmseg_head(decode)
     if m.get("auxiliary_head"):
         model["aux_head"] = _mmseg_head(m["auxiliary_head"])
-    return {"name": f"golden-{case}", "description": f"built from {case}/config.json",
-            "data": {"num_classes": c["num_classes"], "mean": pre["mean"], "std": pre["std"]}, "model": model}
+    return {
+        "name": f"golden-{case}",
+        "description": f"built from {case}/config.json",
+        "data": {"num_classes": c["num_classes"], "mean": pre["mean"], "std": pre["std"]},
+        "model": model,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +147,9 @@ def ssseg_mcibi_recipe(case: str) -> dict:
     bb, head, aux = seg["backbone"], seg["head"], seg["auxiliary"]
     assert seg["type"] == "MCIBI" and bb["type"] == "ResNet" and bb["use_conv3x3_stem"] and bb["outstride"] == 8, seg
     ctx = head["context_within_image"]
-    assert ctx["is_on"] and ctx["type"] == "aspp", f"no ctxseg head for ssseg context '{ctx}': extend tests/golden_cases.py"
+    assert ctx["is_on"] and ctx["type"] == "aspp", (
+        f"no ctxseg head for ssseg context '{ctx}': extend tests/golden_cases.py"
+    )
     upd = head["update_cfg"]
     losses = seg["losses"]
     assert losses["loss_cls_stage2"]["scale_factor"] == 1.0, losses
@@ -116,22 +158,45 @@ def ssseg_mcibi_recipe(case: str) -> dict:
         "data": {"num_classes": seg["num_classes"], "ignore_index": upd["ignore_index"]},
         "model": {
             "align_corners": seg["align_corners"],
-            "backbone": {"type": "resnet", "depth": bb["depth"], "stem_channels": bb["stem_channels"],
-                         "base_channels": bb["base_channels"]},
-            "head": {"type": "aspp", "channels": head["feats_channels"], "dilations": ctx["cfg"]["dilations"],
-                     "dropout_ratio": head["dropout"]},
+            "backbone": {
+                "type": "resnet",
+                "depth": bb["depth"],
+                "stem_channels": bb["stem_channels"],
+                "base_channels": bb["base_channels"],
+            },
+            "head": {
+                "type": "aspp",
+                "channels": head["feats_channels"],
+                "dilations": ctx["cfg"]["dilations"],
+                "dropout_ratio": head["dropout"],
+            },
             # ssseg's auxiliary decoder: 3x3 conv, BN, ReLU, dropout, 1x1 classifier on layer3
-            "aux_head": {"type": "fcn", "in_index": 2, "channels": aux["out_channels"], "num_convs": 1, "concat_input": False,
-                         "dropout_ratio": aux["dropout"]},
-            "plugins": [{
-                "type": "mcibi", "feats_channels": head["feats_channels"], "transform_channels": head["transform_channels"],
-                "out_channels": head["out_channels"], "num_feats_per_cls": head["num_feats_per_cls"],
-                "use_hard_aggregate": head["use_hard_aggregate"], "strategy": upd["strategy"],
-                "base_momentum": upd["momentum_cfg"]["base_momentum"], "base_lr": upd["momentum_cfg"]["base_lr"],
-                "adjust_by_learning_rate": upd["momentum_cfg"]["adjust_by_learning_rate"], "dropout": head["dropout"],
-                "stage1_weight": losses["loss_cls_stage1"]["scale_factor"], "use_memory_loss": head["use_loss"],
-                "memory_loss_weight": head["loss_cfg"]["scale_factor"],
-            }],
+            "aux_head": {
+                "type": "fcn",
+                "in_index": 2,
+                "channels": aux["out_channels"],
+                "num_convs": 1,
+                "concat_input": False,
+                "dropout_ratio": aux["dropout"],
+            },
+            "plugins": [
+                {
+                    "type": "mcibi",
+                    "feats_channels": head["feats_channels"],
+                    "transform_channels": head["transform_channels"],
+                    "out_channels": head["out_channels"],
+                    "num_feats_per_cls": head["num_feats_per_cls"],
+                    "use_hard_aggregate": head["use_hard_aggregate"],
+                    "strategy": upd["strategy"],
+                    "base_momentum": upd["momentum_cfg"]["base_momentum"],
+                    "base_lr": upd["momentum_cfg"]["base_lr"],
+                    "adjust_by_learning_rate": upd["momentum_cfg"]["adjust_by_learning_rate"],
+                    "dropout": head["dropout"],
+                    "stage1_weight": losses["loss_cls_stage1"]["scale_factor"],
+                    "use_memory_loss": head["use_loss"],
+                    "memory_loss_weight": head["loss_cfg"]["scale_factor"],
+                }
+            ],
         },
         # ssseg's CrossEntropyLoss(reduction="mean") averages over the non-ignored pixels
         "train": {"iters": 10, "loss": {"aux_weight": losses["loss_aux"]["scale_factor"], "avg_non_ignore": True}},
@@ -156,10 +221,12 @@ GOLDEN_INPUTS: dict[str, dict[str, str]] = {
         r"memory_before": "the memory state the update starts from",
         r"memory_loss\.memory": "the memory the memory loss is computed on",
         r"learning_rate|base_lr|base_momentum|epoch": "schedule values the update / step is run with "
-                                                      "(the derived `momentum` is compared)",
+        "(the derived `momentum` is compared)",
     },
     "contrastiveseg": {
-        r"(contrast_nomem|contrast_mem)/[^/]+/(X_f32|X_f64|y|queue_f32)": "anchors, their labels and the queue fed to _contrastive",
+        r"(contrast_nomem|contrast_mem)/[^/]+/(X_f32|X_f64|y|queue_f32)": (
+            "anchors, their labels and the queue fed to _contrastive"
+        ),
         r"sampling/[^/]+/(labels|predict)": "ground truth and prediction fed to the anchor sampler",
         r"forward/[^/]+/(embed|labels|predict|segment_queue|pixel_queue)": "inputs of PixelContrastLoss.forward",
         r"contrast_ce/[^/]+/(seg|embed|target|segment_queue|pixel_queue)": "outputs / labels / queues fed to the loss",
@@ -202,7 +269,9 @@ class Stored:
         return any(re.fullmatch(p, key) for p in self.exempt)
 
     def __getitem__(self, key: str):
-        assert self.is_input(key), f"{self.name}: {key} is read as an input but GOLDEN_INPUTS['{self.reference}'] does not list it"
+        assert self.is_input(key), (
+            f"{self.name}: {key} is read as an input but GOLDEN_INPUTS['{self.reference}'] does not list it"
+        )
         return self.tensors[key]
 
     def ref(self, key: str):
@@ -215,8 +284,10 @@ class Stored:
 
     def assert_all_compared(self, where: Callable[[str], bool] = lambda key: True) -> None:
         missing = self.uncompared(where)
-        assert not missing, (f"{self.name}: stored tensors no test compares: {missing} (compare them, or list them with "
-                             f"the reason in tests/golden_cases.py GOLDEN_INPUTS / NOT_COMPARABLE)")
+        assert not missing, (
+            f"{self.name}: stored tensors no test compares: {missing} (compare them, or list them with "
+            f"the reason in tests/golden_cases.py GOLDEN_INPUTS / NOT_COMPARABLE)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,11 +311,22 @@ def cac_tolerances() -> dict[str, tuple[float, float]]:
     feats = _find(text, rf"prototypes/centres/features: atol {_NUM}, rtol {_NUM}", where)
     rtol, atol = _find(text, rf"- loss scalars: rtol {_NUM}, atol {_NUM}", where)
     g_rtol, g_frac, g_frac_ocr = _find(
-        text, rf"- gradients: rtol {_NUM} with atol = {_NUM} \* max\|ref\| per tensor "
-              rf"\({_NUM} \* max\|ref\| for the OCR object_context_block", where)
-    assert re.search(r"- label-derived tensors \([^)]*\): exact", text), f"{where}: label-derived tensors are no longer 'exact'"
-    return {"logits": logits, "features": feats, "scalar": (atol, rtol), "grad": (g_frac, g_rtol),
-            "grad_ocr_context": (g_frac_ocr, g_rtol), "exact": (0.0, 0.0)}
+        text,
+        rf"- gradients: rtol {_NUM} with atol = {_NUM} \* max\|ref\| per tensor "
+        rf"\({_NUM} \* max\|ref\| for the OCR object_context_block",
+        where,
+    )
+    assert re.search(r"- label-derived tensors \([^)]*\): exact", text), (
+        f"{where}: label-derived tensors are no longer 'exact'"
+    )
+    return {
+        "logits": logits,
+        "features": feats,
+        "scalar": (atol, rtol),
+        "grad": (g_frac, g_rtol),
+        "grad_ocr_context": (g_frac_ocr, g_rtol),
+        "exact": (0.0, 0.0),
+    }
 
 
 def contrast_tolerances() -> dict[str, tuple[float, float]]:
@@ -256,15 +338,28 @@ def contrast_tolerances() -> dict[str, tuple[float, float]]:
     (queue_atol,) = _find(text, rf"\* queues: atol {_NUM}", where)
     m32_atol, m32_rtol = _find(text, rf"tiny model: float32 atol {_NUM}, rtol {_NUM}", where)
     (m64_atol,) = _find(text, rf"float64 atol {_NUM}", where)
-    assert re.search(r"integer outputs \([^)]*\): exact\. anchors: exact", text), f"{where}: integer outputs / anchors no longer exact"
-    return {"loss_f64": (0.0, f64_rtol), "loss_f32": (loss_atol, loss_rtol), "queue": (queue_atol, 0.0),
-            "model_f32": (m32_atol, m32_rtol), "model_f64": (m64_atol, m64_atol), "exact": (0.0, 0.0)}
+    assert re.search(r"integer outputs \([^)]*\): exact\. anchors: exact", text), (
+        f"{where}: integer outputs / anchors no longer exact"
+    )
+    return {
+        "loss_f64": (0.0, f64_rtol),
+        "loss_f32": (loss_atol, loss_rtol),
+        "queue": (queue_atol, 0.0),
+        "model_f32": (m32_atol, m32_rtol),
+        "model_f64": (m64_atol, m64_atol),
+        "exact": (0.0, 0.0),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # CAC config.json (official mmseg 0.x head arguments) -> ctxseg recipe
 
-CAC_HEADS = {"FCNHeadCAC": "fcn", "DepthwiseSeparableASPPHeadCAC": "sep_aspp", "UPerHeadCAC": "uper", "OCRHeadCAC": "ocr"}
+CAC_HEADS = {
+    "FCNHeadCAC": "fcn",
+    "DepthwiseSeparableASPPHeadCAC": "sep_aspp",
+    "UPerHeadCAC": "uper",
+    "OCRHeadCAC": "ocr",
+}
 
 
 def cac_case_folders() -> list[str]:
@@ -278,10 +373,12 @@ def cac_config(case: str) -> dict[str, Any]:
 def _cac_head(hc: dict) -> dict:
     assert hc["type"] in CAC_HEADS, f"no ctxseg head for {hc['type']}: extend tests/golden_cases.py CAC_HEADS"
     kind = CAC_HEADS[hc["type"]]
-    keys = {"fcn": ("in_index", "channels", "num_convs", "concat_input", "kernel_size", "dropout_ratio", "input_transform"),
-            "sep_aspp": ("in_index", "channels", "dilations", "c1_in_channels", "c1_channels", "dropout_ratio"),
-            "uper": ("in_index", "channels", "pool_scales", "dropout_ratio"),
-            "ocr": ("in_index", "channels", "ocr_channels", "dropout_ratio", "input_transform")}[kind]
+    keys = {
+        "fcn": ("in_index", "channels", "num_convs", "concat_input", "kernel_size", "dropout_ratio", "input_transform"),
+        "sep_aspp": ("in_index", "channels", "dilations", "c1_in_channels", "c1_channels", "dropout_ratio"),
+        "uper": ("in_index", "channels", "pool_scales", "dropout_ratio"),
+        "ocr": ("in_index", "channels", "ocr_channels", "dropout_ratio", "input_transform"),
+    }[kind]
     return {"type": kind, **{k: hc[k] for k in keys if k in hc}}
 
 
@@ -296,15 +393,24 @@ def cac_recipe(case: str) -> dict:
         assert pc["type"] == "FCNHead", pc
         head["region_head"] = {k: v for k, v in _mmseg_head(pc).items() if k != "type"}
     main = hc["loss_decode"]
-    assert main["type"] == "CrossEntropyLoss" and not main.get("use_sigmoid") and not main.get("avg_non_ignore", False), main
+    assert (
+        main["type"] == "CrossEntropyLoss" and not main.get("use_sigmoid") and not main.get("avg_non_ignore", False)
+    ), main
     loss = {"decode_weight": main.get("loss_weight", 1.0), "avg_non_ignore": False}  # mmseg 0.19: sum / ALL pixels
     if "prev_head_cfg" in c:
         loss["aux_weight"] = c["prev_head_cfg"]["loss_decode"]["loss_weight"]
-    return {"name": f"golden-cac-{case}", "description": f"built from cac/{case}/config.json",
-            "data": {"num_classes": hc["num_classes"], "ignore_index": c["ignore_index"]},
-            "model": {"align_corners": hc.get("align_corners", False), "backbone": {"type": "resnet"}, "head": head,
-                      "plugins": [{"type": "cac"}]},
-            "train": {"loss": loss}}
+    return {
+        "name": f"golden-cac-{case}",
+        "description": f"built from cac/{case}/config.json",
+        "data": {"num_classes": hc["num_classes"], "ignore_index": c["ignore_index"]},
+        "model": {
+            "align_corners": hc.get("align_corners", False),
+            "backbone": {"type": "resnet"},
+            "head": head,
+            "plugins": [{"type": "cac"}],
+        },
+        "train": {"loss": loss},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,11 +429,22 @@ def contrast_model_recipe(case: str) -> dict:
     stages = [{"num_modules": 1, "num_blocks": [4], "num_channels": [64]}]
     for s in ("STAGE2", "STAGE3", "STAGE4"):
         assert hr[s]["BLOCK"] == "BASIC" and hr[s]["FUSE_METHOD"] == "SUM", hr[s]
-        stages.append({"num_modules": hr[s]["NUM_MODULES"], "num_blocks": hr[s]["NUM_BLOCKS"], "num_channels": hr[s]["NUM_CHANNELS"]})
+        stages.append(
+            {
+                "num_modules": hr[s]["NUM_MODULES"],
+                "num_blocks": hr[s]["NUM_BLOCKS"],
+                "num_channels": hr[s]["NUM_CHANNELS"],
+            }
+        )
     assert c["concat"]["upsample_mode"] == "bilinear", c["concat"]
-    return {"name": f"golden-contrast-{case}", "description": f"built from contrastiveseg/{case}/config.json",
-            "data": {"num_classes": c["num_classes"], "ignore_index": -1},  # openseg: dataset 255 -> -1
-            "model": {"align_corners": c["concat"]["align_corners"],
-                      "backbone": {"type": "hrnet", "fuse_upsample": "openseg", "stages": stages},
-                      "head": {"type": "openseg_hrnet"},
-                      "plugins": [{"type": "pixel_contrast", "proj": c["proj"], "proj_dim": c["proj_dim"]}]}}
+    return {
+        "name": f"golden-contrast-{case}",
+        "description": f"built from contrastiveseg/{case}/config.json",
+        "data": {"num_classes": c["num_classes"], "ignore_index": -1},  # openseg: dataset 255 -> -1
+        "model": {
+            "align_corners": c["concat"]["align_corners"],
+            "backbone": {"type": "hrnet", "fuse_upsample": "openseg", "stages": stages},
+            "head": {"type": "openseg_hrnet"},
+            "plugins": [{"type": "pixel_contrast", "proj": c["proj"], "proj_dim": c["proj_dim"]}],
+        },
+    }

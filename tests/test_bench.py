@@ -11,15 +11,38 @@ from tests.conftest import run_cli
 
 def test_bench_demo_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--recipe", "demo", "--height", "32", "--width", "32", "--batch", "2", "--repeats", "1",
-                   "--warmup", "0", "--set", "eval.crop_size=[24,24]", "--set", "eval.stride=[16,16]", "--json", str(out),
-                   cwd=tmp_path)
+    proc = run_cli(
+        "bench",
+        "--recipe",
+        "demo",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--set",
+        "eval.crop_size=[24,24]",
+        "--set",
+        "eval.stride=[16,16]",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert "train step" in proc.stdout and "inference / image, slide" in proc.stdout
     r = json.loads(out.read_text())
     assert r["recipe"] == "demo" and r["input"] == {"height": 32, "width": 32, "batch": 2}
     assert r["params"] == r["params_trainable"] > 1_000_000  # ResNet-18 half width + ASPP: ~3.5 M
     assert r["flops"]["train_per_image"] > r["flops"]["inference_per_image"] > 0
-    assert r["memory_kind"] in ("cpu_peak_rss_per_phase", "cpu_peak_rss_process_high_water_mark", "cuda_max_memory_allocated")
+    assert r["memory_kind"] in (
+        "cpu_peak_rss_per_phase",
+        "cpu_peak_rss_process_high_water_mark",
+        "cuda_max_memory_allocated",
+    )
     assert {"cpu", "cpus", "torch"} <= set(r["machine"])
     tr = r["train"]
     assert tr["step_time_s"] > 0 and abs(tr["images_per_s"] - 2 / tr["step_time_s"]) < 1e-6 and len(tr["times_s"]) == 1
@@ -42,8 +65,20 @@ def test_bench_rejects_bad_phase():
     from ctxseg.errors import UserError
 
     with pytest.raises(UserError, match="unknown nope"):
-        bench_cmd(recipe="demo", height=None, width=None, batch=None, repeats=1, warmup=0, device=None,
-                  phases="train,nope", json_path=None, compile=False, threads=None, set=None)
+        bench_cmd(
+            recipe="demo",
+            height=None,
+            width=None,
+            batch=None,
+            repeats=1,
+            warmup=0,
+            device=None,
+            phases="train,nope",
+            json_path=None,
+            compile=False,
+            threads=None,
+            set=None,
+        )
 
 
 def test_meta_device_flops_equal_a_real_count_and_flops_only_mode():
@@ -130,18 +165,41 @@ def test_side_by_side_discovers_cases_and_writes_tables(tmp_path, monkeypatch):
     assert {"ocrnet_train_step", "ocrnet_whole_inference", "ocrnet_slide_inference"} <= set(known)
     assert sbs.resolve(["mmseg"], known) == ["ocrnet_train_step", "ocrnet_whole_inference", "ocrnet_slide_inference"]
     official = tmp_path / "ref.json"
-    official.write_text(json.dumps({"_meta": {}, "ocrnet_whole_inference": {
-        "median_s": 2.0, "min_s": 1.8, "max_s": 2.5, "peak_rss_mb": 900.0}}))
+    official.write_text(
+        json.dumps(
+            {"_meta": {}, "ocrnet_whole_inference": {"median_s": 2.0, "min_s": 1.8, "max_s": 2.5, "peak_rss_mb": 900.0}}
+        )
+    )
 
     def fake_case(name, module, repeats, warmup, threads):
         assert module == "ctxseg.tools.bench_ocr" and (repeats, warmup, threads) == (2, 0, 2)
-        return {"median_s": 1.0, "min_s": 0.9, "max_s": 1.2, "peak_mb": 500.0,
-                "loadavg_before": [1.5, 1, 1], "loadavg_after": [2.5, 1, 1]}, f"python -m x {name}"
+        return {
+            "median_s": 1.0,
+            "min_s": 0.9,
+            "max_s": 1.2,
+            "peak_mb": 500.0,
+            "loadavg_before": [1.5, 1, 1],
+            "loadavg_after": [2.5, 1, 1],
+        }, f"python -m x {name}"
 
     monkeypatch.setattr(sbs, "run_ctxseg_case", fake_case)
     out, md = tmp_path / "sbs.json", tmp_path / "sbs.md"
-    sbs.main(["--case", "ocrnet_whole_inference", "--repeats", "2", "--warmup", "0", "--official-json", str(official),
-              "--out", str(out), "--markdown", str(md)])
+    sbs.main(
+        [
+            "--case",
+            "ocrnet_whole_inference",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--official-json",
+            str(official),
+            "--out",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     row = json.loads(out.read_text())["cases"]["ocrnet_whole_inference"]
     assert row["ratio"] == 2.0 and row["official_peak_mb"] == 900.0 and row["ctxseg_peak_mb"] == 500.0
     assert row["loadavg_1min"] == [1.5, 2.5]
@@ -166,7 +224,8 @@ def test_side_by_side_worker_runs_a_case_in_a_fresh_process(tmp_path, monkeypatc
         "RUNS = {'repeats': 1, 'warmup': 0}\n"
         "def tiny():\n"
         "    return measure(lambda: sum(range(1000)), RUNS['repeats'], RUNS['warmup'])\n"
-        "CASES = {'tiny': tiny}\n")
+        "CASES = {'tiny': tiny}\n"
+    )
     monkeypatch.setenv("PYTHONPATH", f"{REPO}{__import__('os').pathsep}{tmp_path}")
     res, cmd = sbs.run_ctxseg_case("tiny", "fakecases.bench_fake", 2, 1, 1)
     assert res["repeats"] == 2 and res["warmup"] == 1 and res["torch_threads"] == 1, res

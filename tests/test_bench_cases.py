@@ -69,7 +69,9 @@ def _fake_case(calls: list, runs: dict):
     def case():
         calls.append((runs.get("repeats"), runs.get("warmup"), torch.get_num_threads()))
         res = measure(lambda: sum(range(100)), 1, 0, memory_call=False)
-        res.update(memory_sum_after=0.0, cac=dict(res), plain=dict(res), overhead=0.0)  # what each script's summary prints
+        res.update(
+            memory_sum_after=0.0, cac=dict(res), plain=dict(res), overhead=0.0
+        )  # what each script's summary prints
         return res
 
     return case
@@ -120,9 +122,15 @@ def test_tool_commands_from_the_docs(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, env=env, timeout=300)  # noqa: E731
     listed = run("ctxseg.tools.side_by_side", "--list")
     assert listed.returncode == 0
-    for case, module in (("ocrnet_whole_inference", "bench_ocr"), ("contrast_mem", "bench_contrast"),
-                         ("mcibi_update", "bench_mcibi"), ("cac_forward_test", "bench_cac")):
-        assert any(line.split() == [case, f"ctxseg.tools.{module}"] for line in listed.stdout.splitlines()), listed.stdout
+    for case, module in (
+        ("ocrnet_whole_inference", "bench_ocr"),
+        ("contrast_mem", "bench_contrast"),
+        ("mcibi_update", "bench_mcibi"),
+        ("cac_forward_test", "bench_cac"),
+    ):
+        assert any(line.split() == [case, f"ctxseg.tools.{module}"] for line in listed.stdout.splitlines()), (
+            listed.stdout
+        )
     bad = run("ctxseg.tools.bench_ocr", "--case", "nope", "--json", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.json").exists()

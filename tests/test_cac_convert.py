@@ -21,8 +21,11 @@ from tests.conftest import REPO, golden, run_cli
 TINY = str(REPO / "tests" / "recipes" / "cac_fcn_tiny.toml")
 
 # ctxseg ResNet-D8 (timm names) -> mmseg ResNetV1c names, to build an mmseg-style source file
-_TO_MMSEG = [(r"backbone\.net\.conv1\.(\d)\.(.+)", r"backbone.stem.\1.\2"), (r"backbone\.net\.bn1\.(.+)", r"backbone.stem.7.\1"),
-             (r"backbone\.net\.(layer\d\..+)", r"backbone.\1")]
+_TO_MMSEG = [
+    (r"backbone\.net\.conv1\.(\d)\.(.+)", r"backbone.stem.\1.\2"),
+    (r"backbone\.net\.bn1\.(.+)", r"backbone.stem.7.\1"),
+    (r"backbone\.net\.(layer\d\..+)", r"backbone.\1"),
+]
 
 
 def _mmseg_name(k: str) -> str:
@@ -89,7 +92,9 @@ MANIFESTS = {
     "fcn_m-v2-d8_512x512_160k_ade20k_cac": "fcn-cac-mv2-ade20k-160k",
     "deeplabv3plus_r50-d8_512x512_160k_ade20k_cac": "deeplabv3plus-cac-r50-ade20k-160k",
     "ocrnet_hr18_512x512_160k_ade20k_cac": "ocrnet-cac-hr18-ade20k-160k",
-    "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_bs4_cac": "upernet-cac-swin-t-ade20k-160k",
+    "upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_bs4_cac": (
+        "upernet-cac-swin-t-ade20k-160k"
+    ),
     "upernet_swin_base_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac": "upernet-cac-swin-b-ade20k-160k",
     "upernet_swin_large_patch4_window12_512x512_160k_ade20k_pretrain_384x384_22K_cac": "upernet-cac-swin-l-ade20k-160k",
 }
@@ -105,8 +110,10 @@ def test_manifest_maps_completely(manifest, recipe_name):
     recipe.model.backbone = bb
     with torch.device("meta"):
         model = build_segmentor(recipe)
-        src = {k: torch.empty(s, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
-               for k, s in shapes.items()}
+        src = {
+            k: torch.empty(s, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+            for k, s in shapes.items()
+        }
     for k, s in shapes.items():  # Swin's buffers are checked by value: give the real ones
         if k.endswith("relative_position_index"):
             from ctxseg.convert.mmseg_swin import relative_position_index

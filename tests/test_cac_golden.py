@@ -11,7 +11,7 @@ lists the inputs).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -81,8 +81,12 @@ class Case:
         common = dict(num_classes=facts.num_classes, ignore_index=facts.ignore_index, align_corners=facts.align_corners)
         m = self.recipe.model
         head = build_component("head", m.head, in_channels=chans, **common)
-        plugins = {plugin_name(p): build_component("plugin", p, in_channels=chans, head=head, classifier=head.classifier_slot(), **common)
-                   for p in m.plugins}
+        plugins = {
+            plugin_name(p): build_component(
+                "plugin", p, in_channels=chans, head=head, classifier=head.classifier_slot(), **common
+            )
+            for p in m.plugins
+        }
         self.model = Segmentor(nn.Identity(), head, None, plugins, facts.num_classes, facts.align_corners)
         src = load_foreign(golden("cac", case, "checkpoint.pth"))
         state, self.report = convert_state_dict(src, self.model, keymap_for(self.recipe, src))
@@ -135,7 +139,7 @@ class Case:
         return (pred == self.labels).float().sum() * 100.0 / self.labels.numel()
 
 
-@lru_cache(maxsize=None)
+@cache
 def loaded(case: str) -> Case:
     return Case(case)
 
@@ -145,9 +149,14 @@ def _eval(c: Case) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         out = c.model(c.inputs)
         parts = c.plugin.refine(out["feats"], out["vanilla_logits"])
-    res = {"test.feat": out["feats"], "test.vanilla_logits": out["vanilla_logits"],
-           "test.refine.class_centers": parts["class_centres"], "test.refine.proto": parts["proto"],
-           "test.seg_logits": out["logits"], "test.seg_logits_img": resize(out["logits"], c.labels.shape[-2:], False)}
+    res = {
+        "test.feat": out["feats"],
+        "test.vanilla_logits": out["vanilla_logits"],
+        "test.refine.class_centers": parts["class_centres"],
+        "test.refine.proto": parts["proto"],
+        "test.seg_logits": out["logits"],
+        "test.seg_logits_img": resize(out["logits"], c.labels.shape[-2:], False),
+    }
     if c.is_cascade:
         res["test.prev_output"] = out["aux_logits"]
     return res
@@ -162,18 +171,32 @@ def _train(c: Case) -> dict[str, torch.Tensor]:
         labels = out["cac_labels"]
         apd = c.plugin.adaptive_perspective(out["feats"], labels)
         kl = c.plugin.kl_terms(out["logits"], out["cac_apd_logits"], labels)
-    res = {"train.feat": out["feats"], "train.vanilla_logits": out["vanilla_logits"],
-           "train.refine.class_centers": parts["class_centres"], "train.refine.proto": parts["proto"],
-           "train.refined_logits": out["logits"], "train.apd.labels_down": labels[:, None],
-           "train.apd.classes": apd["present"].nonzero().flatten(), "train.apd.class_centers": apd["class_rows"],
-           "train.apd.proto": apd["proto"], "train.apd_pred": out["cac_apd_logits"],
-           "train.kl.classes": kl["present"].nonzero().flatten(), "train.kl.smoothed_label": kl["smoothed_label"],
-           "train.kl.entropy_mask": kl["entropy_mask"], "train.kl.per_class_loss": kl["per_class"][kl["present"]],
-           "train.acc_seg": c.accuracy(out["logits"])}
+    res = {
+        "train.feat": out["feats"],
+        "train.vanilla_logits": out["vanilla_logits"],
+        "train.refine.class_centers": parts["class_centres"],
+        "train.refine.proto": parts["proto"],
+        "train.refined_logits": out["logits"],
+        "train.apd.labels_down": labels[:, None],
+        "train.apd.classes": apd["present"].nonzero().flatten(),
+        "train.apd.class_centers": apd["class_rows"],
+        "train.apd.proto": apd["proto"],
+        "train.apd_pred": out["cac_apd_logits"],
+        "train.kl.classes": kl["present"].nonzero().flatten(),
+        "train.kl.smoothed_label": kl["smoothed_label"],
+        "train.kl.entropy_mask": kl["entropy_mask"],
+        "train.kl.per_class_loss": kl["per_class"][kl["present"]],
+        "train.acc_seg": c.accuracy(out["logits"]),
+    }
     res.update({f"train.loss.{name}": terms[name] for name in (*LOSS_TERMS, "total")})
     if c.is_cascade:
-        res.update({"train.decode0.loss_ce": terms["decode0"], "train.decode0.acc_seg": c.accuracy(out["aux_logits"]),
-                    "train.loss.cascade_total": terms["cascade_total"]})
+        res.update(
+            {
+                "train.decode0.loss_ce": terms["decode0"],
+                "train.decode0.acc_seg": c.accuracy(out["aux_logits"]),
+                "train.loss.cascade_total": terms["cascade_total"],
+            }
+        )
     # the one-hot half of the smoothed label is label-derived: exact
     ref = c.stored.tensors["train.kl.smoothed_label"]
     soft = 0.5 * out["cac_apd_logits"].softmax(1)
@@ -196,7 +219,7 @@ def _gradients(c: Case) -> dict[str, torch.Tensor]:
     by_term: dict[str, list[str]] = {}
     for key in c.stored.keys():
         if key.startswith(prefix):
-            by_term.setdefault(key[len(prefix):].split(".", 1)[0], []).append(key)
+            by_term.setdefault(key[len(prefix) :].split(".", 1)[0], []).append(key)
     res = {}
     c.train_mode()
     for whole_model in (False, True):
@@ -214,8 +237,8 @@ def _gradients(c: Case) -> dict[str, torch.Tensor]:
             out = c.model(inputs, c.labels)
         _, terms = c.losses(out)
         for term, keys in wanted.items():
-            names = [k[len(prefix) + len(term) + 1:] for k in keys]
-            targets = [leaves[n] if n.startswith("input.") else c.param(n[len("param."):]) for n in names]
+            names = [k[len(prefix) + len(term) + 1 :] for k in keys]
+            targets = [leaves[n] if n.startswith("input.") else c.param(n[len("param.") :]) for n in names]
             grads = torch.autograd.grad(terms[term], targets, retain_graph=True, allow_unused=True)
             for key, t, g in zip(keys, targets, grads):
                 res[key] = torch.zeros_like(t) if g is None else g  # the golden stores zeros where there is no path

@@ -15,8 +15,15 @@ from ctxseg.models.segmentor import Segmentor
 
 def _model(c_in=12, ch=10, n=9, dropout=0.0, seed=0, **cac_kw):
     torch.manual_seed(seed)
-    head = FCNHead(in_channels=[c_in], num_classes=n, channels=ch, num_convs=1, concat_input=False, in_index=0,
-                   dropout_ratio=dropout)
+    head = FCNHead(
+        in_channels=[c_in],
+        num_classes=n,
+        channels=ch,
+        num_convs=1,
+        concat_input=False,
+        in_index=0,
+        dropout_ratio=dropout,
+    )
     plugin = ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=n, **cac_kw)
     return Segmentor(nn.Identity(), head, None, {"cac": plugin}, n, False)
 
@@ -50,7 +57,6 @@ def naive_refine(feat, vanilla, w, proj, eps_mode="eps"):
 
 
 def naive_apd(feat, labels_down, w, apd_proj):
-    n = w.shape[0]
     rows = w.detach().clone()
     present = []
     for k in sorted(set(labels_down.unique().tolist()) - {255}):
@@ -185,10 +191,23 @@ def test_recipe_builds_segmentor_with_cac():
     from ctxseg.config import validate_recipe
     from ctxseg.models.segmentor import build_segmentor
 
-    recipe = validate_recipe({"data": {"num_classes": 5}, "model": {
-        "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 8},
-        "head": {"type": "sep_aspp", "in_index": 3, "channels": 16, "c1_in_channels": 8, "c1_channels": 4, "dilations": [1, 2, 3]},
-        "plugins": [{"type": "cac", "kl_weight": 0.5}]}})
+    recipe = validate_recipe(
+        {
+            "data": {"num_classes": 5},
+            "model": {
+                "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 8},
+                "head": {
+                    "type": "sep_aspp",
+                    "in_index": 3,
+                    "channels": 16,
+                    "c1_in_channels": 8,
+                    "c1_channels": 4,
+                    "dilations": [1, 2, 3],
+                },
+                "plugins": [{"type": "cac", "kl_weight": 0.5}],
+            },
+        }
+    )
     model = build_segmentor(recipe).eval()
     assert model.plugins["cac"].weights["kl"] == 0.5
     with torch.no_grad():
@@ -211,8 +230,15 @@ def test_onnx_export_of_test_path(tmp_path):
     model = Wrapped(_model(n=5, seed=4)).eval()
     x = torch.randn(2, 12, 6, 7)
     path = tmp_path / "cac.onnx"
-    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], dynamo=False,
-                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamo=False,
+        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x2 = torch.randn(1, 12, 9, 5)
     (got,) = sess.run(None, {"x": x2.numpy()})

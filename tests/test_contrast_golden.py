@@ -44,8 +44,10 @@ def close(ours: torch.Tensor, stored: Stored, key: str, kind: str) -> None:
         assert ours.shape == ref.shape and torch.equal(ours.to(ref.dtype), ref), f"{key}: not equal"
         return
     assert ours.dtype == ref.dtype, f"{key}: dtype {ours.dtype} vs {ref.dtype}"
-    assert torch.allclose(ours.reshape(ref.shape), ref, atol=atol, rtol=rtol, equal_nan=True), \
-        f"{key}: {ours.flatten()[:4].tolist()} vs {ref.flatten()[:4].tolist()} (atol {atol}, rtol {rtol}; NaN expected where stored)"
+    assert torch.allclose(ours.reshape(ref.shape), ref, atol=atol, rtol=rtol, equal_nan=True), (
+        f"{key}: {ours.flatten()[:4].tolist()} vs {ref.flatten()[:4].tolist()} "
+        f"(atol {atol}, rtol {rtol}; NaN expected where stored)"
+    )
 
 
 def test_cases_are_discovered():
@@ -61,7 +63,10 @@ def test_every_stored_case_has_a_test():
         known = {f"{g}/{c['name']}" for g in groups for c in meta[g]}
         orphans = sorted({"/".join(k.split("/")[:2]) for k in stored.keys()} - known)
         assert not orphans, f"{name}: stored cases no test runs: {orphans}"
-    stray = sorted(set(p.name for p in (GOLDEN / "contrastiveseg").glob("*.safetensors")) - {"loss.safetensors", "queue.safetensors"})
+    stray = sorted(
+        set(p.name for p in (GOLDEN / "contrastiveseg").glob("*.safetensors"))
+        - {"loss.safetensors", "queue.safetensors"}
+    )
     assert not stray, f"contrastiveseg: safetensors files no test reads: {stray}"
     for folder in MODELS:
         files = sorted(p.name for p in (GOLDEN / "contrastiveseg" / folder).glob("*.safetensors"))
@@ -118,8 +123,18 @@ def test_sampling_facts(case):
 def test_full_forward(case):
     s, p = loss_file(), f"forward/{case['name']}/"
     queue = torch.cat([s[p + "segment_queue"], s[p + "pixel_queue"]], dim=1) if case["mem_variant"] else None
-    res = pixel_contrast_loss(s[p + "embed"], s[p + "labels"], s[p + "predict"], case["temperature"], case["base_temperature"],
-                              case["max_samples"], case["max_views"], -1, queue=queue, random=False)
+    res = pixel_contrast_loss(
+        s[p + "embed"],
+        s[p + "labels"],
+        s[p + "predict"],
+        case["temperature"],
+        case["base_temperature"],
+        case["max_samples"],
+        case["max_views"],
+        -1,
+        queue=queue,
+        random=False,
+    )
     close(res.labels_down, s, p + "labels_down", "exact")
     close(res.anchors.feats, s, p + "anchors", "exact")
     close(res.anchors.labels, s, p + "anchor_labels", "exact")
@@ -134,18 +149,32 @@ def _contrast_ce_model(case: dict, memory_size: int | None):
     normalised by the summed weights), logits upsampled with align_corners=True, ignore -1."""
     c = case["contrast"]
     mem = c.get("with_memory", False)
-    plugin = {"type": "pixel_contrast", "proj_dim": c["proj_dim"], "temperature": c["temperature"],
-              "base_temperature": c["base_temperature"], "max_samples": c["max_samples"], "max_views": c["max_views"],
-              "loss_weight": c["loss_weight"], "warmup": c["warmup_iters"], "use_queue": mem}
+    plugin = {
+        "type": "pixel_contrast",
+        "proj_dim": c["proj_dim"],
+        "temperature": c["temperature"],
+        "base_temperature": c["base_temperature"],
+        "max_samples": c["max_samples"],
+        "max_views": c["max_views"],
+        "loss_weight": c["loss_weight"],
+        "warmup": c["warmup_iters"],
+        "use_queue": mem,
+    }
     if mem:
         plugin.update(memory_size=memory_size, pixel_update_freq=c["pixel_update_freq"])
-    recipe = validate_recipe({
-        "name": f"golden-contrast-ce-{case['name']}",
-        "data": {"num_classes": len(case["ce_weight"]), "ignore_index": case["ce_ignore_index"]},
-        "model": {"align_corners": True, "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 4},
-                  "head": {"type": "fcn", "channels": 8, "num_convs": 1}, "plugins": [plugin]},
-        "train": {"loss": {"class_weight": case["ce_weight"], "class_weight_norm": "weights"}},
-    })
+    recipe = validate_recipe(
+        {
+            "name": f"golden-contrast-ce-{case['name']}",
+            "data": {"num_classes": len(case["ce_weight"]), "ignore_index": case["ce_ignore_index"]},
+            "model": {
+                "align_corners": True,
+                "backbone": {"type": "resnet", "depth": 18, "stem_channels": 8, "base_channels": 4},
+                "head": {"type": "fcn", "channels": 8, "num_convs": 1},
+                "plugins": [plugin],
+            },
+            "train": {"loss": {"class_weight": case["ce_weight"], "class_weight_norm": "weights"}},
+        }
+    )
     from ctxseg.models.segmentor import build_segmentor
 
     model = build_segmentor(recipe).train()
@@ -170,7 +199,10 @@ def test_contrast_ce_through_the_criterion(case):
     warmup = recipe.model.plugins[0]["warmup"]
     with_embed, terms = criterion(model, outputs, target, step=warmup)  # with_embed: iters >= warmup_iters
     close(with_embed, s, p + "loss_with_embed", "loss_f32")
-    assert {k for k in terms if not k.startswith("stat_")} == {"loss_ce", "loss_contrast"}  # stat_* are logged, not summed
+    assert {k for k in terms if not k.startswith("stat_")} == {
+        "loss_ce",
+        "loss_contrast",
+    }  # stat_* are logged, not summed
     without, terms = criterion(model, outputs, target, step=warmup - 1)
     close(without, s, p + "loss_without_embed", "loss_f32")
     assert terms["loss_contrast"] == 0.0
@@ -191,9 +223,18 @@ class _Head(torch.nn.Module):
 def test_official_queue_update(case):
     s = Stored("contrastiveseg", "contrastiveseg", "queue.safetensors")
     p = f"queue/{case['name']}/"
-    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=case["C"], proj_dim=case["D"], use_queue=True,
-                      memory_size=case["M"], pixel_update_freq=case["K"], official_queue_update=True, network_stride=case["stride"],
-                      ignore_index=-1)
+    m = PixelContrast(
+        classifier=ClassifierSlot(_Head()),
+        in_channels=[8],
+        num_classes=case["C"],
+        proj_dim=case["D"],
+        use_queue=True,
+        memory_size=case["M"],
+        pixel_update_freq=case["K"],
+        official_queue_update=True,
+        network_stride=case["stride"],
+        ignore_index=-1,
+    )
     m.random_sampling = False  # identity permutation, as the golden
     for k in QUEUE_STATE:
         getattr(m, k).copy_(s[p + "init/" + k])
@@ -215,7 +256,15 @@ def test_official_model_through_cli(folder, tmp_path):
     recipe = tmp_path / f"{folder}.toml"
     recipe.write_text(to_toml(contrast_model_recipe(folder)) + "\n")
     dst = tmp_path / f"{folder}.safetensors"
-    run_cli("convert", "openseg", str(golden("contrastiveseg", folder, "checkpoint.pth")), "--recipe", str(recipe), "-o", str(dst))
+    run_cli(
+        "convert",
+        "openseg",
+        str(golden("contrastiveseg", folder, "checkpoint.pth")),
+        "--recipe",
+        str(recipe),
+        "-o",
+        str(dst),
+    )
     model, _, _ = load_model(dst)
     s = Stored("contrastiveseg", "contrastiveseg", folder, "io.safetensors")
     plugin = model.plugins["contrast"]

@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference_impls.contrast import full_sort_random_indices, naive_contrastive_loss, naive_sample_anchors, reference_matrix_loss
 from ctxseg.losses import contrast as contrast_module
 from ctxseg.losses.contrast import contrastive_loss, downsample_labels, pixel_contrast_loss, sample_anchors
-from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
+from ctxseg.models.heads.base import ClassifierSlot
+from tests.reference_impls.contrast import (
+    full_sort_random_indices,
+    naive_contrastive_loss,
+    naive_sample_anchors,
+    reference_matrix_loss,
+)
 
 
 class _Head(torch.nn.Module):
@@ -33,12 +38,16 @@ def test_legacy_nearest_downsampling():
 # vectorised vs naive loops, other seeds and shapes
 
 
-@pytest.mark.parametrize("seed,b,n,c,max_samples,max_views", [(1, 3, 200, 5, 60, 8), (2, 2, 500, 9, 1024, 100),
-                                                               (3, 4, 120, 3, 7, 10), (4, 1, 90, 4, 1024, 1)])
+@pytest.mark.parametrize(
+    "seed,b,n,c,max_samples,max_views",
+    [(1, 3, 200, 5, 60, 8), (2, 2, 500, 9, 1024, 100), (3, 4, 120, 3, 7, 10), (4, 1, 90, 4, 1024, 1)],
+)
 def test_vectorised_matches_naive(seed, b, n, c, max_samples, max_views):
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(-1, c, (b, n), generator=g)
-    predict = torch.where(torch.rand(b, n, generator=g) < 0.3, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0))
+    predict = torch.where(
+        torch.rand(b, n, generator=g) < 0.3, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0)
+    )
     feats = F.normalize(torch.randn(b, n, 6, generator=g, dtype=torch.float64), dim=2)
     ref = naive_sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=False)
     vec = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=False)
@@ -80,7 +89,18 @@ def test_queue_without_class0_skip_is_plain_supervised_contrast():
 
 
 def _plugin(**kw):
-    return PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=3, align_corners=False, proj_dim=4, proj="linear", max_views=5, ignore_index=255, warmup=0, **kw)
+    return PixelContrast(
+        classifier=ClassifierSlot(_Head()),
+        in_channels=[8],
+        num_classes=3,
+        align_corners=False,
+        proj_dim=4,
+        proj="linear",
+        max_views=5,
+        ignore_index=255,
+        warmup=0,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("kind", ["no_class", "single_class_v1", "all_ignore"])
@@ -107,13 +127,17 @@ def test_criterion_ignores_stat_terms():
     from ctxseg.config import validate_recipe
     from ctxseg.losses import Criterion
 
-    recipe = validate_recipe({"model": {"backbone": {"type": "resnet", "depth": 18}, "head": {"type": "fcn"}}, "data": {"num_classes": 3}})
+    recipe = validate_recipe(
+        {"model": {"backbone": {"type": "resnet", "depth": 18}, "head": {"type": "fcn"}}, "data": {"num_classes": 3}}
+    )
 
     class M(torch.nn.Module):
         def plugin_losses(self, outputs, target, step):
             return {"loss_x": torch.tensor(1.0), "stat_count": torch.tensor(5.0)}
 
-    total, terms = Criterion(recipe)(M(), {"logits": torch.zeros(1, 3, 4, 4)}, torch.zeros(1, 4, 4, dtype=torch.long), 0)
+    total, terms = Criterion(recipe)(
+        M(), {"logits": torch.zeros(1, 3, 4, 4)}, torch.zeros(1, 4, 4, dtype=torch.long), 0
+    )
     assert terms["stat_count"] == 5.0
     assert math.isclose(float(total), terms["loss_ce"] + 1.0, rel_tol=1e-6)
 
@@ -122,8 +146,17 @@ def test_criterion_ignores_stat_terms():
 # fast paths vs straightforward implementations (values and gradients)
 
 
-@pytest.mark.parametrize("out_size,in_size", [((10, 13), (37, 50)), ((128, 256), (512, 1024)), ((7, 9), (7, 18)),
-                                              ((33, 65), (97, 129)), ((64, 64), (512, 512)), ((5, 3), (5, 3))])
+@pytest.mark.parametrize(
+    "out_size,in_size",
+    [
+        ((10, 13), (37, 50)),
+        ((128, 256), (512, 1024)),
+        ((7, 9), (7, 18)),
+        ((33, 65), (97, 129)),
+        ((64, 64), (512, 512)),
+        ((5, 3), (5, 3)),
+    ],
+)
 def test_downsampling_by_index_equals_interpolate(out_size, in_size):
     labels = torch.randint(-1, 200, (2, *in_size))
     want = F.interpolate(labels[:, None].float(), size=out_size, mode="nearest")[:, 0].long()
@@ -139,8 +172,9 @@ def test_queue_contrast_backward_gradcheck(skip_class0, self_mask):
     labels = torch.tensor([0, 1, 2, 3, 1, 0, 2])
 
     def f(x, qu):
-        return contrastive_loss(x.view(7, 1, 5), labels, 0.5, 0.07, queue=qu, skip_class0=skip_class0,
-                                self_mask=self_mask)[0]
+        return contrastive_loss(
+            x.view(7, 1, 5), labels, 0.5, 0.07, queue=qu, skip_class0=skip_class0, self_mask=self_mask
+        )[0]
 
     assert torch.autograd.gradcheck(f, (rows, queue), eps=1e-6, atol=1e-6)
 
@@ -183,7 +217,6 @@ def test_pixel_contrast_gradient_equals_permuted_reference(with_queue):
     torch.testing.assert_close(got, wgrad, rtol=1e-4, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("margin", [(2, 16), (1, 0)], ids=["default", "short-of-candidates"])
 def test_random_sampling_equals_full_sort(monkeypatch, margin):
     """The random sampler sorts only pixels below a per-group key threshold; its choice equals the
@@ -193,12 +226,16 @@ def test_random_sampling_equals_full_sort(monkeypatch, margin):
     g = torch.Generator().manual_seed(21)
     b, n, c = 3, 900, 5
     labels = torch.randint(-1, c, (b, n), generator=g)
-    predict = torch.where(torch.rand(b, n, generator=g) < 0.4, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0))
+    predict = torch.where(
+        torch.rand(b, n, generator=g) < 0.4, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0)
+    )
     feats = torch.randn(b, n, 4, generator=g)
     for max_samples, max_views in ((60, 12), (400, 100)):
-        got = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=True,
-                             generator=torch.Generator().manual_seed(5))
-        want = full_sort_random_indices(labels, predict, got.pairs, got.num_hard_keep, got.num_easy_keep, -1,
-                                        torch.Generator().manual_seed(5))
+        got = sample_anchors(
+            feats, labels, predict, max_samples, max_views, -1, random=True, generator=torch.Generator().manual_seed(5)
+        )
+        want = full_sort_random_indices(
+            labels, predict, got.pairs, got.num_hard_keep, got.num_easy_keep, -1, torch.Generator().manual_seed(5)
+        )
         assert torch.equal(got.indices, want)
         assert torch.equal(got.feats, feats[got.pairs[:, :1], got.indices])

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.contrast import PixelContrast
+from ctxseg.models.heads.base import ClassifierSlot
 from tests.conftest import golden
 from tests.golden_cases import contrast_model_recipe
 
@@ -23,9 +23,20 @@ class _Head(torch.nn.Module):
 
 
 def test_intended_queue_update_is_a_ring_buffer():
-    m = PixelContrast(classifier=ClassifierSlot(_Head()), in_channels=[8], num_classes=3, proj_dim=4, use_queue=True, memory_size=5, pixel_update_freq=2, ignore_index=255)
+    m = PixelContrast(
+        classifier=ClassifierSlot(_Head()),
+        in_channels=[8],
+        num_classes=3,
+        proj_dim=4,
+        use_queue=True,
+        memory_size=5,
+        pixel_update_freq=2,
+        ignore_index=255,
+    )
     keys = F.normalize(torch.randn(1, 4, 2, 2), dim=1)
-    labels = torch.tensor([[[1, 1, 2, 2], [1, 1, 2, 2], [255, 255, 1, 1], [255, 255, 1, 1]]])  # 4x4 -> 2x2 grid [[1,2],[255,1]]
+    labels = torch.tensor(
+        [[[1, 1, 2, 2], [1, 1, 2, 2], [255, 255, 1, 1], [255, 255, 1, 1]]]
+    )  # 4x4 -> 2x2 grid [[1,2],[255,1]]
     m.random_sampling = False
     for step in range(3):
         m.update_queues(keys, labels)
@@ -86,9 +97,14 @@ def _manifest_check(name: str, recipe_name: str, overrides: list[str]):
     return report
 
 
-@pytest.mark.parametrize("name,recipe", [("manifest_hrnet_w48_contrast.json", "contrast-hrnet48"),
-                                         ("manifest_hrnet_w48_mem.json", "contrast-hrnet48-mem"),
-                                         ("manifest_deeplab_v3_contrast_r101.json", "contrast-deeplabv3-r101-cityscapes")])
+@pytest.mark.parametrize(
+    "name,recipe",
+    [
+        ("manifest_hrnet_w48_contrast.json", "contrast-hrnet48"),
+        ("manifest_hrnet_w48_mem.json", "contrast-hrnet48-mem"),
+        ("manifest_deeplab_v3_contrast_r101.json", "contrast-deeplabv3-r101-cityscapes"),
+    ],
+)
 def test_full_size_manifests_map_every_key(name, recipe):
     report = _manifest_check(name, recipe, [])
     assert not report.ignored

@@ -187,10 +187,14 @@ def test_fast_path_leaves_the_models_own_tensors_alone():
     model = _tiny_ocrnet()
     before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     fast = inference_model(model)
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and p.shape[1] > 1
-               and not p.is_contiguous() for p in fast.parameters())  # the copy is channels-last
+    assert any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and p.shape[1] > 1 and not p.is_contiguous()
+        for p in fast.parameters()
+    )  # the copy is channels-last
     after = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     assert after == before
+
+
 def test_fast_copy_is_built_once_and_leaves_the_model_untouched():
     """The channels-last copy must not re-layout the tensors it shares with the model (that
     changed the model's weights and the cache key, so the copy was rebuilt on every call)."""

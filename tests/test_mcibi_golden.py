@@ -41,7 +41,9 @@ def test_every_stored_file_is_read(folder):
     as does a file without a tolerance in the README."""
     files = {p.stem for p in golden(folder).glob("*.safetensors")}
     assert files == {"io", "update", "train_step"}, f"{folder}: {sorted(files)}"
-    assert files <= set(tolerances(folder)), f"{folder}/README.md: no tolerance for {sorted(files - set(tolerances(folder)))}"
+    assert files <= set(tolerances(folder)), (
+        f"{folder}/README.md: no tolerance for {sorted(files - set(tolerances(folder)))}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,9 @@ def converted(tmp_path_factory) -> dict[str, str]:
         dst = out / f"{folder}.safetensors"
         recipe = out / f"{folder}.toml"
         recipe.write_text(to_toml(ssseg_mcibi_recipe(folder)) + "\n")
-        proc = run_cli("convert", "ssseg", str(golden(folder, "checkpoint.pth")), "--recipe", str(recipe), "-o", str(dst), cwd=out)
+        proc = run_cli(
+            "convert", "ssseg", str(golden(folder, "checkpoint.pth")), "--recipe", str(recipe), "-o", str(dst), cwd=out
+        )
         assert "wrote" in proc.stdout
         paths[folder] = str(dst)
     return paths
@@ -185,7 +189,12 @@ def test_train_step_matches_golden(converted, folder):
     plugin = model.plugins["memory"]
     close(out["aux_logits"], ts.ref("aux_logits"), atol, rtol)
     close(plugin.memory, ts.ref("memory_after"), atol, rtol)
-    names = {"loss_aux": "loss_aux", "loss_cls_stage1": "loss_cls_stage1", "loss_ce": "loss_cls_stage2", "loss_memory": "loss_memory"}
+    names = {
+        "loss_aux": "loss_aux",
+        "loss_cls_stage1": "loss_cls_stage1",
+        "loss_ce": "loss_cls_stage2",
+        "loss_memory": "loss_memory",
+    }
     assert set(terms) == set(names)
     for ours, theirs in names.items():
         assert terms[ours] == pytest.approx(float(ts.ref(f"losses.{theirs}")), abs=atol, rel=rtol), ours

@@ -16,7 +16,13 @@ from ctxseg.convert.ssseg import keymap_for
 from ctxseg.models.segmentor import build_segmentor
 from tests.conftest import golden
 
-BACKBONES = {"resnet50os8": "r50", "resnet101os8": "r101", "resnest101os8": "s101", "hrnetv2w48": "hr48", "vitlarge": "vitl"}
+BACKBONES = {
+    "resnet50os8": "r50",
+    "resnet101os8": "r101",
+    "resnest101os8": "s101",
+    "hrnetv2w48": "hr48",
+    "vitlarge": "vitl",
+}
 MANIFESTS = sorted(p.stem for p in golden("ssseg-mcibi-manifests").glob("*.json"))
 
 
@@ -48,7 +54,9 @@ def test_manifest_maps_onto_recipe_model(stem):
     assert all(k.startswith("auxiliary_decoder.") for k in report.ignored)
     if stem.endswith("cocostuff10k"):  # 182 ssseg classes -> ctxseg's 171 rows
         assert manifest["state_dict"]["memory_module.memory"][0] == 182
-        assert out["plugins.memory.memory"].shape[0] == out["plugins.memory.decoder_stage2.conv_seg.bias"].shape[0] == 171
+        assert (
+            out["plugins.memory.memory"].shape[0] == out["plugins.memory.decoder_stage2.conv_seg.bias"].shape[0] == 171
+        )
     if "downsample_backbone.0.weight" in src:
         assert out["backbone.downsample.0.weight"].shape == (720, 720, 3, 3)
 
@@ -93,7 +101,9 @@ def test_coco_182_to_171_rows_land_in_the_right_target_rows():
     assert torch.equal(out["plugins.memory.memory"][:, 0, 0], expect)
     for stage in (1, 2):
         assert torch.equal(out[f"plugins.memory.decoder_stage{stage}.conv_seg.bias"], expect + stage * 1000)
-        assert torch.equal(out[f"plugins.memory.decoder_stage{stage}.conv_seg.weight"][:, 0, 0, 0], expect + stage * 1000)
+        assert torch.equal(
+            out[f"plugins.memory.decoder_stage{stage}.conv_seg.weight"][:, 0, 0, 0], expect + stage * 1000
+        )
     assert torch.equal(out["auxiliary_head.conv_seg.bias"], expect + 5000)
     assert torch.equal(out["auxiliary_head.conv_seg.weight"][:, -1, 0, 0], expect + 5000)
     _, dropped = class_rows(recipe, src)
@@ -108,7 +118,11 @@ def _tiny_ssseg_source(target: dict) -> dict:
     from ctxseg.convert.base import load_foreign
 
     src = load_foreign(golden("ssseg-mcibi-deeplabv3", "checkpoint.pth"))
-    return {k: v for k, v in src.items() if k != "memory_module.memory" and not re.fullmatch(r"(decoder_stage[12]|auxiliary_decoder)\.4\..+", k)}
+    return {
+        k: v
+        for k, v in src.items()
+        if k != "memory_module.memory" and not re.fullmatch(r"(decoder_stage[12]|auxiliary_decoder)\.4\..+", k)
+    }
 
 
 def test_hrnet_concat_downsample_is_ssseg_downsample_backbone():
@@ -122,18 +136,33 @@ def test_hrnet_concat_downsample_is_ssseg_downsample_backbone():
     plain, down = hrnet(arch="w18_small").eval(), hrnet(arch="w18_small", concat_downsample=2).eval()
     assert down.out_channels == [270] and plain.out_channels == [18, 36, 72, 144]
     assert set(down.state_dict()) - set(plain.state_dict()) == {
-        "downsample.0.weight", "downsample.1.weight", "downsample.1.bias", "downsample.1.running_mean",
-        "downsample.1.running_var", "downsample.1.num_batches_tracked"}
+        "downsample.0.weight",
+        "downsample.1.weight",
+        "downsample.1.bias",
+        "downsample.1.running_mean",
+        "downsample.1.running_var",
+        "downsample.1.num_batches_tracked",
+    }
     plain.load_state_dict(down.state_dict(), strict=False)
     with torch.no_grad():
         down.downsample[1].running_mean.uniform_(-0.1, 0.1)
         x = torch.randn(1, 3, 40, 56)
         ys = plain(x)
         assert len(ys) == 4
-        cat = torch.cat([F.interpolate(y, size=ys[0].shape[2:], mode="bilinear", align_corners=False) for y in ys], dim=1)
+        cat = torch.cat(
+            [F.interpolate(y, size=ys[0].shape[2:], mode="bilinear", align_corners=False) for y in ys], dim=1
+        )
         conv, bn = down.downsample[0], down.downsample[1]
-        ref = F.relu(F.batch_norm(F.conv2d(cat, conv.weight, stride=2, padding=1), bn.running_mean, bn.running_var,
-                                  bn.weight, bn.bias, eps=bn.eps))
+        ref = F.relu(
+            F.batch_norm(
+                F.conv2d(cat, conv.weight, stride=2, padding=1),
+                bn.running_mean,
+                bn.running_var,
+                bn.weight,
+                bn.bias,
+                eps=bn.eps,
+            )
+        )
         (out,) = down(x)
     assert out.shape == (1, 270, 5, 7)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

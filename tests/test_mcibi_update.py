@@ -93,7 +93,9 @@ def test_low_resolution_features_are_upsampled_band_by_band(align_corners):
     full = F.interpolate(low, size=(37, 53), mode="bilinear", align_corners=align_corners)
     expected = naive_update(memory, full, labels, 0.5, "cosine_similarity", 255)
     got = memory.clone()
-    update_memory(got, low, labels, 0.5, "cosine_similarity", ignore_index=255, align_corners=align_corners, max_elements=400)
+    update_memory(
+        got, low, labels, 0.5, "cosine_similarity", ignore_index=255, align_corners=align_corners, max_elements=400
+    )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -101,7 +103,9 @@ def _worker(rank: int, world: int, port: int, results) -> None:
     import torch.distributed as dist
 
     # RANK / WORLD_SIZE as torchrun sets them: Accelerate's state (used by plug-ins) reads them
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from accelerate import PartialState
 

@@ -23,7 +23,7 @@ from tests.conftest import GOLDEN, golden, run_cli
 from tests.golden_cases import Stored, case_folders, config, mmseg_recipe, readme_tolerance
 
 FOLDERS = case_folders("mmseg-")
-CASES = [f[len("mmseg-"):] for f in FOLDERS]
+CASES = [f[len("mmseg-") :] for f in FOLDERS]
 
 
 def _io_files(case: str) -> list[str]:
@@ -48,8 +48,15 @@ def converted(tmp_path_factory) -> dict[str, str]:
         recipes[case].write_text(to_toml(raw) + "\n")
 
     def convert(case):
-        return run_cli("convert", "mmseg", str(golden(f"mmseg-{case}", "checkpoint.pth")), "--recipe", str(recipes[case]),
-                       "-o", str(paths[case]))
+        return run_cli(
+            "convert",
+            "mmseg",
+            str(golden(f"mmseg-{case}", "checkpoint.pth")),
+            "--recipe",
+            str(recipes[case]),
+            "-o",
+            str(paths[case]),
+        )
 
     with ThreadPoolExecutor(2) as pool:  # two subprocesses at a time
         procs = list(pool.map(convert, CASES))
@@ -59,7 +66,9 @@ def converted(tmp_path_factory) -> dict[str, str]:
 
 
 def test_cases_are_discovered():
-    assert {"ocrnet-hrnet", "ocrnet-resnet", "fcn-resnet", "pspnet-resnet", "deeplabv3-resnet", "upernet-swin"} <= set(CASES)
+    assert {"ocrnet-hrnet", "ocrnet-resnet", "fcn-resnet", "pspnet-resnet", "deeplabv3-resnet", "upernet-swin"} <= set(
+        CASES
+    )
 
 
 def _model(converted, case):
@@ -70,7 +79,9 @@ def _model(converted, case):
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor, name: str, rel: float | None = None) -> None:
-    """max |ours - ref| <= rel * max(1, max |ref|); rel defaults to the README tolerance of the case `name` starts with."""
+    """max |ours - ref| <= rel * max(1, max |ref|).
+
+    rel defaults to the README tolerance of the case `name` starts with."""
     rel = readme_tolerance(f"mmseg-{name.split('/')[0]}") if rel is None else rel
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
     tol = rel * max(1.0, ref.abs().max().item())
@@ -80,8 +91,10 @@ def _close(ours: torch.Tensor, ref: torch.Tensor, name: str, rel: float | None =
 
 def _store(seen: dict, name: str, use_input: bool = False):
     """A forward hook that records a module's output (or first input) and changes nothing."""
+
     def hook(module, inputs, output):
         seen[name] = inputs[0] if use_input else output
+
     return hook
 
 
@@ -104,7 +117,11 @@ def _run(model, recipe, x):
         with torch.no_grad():
             feats = model.backbone(x)
             out = model(x)
-            up = infer(model, x, InferenceSettings(recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners))
+            up = infer(
+                model,
+                x,
+                InferenceSettings(recipe.data.num_classes, mode="whole", align_corners=recipe.model.align_corners),
+            )
     finally:
         for h in hooks:
             h.remove()
@@ -151,22 +168,32 @@ def test_converted_model_matches_mmseg(converted, case):
 
 def test_converter_report_and_cascade_key_layout(converted):
     """OCR cascade: mmseg decode_head.0 (FCN) -> region_head, decode_head.1 (OCR) -> the head."""
-    from ctxseg.engine.checkpoint import read_checkpoint
     from ctxseg.convert.base import load_foreign
+    from ctxseg.engine.checkpoint import read_checkpoint
 
     src = load_foreign(golden("mmseg-ocrnet-hrnet", "checkpoint.pth"))
     state, recipe, extra = read_checkpoint(converted["ocrnet-hrnet"])
     assert extra["converted_from"] == "mmseg:checkpoint.pth"
     assert len(state) == len(src)
-    torch.testing.assert_close(state["decode_head.region_head.convs.0.conv.weight"], src["decode_head.0.convs.0.conv.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(state["decode_head.conv_seg.weight"], src["decode_head.1.conv_seg.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(state["decode_head.object_context_block.query_project.1.conv.weight"],
-                               src["decode_head.1.object_context_block.query_project.1.conv.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        state["decode_head.region_head.convs.0.conv.weight"], src["decode_head.0.convs.0.conv.weight"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        state["decode_head.conv_seg.weight"], src["decode_head.1.conv_seg.weight"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        state["decode_head.object_context_block.query_project.1.conv.weight"],
+        src["decode_head.1.object_context_block.query_project.1.conv.weight"],
+        rtol=0,
+        atol=0,
+    )
     # ResNetV1c deep stem -> timm conv1.N / bn1
     src_r = load_foreign(golden("mmseg-ocrnet-resnet", "checkpoint.pth"))
     state_r, _, _ = read_checkpoint(converted["ocrnet-resnet"])
     torch.testing.assert_close(state_r["backbone.net.conv1.6.weight"], src_r["backbone.stem.6.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(state_r["backbone.net.bn1.running_var"], src_r["backbone.stem.7.running_var"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        state_r["backbone.net.bn1.running_var"], src_r["backbone.stem.7.running_var"], rtol=0, atol=0
+    )
 
 
 def test_converter_is_strict(tmp_path):
@@ -194,7 +221,9 @@ def test_quirk_hrnet_double_bilinear_resize(converted):
     from ctxseg.models.segmentor import build_segmentor
 
     model, recipe = _model(converted, "ocrnet-hrnet")
-    direct = build_segmentor(validate_recipe(apply_overrides(recipe.to_dict(), ["model.backbone.fuse_upsample=\"direct\""])))
+    direct = build_segmentor(
+        validate_recipe(apply_overrides(recipe.to_dict(), ['model.backbone.fuse_upsample="direct"']))
+    )
     direct.load_state_dict(model.state_dict())
     direct.eval()
     g_even = load_file(str(golden("mmseg-ocrnet-hrnet", "io.safetensors")))
@@ -238,7 +267,9 @@ def test_quirk_aspp_order_and_3x3_bottleneck(converted):
     hook.remove()
     c = head.channels
     first = seen["cat"][:, :c]
-    torch.testing.assert_close(first, first[:, :, :1, :1].expand_as(first), msg="branch 0 must be the (constant) image pool")
+    torch.testing.assert_close(
+        first, first[:, :, :1, :1].expand_as(first), msg="branch 0 must be the (constant) image pool"
+    )
     # torchvision's layout (image pool LAST) with the same weights gives other features
     w = head.bottleneck.conv.weight
     with torch.no_grad():
@@ -265,7 +296,9 @@ def test_quirk_ocr_cascade_layout_and_attention_scaling(converted):
             with torch.no_grad():
                 out = model(g["input"])
             n, k = out["aux_logits"].shape[:2]
-            seen["ocr.soft_object_regions"] = out["aux_logits"].reshape(n, k, -1).softmax(2).reshape_as(out["aux_logits"])
+            seen["ocr.soft_object_regions"] = (
+                out["aux_logits"].reshape(n, k, -1).softmax(2).reshape_as(out["aux_logits"])
+            )
             for name in [x for x in g if x.startswith(("ocr.", "aux."))]:
                 _close(seen[name], g[name], f"{case}/{io}/{name}")
         for h in hooks:
@@ -281,7 +314,9 @@ def test_quirk_ocr_cascade_layout_and_attention_scaling(converted):
         query = block.query_project(q).reshape(n, block.channels, -1).transpose(1, 2)
         key = block.key_project(kf).reshape(n, block.channels, -1)
         value = block.value_project(kf).reshape(n, block.channels, -1).transpose(1, 2)
-        ctx = torch.bmm(torch.bmm(query, key).softmax(-1), value).transpose(1, 2).reshape(n, block.channels, *q.shape[2:])
+        ctx = (
+            torch.bmm(torch.bmm(query, key).softmax(-1), value).transpose(1, 2).reshape(n, block.channels, *q.shape[2:])
+        )
         return block.bottleneck(torch.cat([block.out_project(ctx), q], 1))
 
     block.forward = unscaled
@@ -323,7 +358,9 @@ def test_ocr_cascade_training_losses():
     assert set(out) >= {"logits", "aux_logits", "feats"}
     total, terms = Criterion(recipe)(model, out, target, step=0)
     up = lambda t: F.interpolate(t, size=(64, 96), mode="bilinear", align_corners=False)  # noqa: E731
-    assert terms["loss_aux"] == pytest.approx(0.4 * float(cross_entropy(up(out["aux_logits"]), target).detach()), rel=1e-5)
+    assert terms["loss_aux"] == pytest.approx(
+        0.4 * float(cross_entropy(up(out["aux_logits"]), target).detach()), rel=1e-5
+    )
     assert terms["loss_ce"] == pytest.approx(float(cross_entropy(up(out["logits"]), target).detach()), rel=1e-5)
     total.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]

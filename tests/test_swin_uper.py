@@ -155,7 +155,9 @@ def test_quirk_relative_position_index_and_bias(model):
     )
     assert tuple(attn.relative_position_bias_table.shape) == (169, 8)
     bad = dict(src)
-    bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"].flip(0)
+    bad["backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"] = bad[
+        "backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"
+    ].flip(0)
     recipe = _recipe()
     with pytest.raises(UserError, match="relative_position_index"):
         convert_state_dict(bad, model, keymap_for(recipe, bad))

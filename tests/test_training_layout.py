@@ -16,9 +16,17 @@ from ctxseg.models.segmentor import build_segmentor
 
 def _tiny_recipe():
     recipe = load_recipe("ocrnet-hr18-cityscapes-80k")
-    return validate_recipe(apply_overrides(recipe.to_dict(), [
-        "model.backbone.pretrained=\"\"", "model.backbone.arch=\"w18_small\"",
-        "model.head.channels=32", "model.head.ocr_channels=16"]))
+    return validate_recipe(
+        apply_overrides(
+            recipe.to_dict(),
+            [
+                'model.backbone.pretrained=""',
+                'model.backbone.arch="w18_small"',
+                "model.head.channels=32",
+                "model.head.ocr_channels=16",
+            ],
+        )
+    )
 
 
 def test_layout_choice_per_device():

@@ -26,7 +26,9 @@ def _case(seed, b, n, h, w, hh, ww, scale=3.0):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("shape", [(2, 5, 8, 8, 64, 64), (2, 7, 9, 11, 37, 45), (1, 3, 6, 5, 6, 5), (3, 4, 16, 12, 33, 20)])
+@pytest.mark.parametrize(
+    "shape", [(2, 5, 8, 8, 64, 64), (2, 7, 9, 11, 37, 45), (1, 3, 6, 5, 6, 5), (3, 4, 16, 12, 33, 20)]
+)
 @pytest.mark.parametrize("block_bytes", [1, 4 << 20])  # 1 byte: one label row per block
 def test_loss_and_gradient_equal_straightforward(monkeypatch, align_corners, shape, block_bytes):
     monkeypatch.setitem(uce.BLOCK_BYTES, "cpu", block_bytes)
@@ -102,8 +104,9 @@ def test_cac_pre_terms_equal_the_straightforward_upsampled_ce():
 
     torch.manual_seed(0)
     n = 9
-    head = FCNHead(in_channels=[12], num_classes=n, channels=10, num_convs=1, concat_input=False, in_index=0,
-                   dropout_ratio=0.0)
+    head = FCNHead(
+        in_channels=[12], num_classes=n, channels=10, num_convs=1, concat_input=False, in_index=0, dropout_ratio=0.0
+    )
     cac = ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=n)
     model = Segmentor(nn.Identity(), head, None, {"cac": cac}, n, False).train()
     x = torch.randn(2, 12, 12, 10)
@@ -119,7 +122,11 @@ def test_cac_pre_terms_equal_the_straightforward_upsampled_ce():
             pre_self = straightforward(out["vanilla_logits"], y, True) / den
             pre = straightforward(out["cac_apd_logits"], y, True) / den
         (pre_self + 2 * pre).backward()
-        return pre_self.detach(), pre.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return (
+            pre_self.detach(),
+            pre.detach(),
+            {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+        )
 
     a, b = losses(True), losses(False)
     torch.testing.assert_close(a[0], b[0])

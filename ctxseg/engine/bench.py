@@ -34,7 +34,8 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -53,8 +54,13 @@ def machine() -> dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
@@ -100,8 +106,14 @@ def _malloc_trim() -> None:
         pass
 
 
-def measure(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu",
-            setup: Callable[[], Any] | None = None, memory_call: bool = True) -> dict[str, Any]:
+def measure(
+    fn: Callable[[], Any],
+    repeats: int = 3,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    setup: Callable[[], Any] | None = None,
+    memory_call: bool = True,
+) -> dict[str, Any]:
     """Time `fn` the way ref_bench.py times the official code, and add where it ran.
 
     `setup()` (untimed) runs before every call (re-seeding, resetting state). Returns median_s,
@@ -149,13 +161,21 @@ def measure(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: to
                 fn()
                 peak_mb = (peak_rss() - base) / 2**20
     load_after = load_average()
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
-            "warmup": warmup, "times_s": [round(t, 4) for t in times], "cpu_s": [round(c, 3) for c in cpu],
-            "peak_mb": None if peak_mb is None else round(peak_mb, 1),
-            "memory_kind": "cuda_max_allocated_growth" if device.type == "cuda" else "cpu_peak_rss_growth",
-            "loadavg_before": load_before, "loadavg_after": load_after,
-            "loadavg": [load_before, load_after],  # the [before, after] pair as ref_bench.py writes it
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": repeats,
+        "warmup": warmup,
+        "times_s": [round(t, 4) for t in times],
+        "cpu_s": [round(c, 3) for c in cpu],
+        "peak_mb": None if peak_mb is None else round(peak_mb, 1),
+        "memory_kind": "cuda_max_allocated_growth" if device.type == "cuda" else "cpu_peak_rss_growth",
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "loadavg": [load_before, load_after],  # the [before, after] pair as ref_bench.py writes it
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _status_kib(field: str) -> int | None:
@@ -199,7 +219,9 @@ def synthetic_batch(recipe: Recipe, batch: int, height: int, width: int, device:
     losses such as pixel contrast see realistic class counts)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, height, width, generator=g)
-    coarse = torch.randint(0, recipe.data.num_classes, (batch, 1, max(height // 16, 1), max(width // 16, 1)), generator=g)
+    coarse = torch.randint(
+        0, recipe.data.num_classes, (batch, 1, max(height // 16, 1), max(width // 16, 1)), generator=g
+    )
     labels = torch.nn.functional.interpolate(coarse.float(), size=(height, width), mode="nearest")[:, 0].long()
     return images.to(device), labels.to(device)
 
@@ -218,8 +240,16 @@ def _autocast(recipe: Recipe, device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16 if mp_ == "fp16" else torch.bfloat16)
 
 
-def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: int, warmup: int, device: torch.device,
-                compile: bool = False) -> dict:
+def bench_train(
+    recipe: Recipe,
+    height: int,
+    width: int,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    compile: bool = False,
+) -> dict:
     from ctxseg.engine.trainer import build_optimizer, to_training_layout
     from ctxseg.losses import Criterion
 
@@ -244,11 +274,20 @@ def bench_train(recipe: Recipe, height: int, width: int, batch: int, repeats: in
 
     m = measure(train_step, repeats, warmup, device, memory_call=False)
     t = m["median_s"]
-    return {"step_time_s": t, "images_per_s": batch / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
-            "cpu_s": m["cpu_s"], "loadavg": m["loadavg"]}
+    return {
+        "step_time_s": t,
+        "images_per_s": batch / t,
+        "min_s": m["min_s"],
+        "max_s": m["max_s"],
+        "times_s": m["times_s"],
+        "cpu_s": m["cpu_s"],
+        "loadavg": m["loadavg"],
+    }
 
 
-def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats: int, warmup: int, device: torch.device) -> dict:
+def bench_inference(
+    recipe: Recipe, mode: str, height: int, width: int, repeats: int, warmup: int, device: torch.device
+) -> dict:
     from ctxseg.engine.inference import infer
 
     model = _build(recipe, device).eval()
@@ -258,7 +297,9 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
     stride = (min(e.stride[0], crop[0]), min(e.stride[1], crop[1]))
 
     # one forward pass per window or image: the mode is timed, not the recipe's scales/flip
-    settings = InferenceSettings.from_recipe(recipe).with_(mode=mode, crop=crop, stride=stride, scales=(1.0,), flip=False)
+    settings = InferenceSettings.from_recipe(recipe).with_(
+        mode=mode, crop=crop, stride=stride, scales=(1.0,), flip=False
+    )
 
     def run():
         with _autocast(recipe, device):
@@ -266,8 +307,15 @@ def bench_inference(recipe: Recipe, mode: str, height: int, width: int, repeats:
 
     m = measure(run, repeats, warmup, device, memory_call=False)
     t = m["median_s"]
-    out = {"time_per_image_s": t, "images_per_s": 1 / t, "min_s": m["min_s"], "max_s": m["max_s"], "times_s": m["times_s"],
-           "cpu_s": m["cpu_s"], "loadavg": m["loadavg"]}
+    out = {
+        "time_per_image_s": t,
+        "images_per_s": 1 / t,
+        "min_s": m["min_s"],
+        "max_s": m["max_s"],
+        "times_s": m["times_s"],
+        "cpu_s": m["cpu_s"],
+        "loadavg": m["loadavg"],
+    }
     if mode == "slide":
         rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
         cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
@@ -337,10 +385,20 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
             reset_peak_rss()
         start_rss = rss_now()
     if phase == "train":
-        res = bench_train(recipe, cfg["height"], cfg["width"], cfg["batch"], cfg["repeats"], cfg["warmup"], device,
-                          cfg.get("compile", False))
+        res = bench_train(
+            recipe,
+            cfg["height"],
+            cfg["width"],
+            cfg["batch"],
+            cfg["repeats"],
+            cfg["warmup"],
+            device,
+            cfg.get("compile", False),
+        )
     else:
-        res = bench_inference(recipe, phase.split("_")[1], cfg["height"], cfg["width"], cfg["repeats"], cfg["warmup"], device)
+        res = bench_inference(
+            recipe, phase.split("_")[1], cfg["height"], cfg["width"], cfg["repeats"], cfg["warmup"], device
+        )
     if device.type == "cuda":
         res["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
@@ -351,9 +409,18 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
     return res
 
 
-def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: int = 5, warmup: int = 2,
-              device: str | torch.device | None = None, phases: tuple[str, ...] = PHASES,
-              progress: Callable[[str], None] | None = None, compile: bool = False) -> dict:
+def run_bench(
+    recipe: Recipe,
+    height: int,
+    width: int,
+    batch: int = 2,
+    repeats: int = 5,
+    warmup: int = 2,
+    device: str | torch.device | None = None,
+    phases: tuple[str, ...] = PHASES,
+    progress: Callable[[str], None] | None = None,
+    compile: bool = False,
+) -> dict:
     """All measurements as one JSON-able dict (see the module docstring). compile: torch.compile
     the training forward and the inference model (the warm-up runs pay the compile time)."""
     from ctxseg.engine.inference import set_compile
@@ -382,8 +449,9 @@ def run_bench(recipe: Recipe, height: int, width: int, batch: int = 2, repeats: 
         "params": params,
         "params_trainable": trainable,
         "flops": count_flops(recipe, height, width, device, train="train" in phases),
-        "memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else
-                       ("cpu_peak_rss_per_phase" if resettable else "cpu_peak_rss_process_high_water_mark"),
+        "memory_kind": "cuda_max_memory_allocated"
+        if device.type == "cuda"
+        else ("cpu_peak_rss_per_phase" if resettable else "cpu_peak_rss_process_high_water_mark"),
         "compile": compile,
         "loadavg_start": load_average(),
     }

@@ -39,7 +39,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Recipe, 
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is the user's input
-        raise UserError(f"{path} is not a readable .safetensors checkpoint ({e}). Foreign .pth files go through `ctxseg convert`.") from None
+        raise UserError(
+            f"{path} is not a readable .safetensors checkpoint ({e}). Foreign .pth files go through `ctxseg convert`."
+        ) from None
     if meta.get("format") != FORMAT or "recipe" not in meta:
         raise UserError(f"{path} has no ctxseg recipe metadata; convert it with `ctxseg convert`")
     extra = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "recipe")}
@@ -78,5 +80,7 @@ def load_state(path: str | Path) -> dict:
         raise UserError(f"Resume state not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - unpickling refused, truncated or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a loadable ctxseg resume state ({first[:300]}). It may be truncated, "
-                        "or hold objects other than tensors and numbers (refused for safety).") from None
+        raise UserError(
+            f"{path} is not a loadable ctxseg resume state ({first[:300]}). It may be truncated, "
+            "or hold objects other than tensors and numbers (refused for safety)."
+        ) from None

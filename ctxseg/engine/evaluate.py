@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,12 @@ def protocol_of(settings: InferenceSettings) -> str:
 
 
 PROTOCOL_FIELDS = {"ss": "miou", "flip": "miou_flip", "ms_flip": "miou_ms"}
-PROTOCOL_NAMES = {"ss": "single scale", "flip": "single scale + flip", "ms_flip": "multi-scale + flip", "custom": "custom"}
+PROTOCOL_NAMES = {
+    "ss": "single scale",
+    "flip": "single scale + flip",
+    "ms_flip": "multi-scale + flip",
+    "custom": "custom",
+}
 
 
 def published_for(recipe: Recipe, settings: InferenceSettings) -> tuple[str, float | None]:
@@ -54,14 +59,28 @@ def predict_scores(model, recipe: Recipe, img, settings: InferenceSettings, devi
     """Scores [1, C, H, W] at the image's own size for an HxWx3 BGR uint8 image: the test-time
     Resize, inference, then the logits resized back (bilinear) to the original size, as mmseg's
     postprocess_result and ssseg's tester do before the argmax."""
-    x = torch.from_numpy(normalize(load_eval_image(img, settings), recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
+    x = (
+        torch.from_numpy(normalize(load_eval_image(img, settings), recipe.data.mean, recipe.data.std))
+        .unsqueeze(0)
+        .to(device)
+    )
     return infer(model, x, settings, out_size=tuple(img.shape[:2]))
 
 
 @torch.no_grad()
-def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: InferenceSettings, device: torch.device,
-             rank: int = 0, world: int = 1, pred_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
-             limit: int | None = None) -> tuple[ConfusionMatrix, dict]:
+def evaluate(
+    model,
+    recipe: Recipe,
+    index: PreparedIndex,
+    split: str,
+    settings: InferenceSettings,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    pred_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+) -> tuple[ConfusionMatrix, dict]:
     """Returns this process's confusion matrix (caller reduces across processes) and per-image stats."""
     ds = SegDataset(index, split, recipe.data, train=False, test_resize=settings.resize, keep_ratio=settings.keep_ratio)
     idx = list(range(len(ds)))[: limit or None][rank::world]
@@ -71,12 +90,17 @@ def evaluate(model, recipe: Recipe, index: PreparedIndex, split: str, settings: 
     for k, i in enumerate(idx):
         item = ds[i]
         image = item["image"].unsqueeze(0).to(device)
-        scores = infer(model, image, settings, out_size=tuple(item["size"]))  # logits back to the label's size (test-time Resize)
+        scores = infer(
+            model, image, settings, out_size=tuple(item["size"])
+        )  # logits back to the label's size (test-time Resize)
         pred = scores.argmax(1)[0].cpu()
         if "label" in item:
             per_image[ds.samples[i].name] = image_miou(cm.update(pred, item["label"]))
         if pred_dir is not None:
-            write_png(pred_dir / f"{ds.samples[i].name}.png", pred.numpy().astype(np.uint8 if recipe.data.num_classes < 256 else np.uint16))
+            write_png(
+                pred_dir / f"{ds.samples[i].name}.png",
+                pred.numpy().astype(np.uint8 if recipe.data.num_classes < 256 else np.uint16),
+            )
         if progress:
             progress(k + 1, len(idx))
     return cm, per_image

@@ -27,7 +27,7 @@ from ctxseg.engine.settings import InferenceSettings
 from ctxseg.models.layers import fuse_for_inference, resize
 
 _FAST = {"enabled": True, "compile": False}
-_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_PREPARED: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -50,8 +50,12 @@ def set_compile(enabled: bool) -> None:
 
 def _fingerprint(model: torch.nn.Module) -> tuple:
     tensors = list(model.parameters()) + list(model.buffers())
-    return (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors), _FAST["compile"],
-            tuple(m.training for m in model.modules()), getattr(model, "with_aux", None))
+    return (
+        tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors),
+        _FAST["compile"],
+        tuple(m.training for m in model.modules()),
+        getattr(model, "with_aux", None),
+    )
 
 
 def _dispatch_mode_active() -> bool:
@@ -68,8 +72,13 @@ def _dispatch_mode_active() -> bool:
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     """The model to run for inference: a cached, folded/fused, channels-last copy of an eval-mode
     model; the model itself when it is training, when the fast path is off, or while tracing."""
-    if (not _FAST["enabled"] or model.training or torch.jit.is_tracing() or not isinstance(model, torch.nn.Module)
-            or _dispatch_mode_active()):
+    if (
+        not _FAST["enabled"]
+        or model.training
+        or torch.jit.is_tracing()
+        or not isinstance(model, torch.nn.Module)
+        or _dispatch_mode_active()
+    ):
         return model
     key = _fingerprint(model)
     hit = _PREPARED.get(model)
@@ -111,8 +120,15 @@ def _forward_logits(model, images: torch.Tensor, align_corners: bool) -> torch.T
     return resize(model(images)["logits"], images.shape[-2:], align_corners)
 
 
-def slide_logits(model, images: torch.Tensor, num_classes: int, crop: tuple[int, int], stride: tuple[int, int],
-                 window_batch: int = 4, align_corners: bool = False) -> torch.Tensor:
+def slide_logits(
+    model,
+    images: torch.Tensor,
+    num_classes: int,
+    crop: tuple[int, int],
+    stride: tuple[int, int],
+    window_batch: int = 4,
+    align_corners: bool = False,
+) -> torch.Tensor:
     """mmseg slide_inference: overlapping windows, edge windows shifted inside, logits averaged."""
     n, _, h, w = images.shape
     ch, cw = crop
@@ -131,11 +147,11 @@ def slide_logits(model, images: torch.Tensor, num_classes: int, crop: tuple[int,
     # on the CPU one at a time: a batch of windows runs no faster there and multiplies the memory
     batch = 1 if images.device.type == "cpu" else max(window_batch, 1)
     for start in range(0, len(boxes), batch):
-        chunk = boxes[start:start + batch]
+        chunk = boxes[start : start + batch]
         crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
         logits = _forward_logits(model, _channels_last(crops), align_corners)
         for k, (y1, y2, x1, x2) in enumerate(chunk):
-            out[:, :, y1:y2, x1:x2] += logits[k * n:(k + 1) * n]
+            out[:, :, y1:y2, x1:x2] += logits[k * n : (k + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
         del logits, crops
     return out.div_(count)  # in place: no second full-size score map
@@ -153,7 +169,9 @@ def flip_scores(scores: torch.Tensor, flip_pairs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def infer(model, images: torch.Tensor, settings: InferenceSettings, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+def infer(
+    model, images: torch.Tensor, settings: InferenceSettings, out_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Scores [N, C, H, W] at `out_size` (default: the input size) for normalised images."""
     num_classes, mode, crop, stride = settings.num_classes, settings.mode, settings.crop, settings.stride
     scales, flip, flip_pairs = settings.scales, settings.flip, settings.flip_pairs

@@ -1,12 +1,12 @@
 """Run folders and the `runs/latest` pointer that lets each step default to the previous one.
 
-    runs/<recipe>-<timestamp>/
-      recipe.toml          the resolved recipe
-      log.jsonl            one JSON object per logged step / evaluation
-      checkpoints/iter_<n>.safetensors (+ .state.pt)   periodic weights + resume state
-      best.safetensors     best val mIoU so far
-      final.safetensors    weights at the end of training
-      eval/                metrics.json, predictions/ (label PNGs), predictions.json
+runs/<recipe>-<timestamp>/
+  recipe.toml          the resolved recipe
+  log.jsonl            one JSON object per logged step / evaluation
+  checkpoints/iter_<n>.safetensors (+ .state.pt)   periodic weights + resume state
+  best.safetensors     best val mIoU so far
+  final.safetensors    weights at the end of training
+  eval/                metrics.json, predictions/ (label PNGs), predictions.json
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def new_run_dir(name: str, runs_dir: Path | None = None) -> Path:
             (path / "checkpoints").mkdir()
             return path
     except OSError as e:
-        raise UserError(f"Cannot create a run folder in {runs_dir}: {e.strerror or e}. "
-                        "Choose a writable folder with --runs-dir.") from None
+        raise UserError(
+            f"Cannot create a run folder in {runs_dir}: {e.strerror or e}. Choose a writable folder with --runs-dir."
+        ) from None
     raise UserError(f"Cannot create a run folder in {runs_dir}: every name {base}-k is taken")
 
 

@@ -19,9 +19,9 @@ false negative there too; ground-truth void pixels are ignored).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -82,7 +82,9 @@ def read_prediction(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16", "I;16B"):
-                raise UserError(f"{path}: a prediction must be a single-channel (or palette) PNG of class ids, got mode {im.mode}")
+                raise UserError(
+                    f"{path}: a prediction must be a single-channel (or palette) PNG of class ids, got mode {im.mode}"
+                )
             return np.array(im)
     except UserError:
         raise
@@ -95,8 +97,10 @@ def _format_lut(fmt: str, index: PreparedIndex) -> np.ndarray | None:
         return None
     if fmt == "cityscapes":
         if index.meta.get("num_classes") != 19:
-            raise UserError(f"--format cityscapes needs a 19-class Cityscapes index; {index.root} has "
-                            f"{index.meta.get('num_classes')} classes")
+            raise UserError(
+                f"--format cityscapes needs a 19-class Cityscapes index; {index.root} has "
+                f"{index.meta.get('num_classes')} classes"
+            )
         from ctxseg.data.prepare.cityscapes import id_to_trainid_lut
 
         lut = np.full(65536, 255, np.uint8)
@@ -105,8 +109,14 @@ def _format_lut(fmt: str, index: PreparedIndex) -> np.ndarray | None:
     raise UserError(f"Unknown --format '{fmt}'; choose from {', '.join(FORMATS)}")
 
 
-def score_predictions(index: PreparedIndex, split: str, pred_dir: Path, fmt: str = "trainid", workers: int = 4,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[ConfusionMatrix, dict, dict]:
+def score_predictions(
+    index: PreparedIndex,
+    split: str,
+    pred_dir: Path,
+    fmt: str = "trainid",
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ConfusionMatrix, dict, dict]:
     """Returns (confusion matrix, per-image mIoU {sample name: value or None}, {sample name: prediction file})."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -127,11 +137,15 @@ def score_predictions(index: PreparedIndex, split: str, pred_dir: Path, fmt: str
         else:
             missing.append(s.name)
     if ambiguous:
-        raise UserError(f"{len(ambiguous)} sample(s) match several prediction files in {pred_dir}: " + "; ".join(ambiguous[:5]))
+        raise UserError(
+            f"{len(ambiguous)} sample(s) match several prediction files in {pred_dir}: " + "; ".join(ambiguous[:5])
+        )
     if missing:
-        raise UserError(f"{len(missing)} of {len(samples)} sample(s) of split '{split}' have no prediction in {pred_dir}, "
-                        f"e.g. {', '.join(missing[:5])} (expected <name>.png, <image stem>.png or, for Cityscapes, "
-                        f"<city>_<seq>_<frame>*.png)")
+        raise UserError(
+            f"{len(missing)} of {len(samples)} sample(s) of split '{split}' have no prediction in {pred_dir}, "
+            f"e.g. {', '.join(missing[:5])} (expected <name>.png, <image stem>.png or, for Cityscapes, "
+            f"<city>_<seq>_<frame>*.png)"
+        )
     meta = index.meta
     c, ignore, reduce_zero = int(meta["num_classes"]), index.ignore_index, bool(meta.get("reduce_zero_label", False))
     cm = ConfusionMatrix(c, ignore)
@@ -143,8 +157,10 @@ def score_predictions(index: PreparedIndex, split: str, pred_dir: Path, fmt: str
         except UserError:
             raise
         if pred.shape != gt.shape:
-            raise UserError(f"{matched[s.name]}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                            f"its ground truth {s.label} is {gt.shape[1]}x{gt.shape[0]}")
+            raise UserError(
+                f"{matched[s.name]}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                f"its ground truth {s.label} is {gt.shape[1]}x{gt.shape[0]}"
+            )
         if lut is not None:
             pred = lut[pred.astype(np.int64).clip(0, len(lut) - 1)]
         gt = gt.astype(np.int64)

@@ -48,8 +48,14 @@ class InferenceSettings:
     keep_ratio: bool = True
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, ms_flip: bool = False, scales: list[float] | None = None,
-                    flip: bool | None = None, flip_pairs=None) -> InferenceSettings:
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        ms_flip: bool = False,
+        scales: list[float] | None = None,
+        flip: bool | None = None,
+        flip_pairs=None,
+    ) -> InferenceSettings:
         """The recipe's eval settings; `ms_flip` switches to eval.ms_scales + flip; explicit `scales` /
         `flip` win. `flip_pairs`: the dataset's (meta.json), unless data.flip_pairs is set."""
         e = recipe.eval

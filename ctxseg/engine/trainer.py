@@ -29,16 +29,15 @@ from ctxseg.data.dataset import SegDataset, TrainBatchSampler, collate
 from ctxseg.data.index import PreparedIndex
 from ctxseg.engine import checkpoint as ckpt
 from ctxseg.engine.evaluate import evaluate
-from ctxseg.engine.settings import InferenceSettings
+from ctxseg.engine.offline import build_for_loading
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
+from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
 from ctxseg.io import remove_stale_temp_files, write_error, write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
 from ctxseg.models.norm import convert_sync_batchnorm
-from ctxseg.engine.offline import build_for_loading
 from ctxseg.models.segmentor import build_segmentor
-
 
 # tests set this to simulate a job killed (SIGKILL) right after the checkpoint of that step
 _FAULT_AT_STEP = int(os.environ.get("CTXSEG_FAULT_AT_STEP", "0"))
@@ -55,9 +54,11 @@ def batch_notice(recipe: Recipe, world: int) -> str | None:
     if paper is None or paper == world:
         return None
     b = recipe.data.batch_size
-    return (f"note: {recipe.name} reproduces a run of {paper} processes x {b} images (global batch {paper * b}); "
-            f"this run has {world} process(es) x {b} = global batch {world * b}. For the paper's batch, launch "
-            f"{paper} processes, or set data.batch_size = {paper * b // world} if it divides (and fits in memory).")
+    return (
+        f"note: {recipe.name} reproduces a run of {paper} processes x {b} images (global batch {paper * b}); "
+        f"this run has {world} process(es) x {b} = global batch {world * b}. For the paper's batch, launch "
+        f"{paper} processes, or set data.batch_size = {paper * b // world} if it divides (and fits in memory)."
+    )
 
 
 def total_iters(recipe: Recipe, num_train: int, world: int) -> int:
@@ -115,8 +116,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def channels_last_training(device: torch.device) -> bool:
     """Train in channels-last memory layout on the CPU (model and images): oneDNN's NHWC
     convolution kernels, forward and backward, took 6-24% less CPU time per OCRNet-HRNetV2p-W18
-    step than NCHW (docs/benchmarks.md, measured on a loaded 2-core machine). Same results up to float rounding. GPUs keep NCHW
-    (there the choice depends on the card, the precision and cuDNN)."""
+    step than NCHW (docs/benchmarks.md, measured on a loaded 2-core machine). Same results up to float
+    rounding. GPUs keep NCHW (there the choice depends on the card, the precision and cuDNN)."""
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
@@ -135,10 +136,17 @@ def rng_state() -> dict:
     py_version, py_internal, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
-        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
+        "numpy": {
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -148,7 +156,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -166,14 +176,20 @@ def launch_warning(world: int) -> str | None:
     if any("accelerate" in a or "torchrun" in a or "torch.distributed.run" in a for a in argv[:3]):
         for i, a in enumerate(argv):
             for flag in ("--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node"):
-                value = a.split("=", 1)[1] if a.startswith(flag + "=") else (argv[i + 1] if a == flag and i + 1 < len(argv) else None)
+                value = (
+                    a.split("=", 1)[1]
+                    if a.startswith(flag + "=")
+                    else (argv[i + 1] if a == flag and i + 1 < len(argv) else None)
+                )
                 if value and value.isdigit():
                     asked = max(asked, int(value))
     if world == 1 and asked <= 1 and os.environ.get("MASTER_PORT") and not os.environ.get("WORLD_SIZE"):
         asked = 2  # the launcher prepared a process group (MASTER_PORT) but only this process runs
     if asked > world:
-        return (f"the launch asked for {asked} processes but {world} {'is' if world == 1 else 'are'} running "
-                f"(with `accelerate launch --cpu`, add --multi_cpu; or use `torchrun --nproc_per_node {asked}`)")
+        return (
+            f"the launch asked for {asked} processes but {world} {'is' if world == 1 else 'are'} running "
+            f"(with `accelerate launch --cpu`, add --multi_cpu; or use `torchrun --nproc_per_node {asked}`)"
+        )
     return None
 
 
@@ -222,8 +238,15 @@ class Trainer:
         eval_limit: evaluate on at most this many validation images (quick runs, tests); None: all.
     """
 
-    def __init__(self, recipe: Recipe, runs_dir: Path, resume: Path | None = None, mixed_precision: str | None = None,
-                 progress: bool = True, eval_limit: int | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        runs_dir: Path,
+        resume: Path | None = None,
+        mixed_precision: str | None = None,
+        progress: bool = True,
+        eval_limit: int | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -235,9 +258,13 @@ class Trainer:
         if resume_state is not None and mixed_precision is None:
             mixed_precision = resume_state.get("mixed_precision")  # resume in the precision the run used
         log_with = ["tensorboard"] if tr.tensorboard else None
-        self.acc = Accelerator(mixed_precision=mixed_precision or tr.mixed_precision, gradient_accumulation_steps=tr.grad_accum,
-                               cpu=not torch.cuda.is_available(), log_with=log_with,
-                               project_dir=str(runs_dir) if log_with else None)
+        self.acc = Accelerator(
+            mixed_precision=mixed_precision or tr.mixed_precision,
+            gradient_accumulation_steps=tr.grad_accum,
+            cpu=not torch.cuda.is_available(),
+            log_with=log_with,
+            project_dir=str(runs_dir) if log_with else None,
+        )
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         set_seed(tr.seed, deterministic=tr.deterministic)
         if tr.deterministic:
@@ -283,8 +310,10 @@ class Trainer:
 
     def describe(self) -> str:
         """One line for the start of a run: how many processes, on what, in which precision."""
-        return (f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
-                f"mixed precision {self.acc.mixed_precision}, {self.total} iterations, run folder {self.run_dir}")
+        return (
+            f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
+            f"mixed precision {self.acc.mixed_precision}, {self.total} iterations, run folder {self.run_dir}"
+        )
 
     # ---------------------------------------------------------------------------------------
     # faults: every process reaches the same decision, so none waits forever in a collective
@@ -299,7 +328,11 @@ class Trainer:
         torch.distributed.all_reduce(flag)
         if flag.item() == 0:
             return
-        mine = None if error is None else (type(error).__name__ if isinstance(error, BaseException) else "UserError", str(error))
+        mine = (
+            None
+            if error is None
+            else (type(error).__name__ if isinstance(error, BaseException) else "UserError", str(error))
+        )
         gathered: list = [None] * self.world
         torch.distributed.all_gather_object(gathered, mine)
         if isinstance(error, BaseException):
@@ -320,33 +353,48 @@ class Trainer:
     def _ensure_finite(self, step: int) -> None:
         """Weights are only ever written when every parameter and buffer is finite."""
         state = {k: t for k, t in self.acc.unwrap_model(self.model).state_dict().items() if t.is_floating_point()}
-        flags = torch.stack([torch.isfinite(t).all() for t in state.values()]) if state else torch.ones(1, dtype=torch.bool)
+        flags = (
+            torch.stack([torch.isfinite(t).all() for t in state.values()]) if state else torch.ones(1, dtype=torch.bool)
+        )
         bad = [] if bool(flags.all()) else [k for k, ok in zip(state, flags.tolist()) if not ok]  # one device sync
         error = None
         if bad:
             error = TrainingDiverged(
-                f"Weights became non-finite (inf/NaN) at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                f"Weights became non-finite (inf/NaN) at step {step} "
+                f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
                 f"they were not saved and training stopped: {self._last_good()}. Lower train.optimizer.lr, set "
-                f"train.grad_clip, or use --mixed-precision bf16 instead of fp16.")
+                f"train.grad_clip, or use --mixed-precision bf16 instead of fp16."
+            )
         self._agree(error)
 
     # ---------------------------------------------------------------------------------------
     def _check_meta(self) -> None:
         d, meta = self.recipe.data, self.index.meta
         if "num_classes" in meta and meta["num_classes"] != d.num_classes:
-            raise UserError(f"Recipe has data.num_classes={d.num_classes} but {self.index.root} holds "
-                            f"{meta['num_classes']} classes (set --set data.num_classes={meta['num_classes']})")
+            raise UserError(
+                f"Recipe has data.num_classes={d.num_classes} but {self.index.root} holds "
+                f"{meta['num_classes']} classes (set --set data.num_classes={meta['num_classes']})"
+            )
         # every split the run will read, checked before the first step (each process checks its share)
         error = None
         try:
-            problems = check_data(self.index, [d.train_split, d.val_split], d, full=self.recipe.train.check_labels,
-                                  rank=self.rank, world=self.world, gather=self._gather_objects)
+            problems = check_data(
+                self.index,
+                [d.train_split, d.val_split],
+                d,
+                full=self.recipe.train.check_labels,
+                rank=self.rank,
+                world=self.world,
+                gather=self._gather_objects,
+            )
             if problems:
                 listing = "\n".join(f"  {p}" for p in problems[:10])
                 more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-                error = UserError(f"{len(problems)} problem(s) in the data this run needs (splits "
-                                  f"'{d.train_split}' and '{d.val_split}' of {self.index.root}):\n{listing}{more}\n"
-                                  f"Fix or remove these files (`ctxseg prepare --check`); nothing was trained.")
+                error = UserError(
+                    f"{len(problems)} problem(s) in the data this run needs (splits "
+                    f"'{d.train_split}' and '{d.val_split}' of {self.index.root}):\n{listing}{more}\n"
+                    f"Fix or remove these files (`ctxseg prepare --check`); nothing was trained."
+                )
         except UserError as e:
             error = e
         self._agree(error)
@@ -399,10 +447,23 @@ class Trainer:
             from ctxseg.data.sampling import sample_weights  # repeat-factor / class-balanced
 
             weights = sample_weights(self.index, self.train_set, d)
-        sampler = TrainBatchSampler(len(self.train_set), d.batch_size, self.recipe.train.seed, self.rank, self.world,
-                                    start_batch=self.step * self.recipe.train.grad_accum, weights=weights)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
-                          persistent_workers=d.num_workers > 0, pin_memory=torch.cuda.is_available())
+        sampler = TrainBatchSampler(
+            len(self.train_set),
+            d.batch_size,
+            self.recipe.train.seed,
+            self.rank,
+            self.world,
+            start_batch=self.step * self.recipe.train.grad_accum,
+            weights=weights,
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=d.num_workers,
+            collate_fn=collate,
+            persistent_workers=d.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def log(self, record: dict) -> None:
         """Every process calls this at the same points; process 0 writes."""
@@ -424,8 +485,11 @@ class Trainer:
         statistics are per process between DDP's buffer broadcasts, so they are not compared."""
         if self.world == 1:
             return
-        digest = [float(t.double().sum()) for k, t in core.state_dict().items()
-                  if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))]
+        digest = [
+            float(t.double().sum())
+            for k, t in core.state_dict().items()
+            if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+        ]
         gathered = self._gather_objects(digest)
         identical = all(g == gathered[0] for g in gathered)
         self.log({"step": self.step, "replicas": self.world, "replicas_identical": identical})
@@ -450,10 +514,17 @@ class Trainer:
             path = self.run_dir / "checkpoints" / f"iter_{step:07d}.safetensors"
             try:
                 # the state file is written first: a weights file without its state is never picked for resume
-                ckpt.save_state(path.with_suffix(".state.pt"), {
-                    "step": step, "optimizer": self.optimizer.state_dict(), "rng": rngs, "best_miou": self.best,
-                    "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
-                    "mixed_precision": str(self.acc.mixed_precision)})
+                ckpt.save_state(
+                    path.with_suffix(".state.pt"),
+                    {
+                        "step": step,
+                        "optimizer": self.optimizer.state_dict(),
+                        "rng": rngs,
+                        "best_miou": self.best,
+                        "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                        "mixed_precision": str(self.acc.mixed_precision),
+                    },
+                )
                 ckpt.save_weights(path, model, self.recipe, {"step": step})
                 for old in iteration_checkpoints(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
                     old.unlink(missing_ok=True)
@@ -470,8 +541,17 @@ class Trainer:
         error, cm = None, None
         try:
             with _without_autocast(model):
-                cm, _ = evaluate(model, self.recipe, self.index, self.recipe.data.val_split, settings, self.acc.device,
-                                 self.rank, self.world, limit=self.eval_limit)
+                cm, _ = evaluate(
+                    model,
+                    self.recipe,
+                    self.index,
+                    self.recipe.data.val_split,
+                    settings,
+                    self.acc.device,
+                    self.rank,
+                    self.world,
+                    limit=self.eval_limit,
+                )
         except UserError as e:
             error = e
         self._agree(error)
@@ -482,8 +562,16 @@ class Trainer:
         self.model.train()
         miou = summary["mIoU"]
         # eval_weights: which weights were evaluated (process 0's, the ones written to checkpoints)
-        self.log({"step": step, "val/mIoU": miou, "val/aAcc": summary["aAcc"], "val/mAcc": summary["mAcc"],
-                  "eval_weights": "process 0 (saved)" if self.world > 1 else "saved", "eval_precision": "fp32"})
+        self.log(
+            {
+                "step": step,
+                "val/mIoU": miou,
+                "val/aAcc": summary["aAcc"],
+                "val/mAcc": summary["mAcc"],
+                "eval_weights": "process 0 (saved)" if self.world > 1 else "saved",
+                "eval_precision": "fp32",
+            }
+        )
         error = None
         if self.acc.is_main_process and (self.best is None or miou > self.best):
             self.best = miou
@@ -514,9 +602,18 @@ class Trainer:
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
-        iters_per_epoch = max(1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
-        bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress)
+        iters_per_epoch = max(
+            1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum))
+        )
+        bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not self.progress,
+        )
         t0, it_times = time.time(), []
         with bar:
             task = bar.add_task("train", total=self.total, completed=self.step, info="")
@@ -541,9 +638,11 @@ class Trainer:
                         error = None
                         if not bool(torch.isfinite(loss)):
                             error = TrainingDiverged(
-                                f"Loss became {float(loss)} at step {self.step + 1} (terms: {terms}). Training stopped; "
+                                f"Loss became {float(loss)} at step {self.step + 1} (terms: {terms}). "
+                                f"Training stopped; "
                                 f"{self._last_good()}. Lower train.optimizer.lr, check labels "
-                                f"(`ctxseg prepare --check`), or try --mixed-precision bf16 instead of fp16.")
+                                f"(`ctxseg prepare --check`), or try --mixed-precision bf16 instead of fp16."
+                            )
                         self._agree(error)
                         self.acc.backward(loss)
                         if tr.grad_clip and self.acc.sync_gradients:
@@ -556,12 +655,24 @@ class Trainer:
                 self.step += 1
                 it_times.append(time.time() - t_step)
                 loss_value = sum(v for k, v in terms_sum.items() if not k.startswith("stat_"))
-                bar.update(task, completed=self.step, info=f"loss {loss_value:.4f} lr {lr:.2e} {1 / np.mean(it_times[-20:]):.2f} it/s")
+                bar.update(
+                    task,
+                    completed=self.step,
+                    info=f"loss {loss_value:.4f} lr {lr:.2e} {1 / np.mean(it_times[-20:]):.2f} it/s",
+                )
                 if self.step % tr.log_interval == 0 or self.step == self.total:
                     eta = np.mean(it_times[-50:]) * (self.total - self.step)
-                    self.log({"step": self.step, "lr": lr, "loss": loss_value, **terms_sum,
-                              "time_per_iter": float(np.mean(it_times[-tr.log_interval:])), "eta_s": float(eta),
-                              "elapsed_s": time.time() - t0})
+                    self.log(
+                        {
+                            "step": self.step,
+                            "lr": lr,
+                            "loss": loss_value,
+                            **terms_sum,
+                            "time_per_iter": float(np.mean(it_times[-tr.log_interval :])),
+                            "eta_s": float(eta),
+                            "elapsed_s": time.time() - t0,
+                        }
+                    )
                 if self.step % tr.eval_interval == 0 or self.step == self.total:
                     self.run_eval(self.step)
                 if self.step % tr.checkpoint_interval == 0 or self.step == self.total:

@@ -45,15 +45,24 @@ class Criterion(nn.Module):
         weight = lc.class_weight
         if weight == "inverse_log_freq":
             weight = inverse_log_frequency(class_pixel_counts or [1] * recipe.data.num_classes)
-        self.register_buffer("class_weight", torch.tensor(weight, dtype=torch.float32) if weight else None, persistent=False)
+        self.register_buffer(
+            "class_weight", torch.tensor(weight, dtype=torch.float32) if weight else None, persistent=False
+        )
 
     def ce(self, logits: torch.Tensor, target: torch.Tensor, ohem: bool = False) -> torch.Tensor:
         logits = resize(logits, target.shape[-2:], self.align_corners).float()
         pw = None
         if ohem and self.cfg.ohem is not None:
             pw = ohem_weights(logits, target, self.cfg.ohem.thresh, self.cfg.ohem.min_kept, self.ignore_index)
-        return cross_entropy(logits, target, self.ignore_index, self.class_weight, self.cfg.avg_non_ignore, pw,
-                             self.cfg.class_weight_norm)
+        return cross_entropy(
+            logits,
+            target,
+            self.ignore_index,
+            self.class_weight,
+            self.cfg.avg_non_ignore,
+            pw,
+            self.cfg.class_weight_norm,
+        )
 
     def forward(self, model: nn.Module, outputs: dict, target: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         terms = {"loss_ce": self.cfg.decode_weight * self.ce(outputs["logits"], target, ohem=True)}

@@ -98,16 +98,25 @@ def kept_counts(num_hard: torch.Tensor, num_easy: torch.Tensor, n_view: int) -> 
     half = n_view / 2
     hard_ok, easy_ok = num_hard >= half, num_easy >= half
     both = hard_ok & easy_ok
-    hard_keep = torch.where(both, torch.full_like(num_hard, n_view // 2),
-                            torch.where(hard_ok, n_view - num_easy, num_hard))
+    hard_keep = torch.where(
+        both, torch.full_like(num_hard, n_view // 2), torch.where(hard_ok, n_view - num_easy, num_hard)
+    )
     # the official `else: raise` is unreachable: hard + easy > max_views >= n_view
     easy_keep = n_view - hard_keep
     return hard_keep, easy_keep
 
 
-def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Tensor, max_samples: int, max_views: int,
-                   ignore_index: int = -1, random: bool = True, generator: torch.Generator | None = None,
-                   channels_first: bool = False) -> Anchors | None:
+def sample_anchors(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    predict: torch.Tensor,
+    max_samples: int,
+    max_views: int,
+    ignore_index: int = -1,
+    random: bool = True,
+    generator: torch.Generator | None = None,
+    channels_first: bool = False,
+) -> Anchors | None:
     """Hard-anchor sampling over a batch.
 
     feats [B, N, D] (flattened feature map, any strides; [B, D, N] with channels_first, e.g. a
@@ -148,7 +157,9 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
         starts = (counts.cumsum(1) - counts + offset).view(-1)
     j = torch.arange(n_view, device=dev).expand(total, n_view)
     first = img * num_groups + 2 * cls  # the pair's hard group; its easy group is the next one
-    pos = torch.where(j < hard_keep[:, None], starts[first][:, None] + j, starts[first + 1][:, None] + j - hard_keep[:, None])
+    pos = torch.where(
+        j < hard_keep[:, None], starts[first][:, None] + j, starts[first + 1][:, None] + j - hard_keep[:, None]
+    )
     indices = order[pos] - (img * n)[:, None]  # flat over the batch -> pixel index in its image
     if channels_first:  # feats [B, D, N]: gather the anchors' vectors without a permuted copy of the map
         chosen = feats[img[:, None], :, indices]  # advanced indices around a slice: [T, V, D]
@@ -162,9 +173,15 @@ def sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Ten
 CANDIDATE_MARGIN = (2, 16)
 
 
-def _random_candidates(group: torch.Tensor, counts: torch.Tensor, img: torch.Tensor, cls: torch.Tensor,
-                       hard_keep: torch.Tensor, easy_keep: torch.Tensor, generator: torch.Generator | None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_candidates(
+    group: torch.Tensor,
+    counts: torch.Tensor,
+    img: torch.Tensor,
+    cls: torch.Tensor,
+    hard_keep: torch.Tensor,
+    easy_keep: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random keys for every pixel; per (image, group) the kept pixels are those of smallest key
     (a uniformly random subset in random order, as the official randperm). Only a few keys per
     group can be among the smallest, so only pixels whose key lies below a per-group threshold
@@ -212,9 +229,15 @@ def queue_contrast_set(queue: torch.Tensor, skip_class0: bool = True) -> tuple[t
     return rows, labels
 
 
-def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float,
-                     queue: torch.Tensor | None = None, skip_class0: bool = True, self_mask: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_loss(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    queue: torch.Tensor | None = None,
+    skip_class0: bool = True,
+    self_mask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Supervised pixel contrast. feats [A, V, D] anchors, labels [A]; optional queue [C, Q, D].
 
     Returns (loss, positives per row). Rows are view-major (row = v * A + a). Without a queue
@@ -227,7 +250,9 @@ def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: flo
     rows = feats.transpose(0, 1).reshape(v * a, d)
     row_labels = labels.repeat(v)
     if queue is not None:
-        return _queue_loss(rows, row_labels, queue.to(rows.dtype), temperature, base_temperature, skip_class0, self_mask)
+        return _queue_loss(
+            rows, row_labels, queue.to(rows.dtype), temperature, base_temperature, skip_class0, self_mask
+        )
     # the official masked sums as matmuls with the rows' one-hot labels [R, K]: no [R, R] masks,
     # no bool -> float conversions; the self column is taken out by subtracting the diagonal
     logits = (rows @ rows.T).div_(temperature)  # the official order: divide after the product
@@ -247,8 +272,15 @@ def contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: flo
     return -(temperature / base_temperature) * mean_log_prob_pos.mean(), num_pos
 
 
-def _queue_loss(rows: torch.Tensor, row_labels: torch.Tensor, queue: torch.Tensor, temperature: float,
-                base_temperature: float, skip_class0: bool, self_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _queue_loss(
+    rows: torch.Tensor,
+    row_labels: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    skip_class0: bool,
+    self_mask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchors against the queue: `QueueContrast` (one [R, C*Q] buffer, no masks, no queue copy)."""
     c, q, _ = queue.shape
     # each row's own block of Q columns in the contrast set (queue_contrast_set order); -1: none
@@ -267,8 +299,9 @@ def _queue_loss(rows: torch.Tensor, row_labels: torch.Tensor, queue: torch.Tenso
     return loss, num_pos
 
 
-def _shifted_exp(rows: torch.Tensor, cols: torch.Tensor, temperature: float, zero_block: bool, own: torch.Tensor,
-                 q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _shifted_exp(
+    rows: torch.Tensor, cols: torch.Tensor, temperature: float, zero_block: bool, own: torch.Tensor, q: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (exp(logits - row max) [R, n_blocks*Q], row max [R], own-block logits - row max [R, Q]).
     One buffer, updated in place: logits = rows @ cols.T / T (the official order: divide after the
     product), then shifted and exponentiated."""
@@ -375,19 +408,40 @@ class ContrastResult:
         return self.loss is None or bool((self.num_pos == 0).any())
 
 
-def pixel_contrast_loss(embed: torch.Tensor, labels: torch.Tensor, predict: torch.Tensor, temperature: float,
-                        base_temperature: float, max_samples: int, max_views: int, ignore_index: int = -1,
-                        queue: torch.Tensor | None = None, skip_class0: bool = True, self_mask: bool = True,
-                        random: bool = True, generator: torch.Generator | None = None) -> ContrastResult:
+def pixel_contrast_loss(
+    embed: torch.Tensor,
+    labels: torch.Tensor,
+    predict: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    max_samples: int,
+    max_views: int,
+    ignore_index: int = -1,
+    queue: torch.Tensor | None = None,
+    skip_class0: bool = True,
+    self_mask: bool = True,
+    random: bool = True,
+    generator: torch.Generator | None = None,
+) -> ContrastResult:
     """The official `PixelContrastLoss.forward`: embed [B, D, h, w], labels [B, H, W] (image
     resolution), predict [B, h, w]. A NaN-producing step (row without positives) is returned
     as-is (`degenerate` tells); the plug-in skips such steps instead of crashing."""
     b, d, h, w = embed.shape
     labels_down = downsample_labels(labels, (h, w))
-    anchors = sample_anchors(embed.reshape(b, d, h * w), labels_down.reshape(b, -1), predict.reshape(b, -1), max_samples,
-                             max_views, ignore_index, random, generator, channels_first=True)
+    anchors = sample_anchors(
+        embed.reshape(b, d, h * w),
+        labels_down.reshape(b, -1),
+        predict.reshape(b, -1),
+        max_samples,
+        max_views,
+        ignore_index,
+        random,
+        generator,
+        channels_first=True,
+    )
     if anchors is None:
         return ContrastResult(None, None, labels_down, None)
-    loss, num_pos = contrastive_loss(anchors.feats, anchors.labels, temperature, base_temperature, queue, skip_class0,
-                                     self_mask)
+    loss, num_pos = contrastive_loss(
+        anchors.feats, anchors.labels, temperature, base_temperature, queue, skip_class0, self_mask
+    )
     return ContrastResult(loss, anchors, labels_down, num_pos)

@@ -8,9 +8,15 @@ import torch.nn.functional as F
 from ctxseg.models.layers import resize
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
-                  class_weight: torch.Tensor | None = None, avg_non_ignore: bool = False,
-                  pixel_weight: torch.Tensor | None = None, weight_norm: str = "pixels") -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    class_weight: torch.Tensor | None = None,
+    avg_non_ignore: bool = False,
+    pixel_weight: torch.Tensor | None = None,
+    weight_norm: str = "pixels",
+) -> torch.Tensor:
     """Per-pixel CE averaged like mmseg's CrossEntropyLoss.
 
     avg_non_ignore=False (mmseg's default): sum over pixels / number of ALL pixels, ignored ones
@@ -37,7 +43,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
 
 
 @torch.no_grad()
-def ohem_weights(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int, ignore_index: int) -> torch.Tensor:
+def ohem_weights(
+    logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int, ignore_index: int
+) -> torch.Tensor:
     """mmseg OHEMPixelSampler: keep pixels whose true-class probability is below `thresh`, and at
     least `min_kept` per image (the threshold rises to the (min_kept*N)-th smallest probability)."""
     valid = target != ignore_index

@@ -51,7 +51,9 @@ def _block_rows(height: int, row_numel: int, element_size: int, device: torch.de
 def _taps(ry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two input rows each output row of a linear-interpolation matrix reads, and their weights."""
     nz = ry != 0
-    k0 = torch.where(nz.any(dim=1), nz.float().argmax(dim=1), torch.zeros(ry.shape[0], dtype=torch.long, device=ry.device))
+    k0 = torch.where(
+        nz.any(dim=1), nz.float().argmax(dim=1), torch.zeros(ry.shape[0], dtype=torch.long, device=ry.device)
+    )
     k1 = (k0 + 1).clamp(max=ry.shape[1] - 1)
     w0 = ry.gather(1, k0[:, None]).squeeze(1)
     w1 = torch.where(k1 != k0, ry.gather(1, k1[:, None]).squeeze(1), torch.zeros_like(w0))
@@ -101,8 +103,8 @@ class _UpsampledCESum(torch.autograd.Function):
         if bool(((lse < -40.0) & valid).any()):  # far below the max: exact log-sum-exp there (rare)
             for r in torch.nonzero(((lse < -40.0) & valid).any(dim=(1, 2))).flatten().tolist():
                 j0, j1 = int(k0[r]), int(k1[r]) + 1
-                u = (ry[r:r + 1, j0:j1] @ xw[j0:j1]).view(1, b, n, width)
-                lse[r:r + 1] = torch.logsumexp(u, dim=2)
+                u = (ry[r : r + 1, j0:j1] @ xw[j0:j1]).view(1, b, n, width)
+                lse[r : r + 1] = torch.logsumexp(u, dim=2)
         total = ((lse - picked) * valid).sum()
         # backward: softmax = exp(u - lse) on valid pixels, 0 (exp(-inf)) on the others
         ctx.save_for_backward(xw, ry, rx, lse.masked_fill_(~valid, float("inf")), idx0, idx1, w0, w1, valid)
@@ -130,8 +132,9 @@ class _UpsampledCESum(torch.autograd.Function):
         return grad.to(dtype).contiguous(), None, None, None
 
 
-def upsampled_ce_sum(logits: torch.Tensor, target: torch.Tensor, align_corners: bool = False,
-                     ignore_index: int = 255) -> torch.Tensor:
+def upsampled_ce_sum(
+    logits: torch.Tensor, target: torch.Tensor, align_corners: bool = False, ignore_index: int = 255
+) -> torch.Tensor:
     """Sum over the non-ignored label pixels of the CE of `logits` [B, n, h, w] bilinearly resized
     to the label size [B, H, W] (float32 scalar). Labels outside [0, n) other than ignore_index
     count as ignored (torch would raise)."""

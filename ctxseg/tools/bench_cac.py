@@ -30,19 +30,36 @@ from ctxseg.models.segmentor import Segmentor
 from ctxseg.tools.common import run_cases_cli
 from ctxseg.tools.ref_inputs import MM_IGNORE, cac_inputs
 
-PAIRS = {"cac_train_fwbw": "plain_train_fwbw", "cac_forward_train": "plain_forward_train",
-         "cac_forward_test": "plain_forward"}
+PAIRS = {
+    "cac_train_fwbw": "plain_train_fwbw",
+    "cac_forward_train": "plain_forward_train",
+    "cac_forward_test": "plain_forward",
+}
 RUNS: dict = {"repeats": 5, "warmup": 1}  # set by ctxseg.tools.side_by_side
 NUM_CLASSES = 150
 
 
 def build(with_cac: bool) -> tuple[Segmentor, dict]:
     torch.manual_seed(0)
-    head = FCNHead(in_channels=[2048], num_classes=NUM_CLASSES, channels=512, num_convs=2, concat_input=True, in_index=0,
-                   dropout_ratio=0.1)
+    head = FCNHead(
+        in_channels=[2048],
+        num_classes=NUM_CLASSES,
+        channels=512,
+        num_convs=2,
+        concat_input=True,
+        in_index=0,
+        dropout_ratio=0.1,
+    )
     data = cac_inputs(head)
-    plugins = {"cac": ContextAwareClassifier(classifier=head.classifier_slot(), num_classes=NUM_CLASSES,
-                                             ignore_index=MM_IGNORE)} if with_cac else {}
+    plugins = (
+        {
+            "cac": ContextAwareClassifier(
+                classifier=head.classifier_slot(), num_classes=NUM_CLASSES, ignore_index=MM_IGNORE
+            )
+        }
+        if with_cac
+        else {}
+    )
     return Segmentor(nn.Identity(), head, None, plugins, NUM_CLASSES, False), data
 
 
@@ -97,9 +114,11 @@ CASES: dict = {name: (lambda n=name: run_pair(n, RUNS["repeats"], RUNS["warmup"]
 
 
 def summary(name: str, r: dict) -> str:
-    return (f"{name:18s} CAC {r['cac']['median_s']:.3f} s, {PAIRS[name]} {r['plain']['median_s']:.3f} s, "
-            f"overhead {100 * r['overhead']:+.1f}% (median of per-pair ratios), peak +{r['cac']['peak_mb']} / "
-            f"+{r['plain']['peak_mb']} MB, load {r['cac']['loadavg']}")
+    return (
+        f"{name:18s} CAC {r['cac']['median_s']:.3f} s, {PAIRS[name]} {r['plain']['median_s']:.3f} s, "
+        f"overhead {100 * r['overhead']:+.1f}% (median of per-pair ratios), peak +{r['cac']['peak_mb']} / "
+        f"+{r['plain']['peak_mb']} MB, load {r['cac']['loadavg']}"
+    )
 
 
 def main(argv=None) -> dict:

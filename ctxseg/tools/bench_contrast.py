@@ -21,14 +21,25 @@ from ctxseg.tools.common import run_cases_cli
 from ctxseg.tools.ref_inputs import CONTRAST_IGNORE, CONTRAST_SETTINGS, contrast_inputs
 
 # (warm-up, repeats) per case, as ref_bench's defaults
-DEFAULT_RUNS = {"contrast_nomem": (2, 7), "contrast_nomem_fwbw": (1, 5), "contrast_mem": (2, 7), "contrast_mem_fwbw": (1, 5)}
+DEFAULT_RUNS = {
+    "contrast_nomem": (2, 7),
+    "contrast_nomem_fwbw": (1, 5),
+    "contrast_mem": (2, 7),
+    "contrast_mem_fwbw": (1, 5),
+}
 RUNS: dict = {"repeats": None, "warmup": None}  # set by ctxseg.tools.side_by_side; None: DEFAULT_RUNS
 
 
 def _loss(data: dict, embed: torch.Tensor, with_queue: bool) -> torch.Tensor:
     torch.manual_seed(99)
-    res = pixel_contrast_loss(embed, data["labels"], data["predict"], ignore_index=CONTRAST_IGNORE,
-                              queue=data["queue"] if with_queue else None, **CONTRAST_SETTINGS[with_queue])
+    res = pixel_contrast_loss(
+        embed,
+        data["labels"],
+        data["predict"],
+        ignore_index=CONTRAST_IGNORE,
+        queue=data["queue"] if with_queue else None,
+        **CONTRAST_SETTINGS[with_queue],
+    )
     return res.loss
 
 

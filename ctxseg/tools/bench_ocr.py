@@ -15,7 +15,8 @@ and the argmax, so ctxseg's side includes normalisation and argmax too. Threads:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -77,12 +78,19 @@ def _inference(height: int, width: int, mode: str) -> dict[str, Any]:
     crop, stride = (512, 1024), (341, 341)
 
     def run():
-        scores = infer(model, mmseg_normalize(images_u8), InferenceSettings(num_classes=19, mode=mode, crop=crop, stride=stride))
+        scores = infer(
+            model, mmseg_normalize(images_u8), InferenceSettings(num_classes=19, mode=mode, crop=crop, stride=stride)
+        )
         return scores.argmax(1)
 
     res = measure(run, RUNS["repeats"], RUNS["warmup"])
-    res["settings"] = dict(recipe=RECIPE, size=[height, width], mode=mode, init="random",
-                           **({"crop": list(crop), "stride": list(stride), "windows": 15} if mode == "slide" else {}))
+    res["settings"] = dict(
+        recipe=RECIPE,
+        size=[height, width],
+        mode=mode,
+        init="random",
+        **({"crop": list(crop), "stride": list(stride), "windows": 15} if mode == "slide" else {}),
+    )
     return res
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Case = Callable[[], dict]
 Summary = Callable[[str, dict], str]
@@ -46,19 +47,27 @@ def apply_runs(runs: Any, threads: int, repeats: int | None, warmup: int | None)
 
 def default_summary(name: str, r: dict) -> str:
     peak = r.get("peak_mb")
-    return (f"{name:28s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  "
-            f"peak {'-' if peak is None else f'+{peak}'} MB  load {r.get('loadavg')}")
+    return (
+        f"{name:28s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  "
+        f"peak {'-' if peak is None else f'+{peak}'} MB  load {r.get('loadavg')}"
+    )
 
 
-def run_cases_cli(doc: str | None, cases: dict[str, Case], runs: dict, argv: list[str] | None = None,
-                  summary: Summary = default_summary) -> dict[str, dict]:
+def run_cases_cli(
+    doc: str | None,
+    cases: dict[str, Case],
+    runs: dict,
+    argv: list[str] | None = None,
+    summary: Summary = default_summary,
+) -> dict[str, dict]:
     """Parse the shared options, run the chosen cases in order, print one line each, write --json.
     Returns {case name: result}."""
     from ctxseg.engine.bench import machine
     from ctxseg.io import write_json
 
-    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None,
-                                 epilog=f"cases: {', '.join(cases)}")
+    ap = argparse.ArgumentParser(
+        description=(doc or "").strip().splitlines()[0] if doc else None, epilog=f"cases: {', '.join(cases)}"
+    )
     add_timing_options(ap, runs)
     ap.add_argument("--json", default=None, help="write {machine, argv, results} here")
     args = ap.parse_args(argv)

@@ -18,8 +18,9 @@ MMSEG_MEAN = (123.675, 116.28, 103.53)  # RGB, mmseg's SegDataPreProcessor for C
 MMSEG_STD = (58.395, 57.12, 57.375)
 
 
-def voronoi_labels(gen: torch.Generator, b: int, h: int, w: int, n_cells: int, num_classes: int, ignore_value: int,
-                   ignore_prob: float) -> torch.Tensor:
+def voronoi_labels(
+    gen: torch.Generator, b: int, h: int, w: int, n_cells: int, num_classes: int, ignore_value: int, ignore_prob: float
+) -> torch.Tensor:
     """Blob label maps [B, H, W]: n_cells anisotropic Voronoi cells per image, each a uniform random
     class, or ignore_value with probability ignore_prob."""
     yy = torch.arange(h, dtype=torch.float32)[:, None]
@@ -43,8 +44,9 @@ def voronoi_labels(gen: torch.Generator, b: int, h: int, w: int, n_cells: int, n
     return out
 
 
-def blob_errors(gen: torch.Generator, target: torch.Tensor, num_classes: int, ignore_value: int, error_frac: float,
-                n_cells: int) -> torch.Tensor:
+def blob_errors(
+    gen: torch.Generator, target: torch.Tensor, num_classes: int, ignore_value: int, error_frac: float, n_cells: int
+) -> torch.Tensor:
     """A 'prediction' equal to `target` except in random blobs (~error_frac of the area) of a random
     class; ignore pixels take their blob's class."""
     b, h, w = target.shape
@@ -129,8 +131,9 @@ def smooth_image_u8(gen: torch.Generator, shape: tuple[int, int, int, int]) -> t
     return img.round().clamp(0, 255).to(torch.uint8)
 
 
-def seg_batch(gen: torch.Generator, batch: int, height: int, width: int, num_classes: int = 19,
-              ignore_value: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+def seg_batch(
+    gen: torch.Generator, batch: int, height: int, width: int, num_classes: int = 19, ignore_value: int = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images [B,3,H,W] as mmseg receives them (BGR), labels [B,H,W])."""
     images = smooth_image_u8(gen, (batch, 3, height, width))
     labels = voronoi_labels(gen, batch, height, width, 32, num_classes, ignore_value, 0.08)

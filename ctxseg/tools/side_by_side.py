@@ -95,8 +95,23 @@ def run_ctxseg_case(name: str, module: str, repeats: int, warmup: int, threads: 
     """One case in a fresh interpreter; returns (its measure() dict, the command line)."""
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
-    cmd = [sys.executable, "-m", "ctxseg.tools.side_by_side", "--worker", name, "--worker-module", module,
-           "--worker-out", path, "--repeats", str(repeats), "--warmup", str(warmup), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ctxseg.tools.side_by_side",
+        "--worker",
+        name,
+        "--worker-module",
+        module,
+        "--worker-out",
+        path,
+        "--repeats",
+        str(repeats),
+        "--warmup",
+        str(warmup),
+        "--threads",
+        str(threads),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -107,12 +122,29 @@ def run_ctxseg_case(name: str, module: str, repeats: int, warmup: int, threads: 
         os.unlink(path)
 
 
-def run_official(names: list[str], ref_bench: str, python: str, repeats: int, warmup: int, threads: int,
-                 extra: list[str]) -> tuple[dict, str]:
+def run_official(
+    names: list[str], ref_bench: str, python: str, repeats: int, warmup: int, threads: int, extra: list[str]
+) -> tuple[dict, str]:
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
-    cmd = [python, ref_bench, "--case", ",".join(names), "--out", path, "--fresh", "--repeats", str(repeats),
-           "--warmup", str(warmup), "--threads", str(threads), "--max-retries", "0", *extra]
+    cmd = [
+        python,
+        ref_bench,
+        "--case",
+        ",".join(names),
+        "--out",
+        path,
+        "--fresh",
+        "--repeats",
+        str(repeats),
+        "--warmup",
+        str(warmup),
+        "--threads",
+        str(threads),
+        "--max-retries",
+        "0",
+        *extra,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         try:
@@ -128,7 +160,12 @@ def run_official(names: list[str], ref_bench: str, python: str, repeats: int, wa
 
 
 def _official_row(r: dict) -> dict:
-    return {"median_s": r.get("median_s"), "min_s": r.get("min_s"), "max_s": r.get("max_s"), "peak_mb": r.get("peak_rss_mb")}
+    return {
+        "median_s": r.get("median_s"),
+        "min_s": r.get("min_s"),
+        "max_s": r.get("max_s"),
+        "peak_mb": r.get("peak_rss_mb"),
+    }
 
 
 def combine(rounds: list[dict], names: list[str]) -> dict[str, dict]:
@@ -165,17 +202,29 @@ def markdown(table: dict[str, dict], commands: list[str], meta: dict) -> str:
     def mb(v):
         return "–" if v is None else f"{v:.0f}"
 
-    lines = [f"Measured {meta['date']} on {meta['machine']}, torch threads {meta['threads']}, "
-             f"{meta['rounds']} round(s); times: medians (s), in brackets min-max; memory: peak growth of a call (MiB).", "",
-             "| case | official s | ctxseg s | ratio | official peak MiB | ctxseg peak MiB | load avg (1 min) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}, torch threads {meta['threads']}, "
+        f"{meta['rounds']} round(s); times: medians (s), in brackets min-max; memory: peak growth of a call (MiB).",
+        "",
+        "| case | official s | ctxseg s | ratio | official peak MiB | ctxseg peak MiB | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in table.items():
-        off = f"{s(r.get('official_s'))} ({s(r.get('official_min_s'))}–{s(r.get('official_max_s'))})" if "official_s" in r else "–"
-        ctx = f"{s(r.get('ctxseg_s'))} ({s(r.get('ctxseg_min_s'))}–{s(r.get('ctxseg_max_s'))})" if "ctxseg_s" in r else "–"
+        off = (
+            f"{s(r.get('official_s'))} ({s(r.get('official_min_s'))}–{s(r.get('official_max_s'))})"
+            if "official_s" in r
+            else "–"
+        )
+        ctx = (
+            f"{s(r.get('ctxseg_s'))} ({s(r.get('ctxseg_min_s'))}–{s(r.get('ctxseg_max_s'))})"
+            if "ctxseg_s" in r
+            else "–"
+        )
         ratio = f"{r['ratio']:.2f}×" if "ratio" in r else "–"
         la = r.get("loadavg_1min")
         load = f"{la[0]:.1f}–{la[1]:.1f}" if la else "–"
-        lines.append(f"| {name} | {off} | {ctx} | {ratio} | {mb(r.get('official_peak_mb'))} | {mb(r.get('ctxseg_peak_mb'))} | {load} |")
+        peaks = f"{mb(r.get('official_peak_mb'))} | {mb(r.get('ctxseg_peak_mb'))}"
+        lines.append(f"| {name} | {off} | {ctx} | {ratio} | {peaks} | {load} |")
     lines += ["", "Commands:", ""] + [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -194,7 +243,9 @@ def worker(args) -> None:
     from ctxseg.tools.common import apply_runs
 
     mod = importlib.import_module(args.worker_module)
-    apply_runs(getattr(mod, "RUNS", None), args.threads, args.repeats, args.warmup)  # modules read their counts from RUNS
+    apply_runs(
+        getattr(mod, "RUNS", None), args.threads, args.repeats, args.warmup
+    )  # modules read their counts from RUNS
     res = mod.CASES[args.worker]()
     from ctxseg.io import write_json
 
@@ -204,14 +255,26 @@ def worker(args) -> None:
 def main(argv=None) -> dict | None:
     from ctxseg.tools.common import add_timing_options
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_timing_options(ap, {"repeats": 3, "warmup": 1})  # --case also takes ref_bench group names here
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--ref-bench", default=os.environ.get("CTXSEG_REF_BENCH"), help="path of ref_bench.py (official side)")
-    ap.add_argument("--ref-python", default=os.environ.get("CTXSEG_REF_PYTHON", sys.executable),
-                    help="interpreter with the official packages (mmsegmentation, ...)")
-    ap.add_argument("--ref-arg", action="append", default=[], help="extra ref_bench.py argument (repeatable, e.g. --ref-arg=--contrast-mirror=DIR)")
+    ap.add_argument(
+        "--ref-bench", default=os.environ.get("CTXSEG_REF_BENCH"), help="path of ref_bench.py (official side)"
+    )
+    ap.add_argument(
+        "--ref-python",
+        default=os.environ.get("CTXSEG_REF_PYTHON", sys.executable),
+        help="interpreter with the official packages (mmsegmentation, ...)",
+    )
+    ap.add_argument(
+        "--ref-arg",
+        action="append",
+        default=[],
+        help="extra ref_bench.py argument (repeatable, e.g. --ref-arg=--contrast-mirror=DIR)",
+    )
     ap.add_argument("--official-json", default=None, help="use this earlier ref_bench.py output instead of running it")
     ap.add_argument("--out", default="side_by_side.json")
     ap.add_argument("--markdown", default=None)
@@ -240,26 +303,42 @@ def main(argv=None) -> dict | None:
                 commands.append(f"(official figures from {args.official_json})")
             elif side == "official" and args.ref_bench:
                 before = _load()
-                off, cmd = run_official(names, args.ref_bench, args.ref_python, args.repeats, args.warmup, args.threads,
-                                        args.ref_arg)
+                off, cmd = run_official(
+                    names, args.ref_bench, args.ref_python, args.repeats, args.warmup, args.threads, args.ref_arg
+                )
                 after = _load()
                 rnd["official"] = {n: _official_row(off[n]) for n in names if n in off}
                 rnd["official_meta"] = off.get("_meta", {})
                 for n in names:
                     rnd["load"].setdefault(n, []).extend(x[0] for x in (before, after) if x)
                 commands.append(cmd)
-                print(f"[side_by_side] round {i + 1} official done: {', '.join(rnd['official']) or off.get('_error', '')}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[side_by_side] round {i + 1} official done: "
+                    f"{', '.join(rnd['official']) or off.get('_error', '')}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif side == "ctxseg":
                 for n in names:
                     res, cmd = run_ctxseg_case(n, known[n], args.repeats, args.warmup, args.threads)
                     rnd["ctxseg"][n] = res
-                    rnd["load"].setdefault(n, []).extend(x[0] for x in (res.get("loadavg_before"), res.get("loadavg_after")) if x)
+                    rnd["load"].setdefault(n, []).extend(
+                        x[0] for x in (res.get("loadavg_before"), res.get("loadavg_after")) if x
+                    )
                     commands.append(cmd)
-                    print(f"[side_by_side] round {i + 1} ctxseg {n}: {res.get('median_s', res.get('error'))}", file=sys.stderr, flush=True)
+                    print(
+                        f"[side_by_side] round {i + 1} ctxseg {n}: {res.get('median_s', res.get('error'))}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         rounds.append(rnd)
     table = combine(rounds, names)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), "threads": args.threads, "rounds": args.rounds}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": _machine(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+    }
     from ctxseg.io import write_json, write_text
 
     result = {"meta": meta, "cases": table, "rounds": rounds, "commands": list(dict.fromkeys(commands))}

@@ -13,8 +13,15 @@ from __future__ import annotations
 import torch
 
 
-def naive_sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: torch.Tensor, max_samples: int,
-                         max_views: int, ignore_index: int = -1, random: bool = True):
+def naive_sample_anchors(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    predict: torch.Tensor,
+    max_samples: int,
+    max_views: int,
+    ignore_index: int = -1,
+    random: bool = True,
+):
     """Loop version: returns (anchors [T, V, D], labels [T], indices [T, V]) or None."""
     per_image = []
     for b in range(labels.shape[0]):
@@ -50,8 +57,13 @@ def naive_sample_anchors(feats: torch.Tensor, labels: torch.Tensor, predict: tor
     return torch.stack(xs), torch.tensor(ys), torch.stack(idxs)
 
 
-def naive_contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float,
-                           queue: torch.Tensor | None = None) -> torch.Tensor:
+def naive_contrastive_loss(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    queue: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Row-by-row loss (official formula; with a queue: classes 1.. copied, class 0 rows left zero)."""
     a, v, d = feats.shape
     rows = [(feats[i, j], int(labels[i])) for j in range(v) for i in range(a)]  # view-major
@@ -75,8 +87,13 @@ def naive_contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, temperatur
     return -(temperature / base_temperature) * torch.stack(losses).mean()
 
 
-def reference_matrix_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float,
-                          queue: torch.Tensor | None = None) -> torch.Tensor:
+def reference_matrix_loss(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    base_temperature: float,
+    queue: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The official structure: float masks built by repeat/scatter, queue copied class by class."""
     a, v, d = feats.shape
     anchor = torch.cat(torch.unbind(feats, dim=1), dim=0)
@@ -89,8 +106,8 @@ def reference_matrix_loss(feats: torch.Tensor, labels: torch.Tensor, temperature
         y_contrast = torch.zeros(c * q, 1)
         ptr = 0
         for k in range(1, c):
-            contrast[ptr:ptr + q] = queue[k]
-            y_contrast[ptr:ptr + q] = k
+            contrast[ptr : ptr + q] = queue[k]
+            y_contrast[ptr : ptr + q] = k
             ptr += q
         contrast_count = 1
     mask = torch.eq(y_anchor, y_contrast.T).float().repeat(v, contrast_count)
@@ -104,8 +121,15 @@ def reference_matrix_loss(feats: torch.Tensor, labels: torch.Tensor, temperature
     return -(temperature / base_temperature) * ((mask * log_prob).sum(1) / mask.sum(1)).mean()
 
 
-def full_sort_random_indices(labels: torch.Tensor, predict: torch.Tensor, pairs: torch.Tensor, hard_keep: torch.Tensor,
-                             easy_keep: torch.Tensor, ignore_index: int, generator: torch.Generator) -> torch.Tensor:
+def full_sort_random_indices(
+    labels: torch.Tensor,
+    predict: torch.Tensor,
+    pairs: torch.Tensor,
+    hard_keep: torch.Tensor,
+    easy_keep: torch.Tensor,
+    ignore_index: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """ctxseg's random choice (key = torch.randint(0, 2**31 - 1, [B, N]) from `generator`; per
     (image, class) the hard pixels of smallest key, then the easy ones) by sorting every pixel of
     every class, one (image, class, kind) at a time."""

@@ -137,7 +137,9 @@ class Bottleneck(nn.Module):
 def _make_blocks(block, in_ch: int, planes: int, num_blocks: int) -> nn.Sequential:
     downsample = None
     if in_ch != planes * block.expansion:
-        downsample = nn.Sequential(nn.Conv2d(in_ch, planes * block.expansion, 1, bias=False), nn.BatchNorm2d(planes * block.expansion))
+        downsample = nn.Sequential(
+            nn.Conv2d(in_ch, planes * block.expansion, 1, bias=False), nn.BatchNorm2d(planes * block.expansion)
+        )
     layers = [block(in_ch, planes, 1, downsample)]
     layers += [block(planes * block.expansion, planes) for _ in range(1, num_blocks)]
     return nn.Sequential(*layers)
@@ -170,11 +172,14 @@ class HRModule(nn.Module):
             with align_corners=True), see `hrnet`.
     """
 
-    def __init__(self, in_channels: list[int], num_blocks: list[int], num_channels: list[int],
-                 fuse_upsample: str = "mmseg"):
+    def __init__(
+        self, in_channels: list[int], num_blocks: list[int], num_channels: list[int], fuse_upsample: str = "mmseg"
+    ):
         super().__init__()
         n = len(num_channels)
-        self.branches = nn.ModuleList(_make_blocks(BasicBlock, in_channels[i], num_channels[i], num_blocks[i]) for i in range(n))
+        self.branches = nn.ModuleList(
+            _make_blocks(BasicBlock, in_channels[i], num_channels[i], num_blocks[i]) for i in range(n)
+        )
         self.in_channels = list(num_channels)  # after the branches (BasicBlock expansion 1)
         ch = self.in_channels
         self.fuse_upsample = fuse_upsample
@@ -255,8 +260,11 @@ class HRNet(nn.Module):
         self.concat_downsample = concat_downsample
         if concat_downsample > 1:
             width = sum(pre)
-            self.downsample = nn.Sequential(nn.Conv2d(width, width, 3, concat_downsample, 1, bias=False),
-                                            nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(width, width, 3, concat_downsample, 1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            )
             self.out_channels = [width]
 
     @staticmethod
@@ -269,9 +277,9 @@ class HRNet(nn.Module):
                 layers.append(_conv_bn(pre[i], c, 3) if pre[i] != c else nn.Identity())
             else:
                 steps = i + 1 - len(pre)
-                layers.append(nn.Sequential(*[
-                    _conv_bn(pre[-1], c if s == steps - 1 else pre[-1], 3, 2) for s in range(steps)
-                ]))
+                layers.append(
+                    nn.Sequential(*[_conv_bn(pre[-1], c if s == steps - 1 else pre[-1], 3, 2) for s in range(steps)])
+                )
         return layers
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -302,9 +310,15 @@ def hrnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
     return mapped
 
 
-def hrnet(*, arch: Literal["w18_small", "w18", "w48"] = "w18", stages: list[dict[str, Any]] | None = None,
-          fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg", pretrained: str | None = None,
-          concat_downsample: int = 1, pretrained_strict: bool = True) -> HRNet:
+def hrnet(
+    *,
+    arch: Literal["w18_small", "w18", "w48"] = "w18",
+    stages: list[dict[str, Any]] | None = None,
+    fuse_upsample: Literal["mmseg", "direct", "openseg"] = "mmseg",
+    pretrained: str | None = None,
+    concat_downsample: int = 1,
+    pretrained_strict: bool = True,
+) -> HRNet:
     """HRNetV2p backbone; recipe type "hrnet". `stages` overrides `arch`.
 
     fuse_upsample="mmseg" reproduces mmseg's double bilinear resize in the fuse layers (default,

@@ -49,8 +49,10 @@ def _check_accelerate_state() -> None:
 
     world = torch.distributed.get_world_size()
     if PartialState().num_processes != world:
-        raise RuntimeError(f"torch.distributed runs {world} processes but Accelerate sees {PartialState().num_processes}: "
-                           "launch with `accelerate launch` or `torchrun` (RANK / WORLD_SIZE set) so plug-in state is synchronised")
+        raise RuntimeError(
+            f"torch.distributed runs {world} processes but Accelerate sees {PartialState().num_processes}: "
+            "launch with `accelerate launch` or `torchrun` (RANK / WORLD_SIZE set) so plug-in state is synchronised"
+        )
 
 
 def gather_across_processes(t: torch.Tensor) -> torch.Tensor:
@@ -85,8 +87,9 @@ class ContextPlugin(nn.Module):
     default_name: ClassVar[str | None] = None
     synchronised_buffers: ClassVar[tuple[str, ...]] = ()
 
-    def forward(self, outputs: dict[str, torch.Tensor], backbone_feats: list[torch.Tensor],
-                targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], backbone_feats: list[torch.Tensor], targets: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         return {}
 
     def losses(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, step: int) -> dict[str, torch.Tensor]:

@@ -42,8 +42,9 @@ EPS = 1e-12  # every epsilon of the reference (centre denominators, L2, entropy 
 
 def _mlp(channels: int) -> nn.Sequential:
     """proj / apd_proj of the reference (state-dict names .0.weight, .2.weight, .2.bias)."""
-    return nn.Sequential(nn.Linear(channels * 2, channels // 2, bias=False), nn.ReLU(inplace=True),
-                         nn.Linear(channels // 2, channels))
+    return nn.Sequential(
+        nn.Linear(channels * 2, channels // 2, bias=False), nn.ReLU(inplace=True), nn.Linear(channels // 2, channels)
+    )
 
 
 def l2_normalize(x: torch.Tensor, dim: int, mode: str = "eps") -> torch.Tensor:
@@ -89,15 +90,30 @@ class ContextAwareClassifier(ContextPlugin):
 
     default_name = "cac"  # state-dict prefix plugins.cac.* (the CAC converter's table)
 
-    def __init__(self, *, classifier: ClassifierSlot, num_classes: int, align_corners: bool = False,
-                 ignore_index: int = 255, logit_scale: float = 15.0,
-                 smoothness: float = 0.5, label_eps: float = 0.0, pre_self_weight: float = 1.0, pre_weight: float = 1.0,
-                 kl_weight: float = 1.0, l2_mode: Literal["eps", "bare", "clamp"] = "eps",
-                 label_resize: Literal["nearest", "nearest-exact"] = "nearest", pre_align_corners: bool = True):
+    def __init__(
+        self,
+        *,
+        classifier: ClassifierSlot,
+        num_classes: int,
+        align_corners: bool = False,
+        ignore_index: int = 255,
+        logit_scale: float = 15.0,
+        smoothness: float = 0.5,
+        label_eps: float = 0.0,
+        pre_self_weight: float = 1.0,
+        pre_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        l2_mode: Literal["eps", "bare", "clamp"] = "eps",
+        label_resize: Literal["nearest", "nearest-exact"] = "nearest",
+        pre_align_corners: bool = True,
+    ):
         super().__init__()
         if not classifier.is_linear():
-            raise UserError(f"model.plugins (cac): CAC needs a 1x1 convolution in the classifier slot; {type(classifier.owner).__name__}."
-                            f"{classifier.attr} is a {type(classifier.module).__name__}")
+            raise UserError(
+                f"model.plugins (cac): CAC needs a 1x1 convolution in the classifier slot; "
+                f"{type(classifier.owner).__name__}."
+                f"{classifier.attr} is a {type(classifier.module).__name__}"
+            )
         # a non-owning slot, not a submodule: the classifier's weights keep their keys (decode_head.*)
         self.classifier = classifier
         channels = classifier.in_channels
@@ -207,8 +223,13 @@ class ContextAwareClassifier(ContextPlugin):
         present = onehot.sum(dim=(0, 1, 2)) > 0
         per_class = num / (den + EPS)
         loss = (per_class * present).sum() / (present.sum() + EPS)
-        return {"smoothed_label": smoothed, "entropy_mask": entropy, "per_class": per_class, "present": present,
-                "loss": loss}
+        return {
+            "smoothed_label": smoothed,
+            "entropy_mask": entropy,
+            "per_class": per_class,
+            "present": present,
+            "loss": loss,
+        }
 
     def pre_ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """torch CrossEntropyLoss(ignore_index) mean after align_corners=True upsampling; 0 when
@@ -221,7 +242,9 @@ class ContextAwareClassifier(ContextPlugin):
     # ---------------------------------------------------------------------------------------
     # plug-in protocol
 
-    def forward(self, outputs: dict, backbone_feats=None, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict, backbone_feats=None, targets: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         feat, vanilla = outputs["feats"], outputs["logits"]
         out = {"logits": self.refine(feat, vanilla)["logits"], "vanilla_logits": vanilla}
         if self.training and targets is not None:
@@ -240,4 +263,3 @@ class ContextAwareClassifier(ContextPlugin):
             "loss_cac_pre": w["pre"] * self.pre_ce(apd, targets),
             "loss_cac_kl": w["kl"] * self.kl_terms(outputs["logits"], apd, outputs["cac_labels"])["loss"],
         }
-

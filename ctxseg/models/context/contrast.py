@@ -44,8 +44,12 @@ class ProjectionHead(nn.Module):
         if proj == "linear":
             self.proj = nn.Sequential(nn.Conv2d(in_channels, proj_dim, 1))
         elif proj == "convmlp":
-            self.proj = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
-                                      nn.Conv2d(in_channels, proj_dim, 1))
+            self.proj = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 1),
+                nn.BatchNorm2d(in_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(in_channels, proj_dim, 1),
+            )
         else:
             raise UserError(f"model.plugins (pixel_contrast): proj must be 'linear' or 'convmlp', got '{proj}'")
 
@@ -95,14 +99,35 @@ class PixelContrast(ContextPlugin):
 
     default_name = "contrast"  # state-dict prefix plugins.contrast.* (the openseg converter's table)
 
-    def __init__(self, *, classifier: ClassifierSlot, in_channels: list[int] | int, num_classes: int,
-                 align_corners: bool = False, ignore_index: int = 255, proj_dim: int = 256, proj: Literal["linear", "convmlp"] = "convmlp",
-                 source: Literal["head", "backbone"] = "head", in_index: int = -1, proj_in_channels: int | None = None,
-                 temperature: float = 0.1, base_temperature: float = 0.07, max_samples: int = 1024, max_views: int = 100,
-                 loss_weight: float = 0.1, warmup: int = 5000, official_single_process: bool = False,
-                 use_queue: bool = False, memory_size: int = 5000, pixel_update_freq: int = 10,
-                 official_queue_update: bool = False, network_stride: int = 8,
-                 queue_skip_class0: bool = True, queue_self_mask: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        classifier: ClassifierSlot,
+        in_channels: list[int] | int,
+        num_classes: int,
+        align_corners: bool = False,
+        ignore_index: int = 255,
+        proj_dim: int = 256,
+        proj: Literal["linear", "convmlp"] = "convmlp",
+        source: Literal["head", "backbone"] = "head",
+        in_index: int = -1,
+        proj_in_channels: int | None = None,
+        temperature: float = 0.1,
+        base_temperature: float = 0.07,
+        max_samples: int = 1024,
+        max_views: int = 100,
+        loss_weight: float = 0.1,
+        warmup: int = 5000,
+        official_single_process: bool = False,
+        use_queue: bool = False,
+        memory_size: int = 5000,
+        pixel_update_freq: int = 10,
+        official_queue_update: bool = False,
+        network_stride: int = 8,
+        queue_skip_class0: bool = True,
+        queue_self_mask: bool = True,
+        seed: int = 0,
+    ):
         super().__init__()
         if proj_in_channels is None:
             if source == "head":  # the classifier's input: outputs["feats"] of the head or of a plug-in before
@@ -113,8 +138,9 @@ class PixelContrast(ContextPlugin):
                 levels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
                 proj_in_channels = levels[in_index] if -len(levels) <= in_index < len(levels) else None
             if not isinstance(proj_in_channels, int):
-                raise UserError("model.plugins (pixel_contrast): cannot infer the projection's input channels; "
-                                "set proj_in_channels")
+                raise UserError(
+                    "model.plugins (pixel_contrast): cannot infer the projection's input channels; set proj_in_channels"
+                )
         self.proj_head = ProjectionHead(proj_in_channels, proj_dim, proj)
         self.num_classes, self.align_corners = num_classes, align_corners
         self.source, self.in_index = source, in_index
@@ -169,9 +195,20 @@ class PixelContrast(ContextPlugin):
             logits = F.interpolate(logits, size=embed.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         predict = logits.detach().argmax(1)
         with torch.autocast(device_type=embed.device.type, enabled=False):
-            res = pixel_contrast_loss(embed.float(), targets, predict, self.temperature, self.base_temperature,
-                                      self.max_samples, self.max_views, self.ignore_index, self.queue(),
-                                      self.queue_skip_class0, self.queue_self_mask, self.random_sampling)
+            res = pixel_contrast_loss(
+                embed.float(),
+                targets,
+                predict,
+                self.temperature,
+                self.base_temperature,
+                self.max_samples,
+                self.max_views,
+                self.ignore_index,
+                self.queue(),
+                self.queue_skip_class0,
+                self.queue_self_mask,
+                self.random_sampling,
+            )
         if res.degenerate:
             # the official code raises (no class with enough pixels) or returns NaN (a class seen
             # once with max_views 1): skip the term for this step and count it
@@ -205,8 +242,11 @@ class PixelContrast(ContextPlugin):
             lab = labels[:, :: self.network_stride, :: self.network_stride]
             n_lab = lab.shape[1] * lab.shape[2]
             if n_lab > h * w:
-                raise UserError(f"model.plugins (pixel_contrast): network_stride={self.network_stride} gives a label grid larger than the "
-                                f"embedding ({lab.shape[1]}x{lab.shape[2]} vs {h}x{w})")
+                raise UserError(
+                    f"model.plugins (pixel_contrast): network_stride={self.network_stride} gives a label grid "
+                    f"larger than the "
+                    f"embedding ({lab.shape[1]}x{lab.shape[2]} vs {h}x{w})"
+                )
             # official misalignment: flat indices of the label grid used on the flat key map
             flat_keys = keys.reshape(b, d, h * w)[:, :, :n_lab]
             valid = (lab > 0) & (lab != self.ignore_index) & (lab < self.num_classes)
@@ -217,7 +257,9 @@ class PixelContrast(ContextPlugin):
         lab = torch.where(valid, lab, self.num_classes).reshape(b, -1)  # invalid -> an extra column
         onehot = F.one_hot(lab, self.num_classes + 1)[..., : self.num_classes].to(flat_keys.dtype)  # [B, N, C]
         counts = onehot.sum(1)  # [B, C]
-        seg_means = F.normalize(torch.bmm(flat_keys, onehot), p=2, dim=1)  # [B, D, C]; mean then normalise = normalised sum
+        seg_means = F.normalize(
+            torch.bmm(flat_keys, onehot), p=2, dim=1
+        )  # [B, D, C]; mean then normalise = normalised sum
         m, freq = self.memory_size, self.pixel_update_freq
         for bi, c in (counts > 0).nonzero().tolist():
             ptr = int(self.segment_queue_ptr[c])
@@ -234,12 +276,11 @@ class PixelContrast(ContextPlugin):
             ptr = int(self.pixel_queue_ptr[c])
             if self.official_queue_update:
                 if ptr + k >= m:
-                    self.pixel_queue[c, m - k:] = feat
+                    self.pixel_queue[c, m - k :] = feat
                     self.pixel_queue_ptr[c] = 0
                 else:
-                    self.pixel_queue[c, ptr:ptr + k] = feat
+                    self.pixel_queue[c, ptr : ptr + k] = feat
                     self.pixel_queue_ptr[c] = (ptr + 1) % m
             else:  # a ring buffer: K rows at ptr (wrapping), pointer advances by K
                 self.pixel_queue[c, (ptr + torch.arange(k, device=keys.device)) % m] = feat
                 self.pixel_queue_ptr[c] = (ptr + k) % m
-

@@ -40,8 +40,8 @@ from torch import nn
 from ctxseg.errors import UserError
 from ctxseg.losses.cross_entropy import cross_entropy
 from ctxseg.models.context.base import ContextPlugin
-from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.context.memory_ops import class_statistics
+from ctxseg.models.heads.base import ClassifierSlot
 from ctxseg.models.layers import ConvModule, resize
 
 
@@ -58,8 +58,12 @@ class SelfAttentionBlock(nn.Module):
     def __init__(self, in_channels: int, transform_channels: int, out_channels: int):
         super().__init__()
         self.transform_channels = transform_channels
-        self.key_project = nn.Sequential(ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1))
-        self.query_project = nn.Sequential(ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1))
+        self.key_project = nn.Sequential(
+            ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1)
+        )
+        self.query_project = nn.Sequential(
+            ConvModule(in_channels, transform_channels, 1), ConvModule(transform_channels, transform_channels, 1)
+        )
         self.value_project = ConvModule(in_channels, transform_channels, 1)
         self.out_project = ConvModule(transform_channels, out_channels, 1)
 
@@ -97,9 +101,16 @@ class StageDecoder(nn.Module):
 
 
 @torch.no_grad()
-def update_memory(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float,
-                  strategy: str = "cosine_similarity", ignore_index: int = 255, align_corners: bool = False,
-                  max_elements: int = 1 << 24) -> torch.Tensor:
+def update_memory(
+    memory: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    momentum: float,
+    strategy: str = "cosine_similarity",
+    ignore_index: int = 255,
+    align_corners: bool = False,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
     """ssseg FeaturesMemory.update, vectorised over classes; updates `memory` (K, S, C) in place.
 
     `features` [B, C, h, w] may be below the label resolution: they stand for their bilinear
@@ -189,34 +200,60 @@ class MCIBIMemory(ContextPlugin):
     default_name = "memory"  # state-dict prefix plugins.memory.* (the ssseg converter's table)
     synchronised_buffers = ("memory",)  # ssseg all-reduces the memory after every update
 
-    def __init__(self, *, head: nn.Module, classifier: ClassifierSlot, num_classes: int, align_corners: bool = False,
-                 ignore_index: int = 255, feats_channels: int = 512,
-                 transform_channels: int = 256, out_channels: int = 512, num_feats_per_cls: int = 1,
-                 use_context_within_image: bool = True, use_hard_aggregate: bool = False,
-                 strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity", base_momentum: float = 0.9,
-                 base_lr: float = 0.01, adjust_by_learning_rate: bool = True,
-                 dropout: float = 0.1, stage1_weight: float = 0.4, use_memory_loss: bool = True,
-                 memory_loss_weight: float = 1.0, memory_loss_start_epochs: float = 1.0,
-                 memory_loss_start_iters: int | None = None, update_max_elements: int = 1 << 24,
-                 official_aggregation_grad: bool = True):
+    def __init__(
+        self,
+        *,
+        head: nn.Module,
+        classifier: ClassifierSlot,
+        num_classes: int,
+        align_corners: bool = False,
+        ignore_index: int = 255,
+        feats_channels: int = 512,
+        transform_channels: int = 256,
+        out_channels: int = 512,
+        num_feats_per_cls: int = 1,
+        use_context_within_image: bool = True,
+        use_hard_aggregate: bool = False,
+        strategy: Literal["mean", "cosine_similarity"] = "cosine_similarity",
+        base_momentum: float = 0.9,
+        base_lr: float = 0.01,
+        adjust_by_learning_rate: bool = True,
+        dropout: float = 0.1,
+        stage1_weight: float = 0.4,
+        use_memory_loss: bool = True,
+        memory_loss_weight: float = 1.0,
+        memory_loss_start_epochs: float = 1.0,
+        memory_loss_start_iters: int | None = None,
+        update_max_elements: int = 1 << 24,
+        official_aggregation_grad: bool = True,
+    ):
         super().__init__()
         where = "model.plugins (mcibi)"
         if num_feats_per_cls < 1:
             raise UserError(f"{where}: num_feats_per_cls must be at least 1")
         if num_feats_per_cls > 1 and strategy != "cosine_similarity":
-            raise UserError(f"{where}: num_feats_per_cls > 1 needs strategy = \"cosine_similarity\" (as ssseg)")
+            raise UserError(f'{where}: num_feats_per_cls > 1 needs strategy = "cosine_similarity" (as ssseg)')
         head_channels = getattr(head, "channels", None)
         if head_channels != feats_channels:
-            raise UserError(f"{where}: feats_channels = {feats_channels} must equal the decode head's channels "
-                            f"({head_channels}): the head's features are the {'within-image context' if use_context_within_image else 'memory input'}")
+            role = "within-image context" if use_context_within_image else "memory input"
+            raise UserError(
+                f"{where}: feats_channels = {feats_channels} must equal the decode head's channels "
+                f"({head_channels}): the head's features are the {role}"
+            )
         if use_context_within_image and out_channels != feats_channels:
-            raise UserError(f"{where}: out_channels must equal feats_channels when use_context_within_image (ssseg's bottleneck_ms)")
+            raise UserError(
+                f"{where}: out_channels must equal feats_channels when use_context_within_image (ssseg's bottleneck_ms)"
+            )
         self.num_classes, self.num_feats_per_cls = num_classes, num_feats_per_cls
         self.feats_channels, self.align_corners = feats_channels, align_corners
         self.use_context_within_image, self.use_hard_aggregate = use_context_within_image, use_hard_aggregate
         self.strategy, self.base_momentum, self.base_lr = strategy, base_momentum, base_lr
         self.adjust_by_learning_rate, self.ignore_index = adjust_by_learning_rate, ignore_index
-        self.stage1_weight, self.use_memory_loss, self.memory_loss_weight = stage1_weight, use_memory_loss, memory_loss_weight
+        self.stage1_weight, self.use_memory_loss, self.memory_loss_weight = (
+            stage1_weight,
+            use_memory_loss,
+            memory_loss_weight,
+        )
         self.memory_loss_start_epochs, self.memory_loss_start_iters = memory_loss_start_epochs, memory_loss_start_iters
         self.update_max_elements = update_max_elements
         self.official_aggregation_grad = official_aggregation_grad
@@ -235,7 +272,8 @@ class MCIBIMemory(ContextPlugin):
         self.decoder_stage1 = StageDecoder(feats_channels, num_classes, dropout)
         self.register_buffer("memory", torch.zeros(num_classes, num_feats_per_cls, feats_channels))
         self.self_attentions = nn.ModuleList(
-            SelfAttentionBlock(feats_channels, transform_channels, feats_channels) for _ in range(num_feats_per_cls))
+            SelfAttentionBlock(feats_channels, transform_channels, feats_channels) for _ in range(num_feats_per_cls)
+        )
         if num_feats_per_cls > 1:
             self.fuse_memory_conv = ConvModule(feats_channels * num_feats_per_cls, feats_channels, 1)
         self.memory_bottleneck = ConvModule(feats_channels * 2, out_channels, 3, padding=1)
@@ -291,8 +329,13 @@ class MCIBIMemory(ContextPlugin):
         if self.training and targets is not None:
             # ssseg order: both stages used the old memory; update before the losses are computed
             self.update(memory_input.detach(), targets)
-        return {"logits": logits, "feats": final_feats, "memory_output": mem_out, "stage1_logits": stage1,
-                "memory_input": memory_input}
+        return {
+            "logits": logits,
+            "feats": final_feats,
+            "memory_output": mem_out,
+            "stage1_logits": stage1,
+            "memory_input": memory_input,
+        }
 
     def classifier_slot(self) -> ClassifierSlot:
         """decoder_stage2's `conv_seg` now makes the final logits from outputs["feats"]."""
@@ -305,8 +348,16 @@ class MCIBIMemory(ContextPlugin):
         # values when the backward runs (ssseg's gradient into decoder_stage1; official_aggregation_grad)
         # mixed precision: the memory stays fp32, so the update runs in fp32 outside autocast
         with torch.autocast(device_type=features.device.type, enabled=False):
-            update_memory(self.memory.data, features.to(self.memory.dtype), labels, self.momentum(), self.strategy,
-                          self.ignore_index, self.align_corners, self.update_max_elements)
+            update_memory(
+                self.memory.data,
+                features.to(self.memory.dtype),
+                labels,
+                self.momentum(),
+                self.strategy,
+                self.ignore_index,
+                self.align_corners,
+                self.update_max_elements,
+            )
         self.synchronise_state()
 
     def memory_loss(self) -> torch.Tensor:
@@ -320,8 +371,9 @@ class MCIBIMemory(ContextPlugin):
         terms: dict[str, torch.Tensor] = {}
         if self.stage1_weight > 0 and "stage1_logits" in outputs:
             logits = resize(outputs["stage1_logits"], targets.shape[-2:], self.align_corners).float()
-            terms["loss_cls_stage1"] = self.stage1_weight * cross_entropy(logits, targets, self.ignore_index, avg_non_ignore=True)
+            terms["loss_cls_stage1"] = self.stage1_weight * cross_entropy(
+                logits, targets, self.ignore_index, avg_non_ignore=True
+            )
         if self.use_memory_loss and self.memory_loss_weight > 0 and step >= self.memory_loss_start():
             terms["loss_memory"] = self.memory_loss_weight * self.memory_loss()
         return terms
-

@@ -69,9 +69,16 @@ def _valid_labels(y: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch.Tensor, weighted: torch.Tensor,
-                     summed: torch.Tensor, ignore_index: int, align_corners: bool = False,
-                     max_elements: int = 1 << 24) -> ClassStats:
+def class_statistics(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    memory: torch.Tensor,
+    weighted: torch.Tensor,
+    summed: torch.Tensor,
+    ignore_index: int,
+    align_corners: bool = False,
+    max_elements: int = 1 << 24,
+) -> ClassStats:
     """Statistics of `features` [B, C, h, w] (any resolution; bilinearly upsampled to the labels'
     [B, H, W] implicitly) per class of `memory` [K, S, C] (float32).
 
@@ -89,8 +96,9 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
     if (h, w) == (H, W):
         if bool((weighted & summed).any()):
             raise ValueError("class_statistics at label resolution: a class is either weighted or summed")
-        return _statistics_at_label_size(features, labels, mem_rows, mem_norm, s, weighted, summed, ignore_index,
-                                         max_elements)
+        return _statistics_at_label_size(
+            features, labels, mem_rows, mem_norm, s, weighted, summed, ignore_index, max_elements
+        )
     count = torch.zeros(k, dtype=torch.float64, device=dev)
     sums = torch.zeros(k, c, dtype=torch.float64, device=dev)
     num = torch.zeros(k * s, c, dtype=torch.float64, device=dev)
@@ -117,8 +125,9 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
         ps = torch.where(valid, s_pos[yv], -1)
         rows = (w_cls[:, None] * s + torch.arange(s, device=dev)).reshape(-1)  # memory rows of the wanted classes
         m = mem_rows[rows]  # [Kw*S, C]
-        a_num, a_sum, wsum = _stats_upsampled(features[i], pw, ps, m, mem_norm[rows], s, s_cls.numel(),
-                                              (iy, ly, ix, lx))
+        a_num, a_sum, wsum = _stats_upsampled(
+            features[i], pw, ps, m, mem_norm[rows], s, s_cls.numel(), (iy, ly, ix, lx)
+        )
         num.index_add_(0, rows, a_num)
         den.index_add_(0, rows, wsum)
         sums.index_add_(0, s_cls, a_sum)
@@ -133,9 +142,17 @@ def class_statistics(features: torch.Tensor, labels: torch.Tensor, memory: torch
 CHUNK_COLUMNS = 32768
 
 
-def _statistics_at_label_size(features: torch.Tensor, labels: torch.Tensor, mem_rows: torch.Tensor,
-                              mem_norm: torch.Tensor, s: int, weighted: torch.Tensor, summed: torch.Tensor,
-                              ignore_index: int, max_elements: int) -> ClassStats:
+def _statistics_at_label_size(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    mem_rows: torch.Tensor,
+    mem_norm: torch.Tensor,
+    s: int,
+    weighted: torch.Tensor,
+    summed: torch.Tensor,
+    ignore_index: int,
+    max_elements: int,
+) -> ClassStats:
     """Features at label resolution, per image as a channel-first [C, N] view (no permuted copy).
 
     The pixels are taken in chunks of consecutive columns; a chunk of a segmentation map holds a
@@ -186,7 +203,7 @@ def _statistics_at_label_size(features: torch.Tensor, labels: torch.Tensor, mem_
             if any_weighted:
                 dots = (m[r] @ gc).view(nc, s, -1)
                 per_slot = dots.gather(0, lc.view(1, 1, -1).expand(1, s, -1))[0]
-                norms = torch.mul(gc, gc, out=squares[:, :e - a]).sum(0).sqrt_()
+                norms = torch.mul(gc, gc, out=squares[:, : e - a]).sum(0).sqrt_()
                 row, wgt = _slot_and_weight(per_slot, norms, torch.where(pix_w[a:e], lc, -1), m_norm[r], s)
                 if any_summed:
                     row = torch.where(pix_s[a:e], lc * s, row)
@@ -208,8 +225,9 @@ def _statistics_at_label_size(features: torch.Tensor, labels: torch.Tensor, mem_
     return ClassStats(count, sums, num, den)
 
 
-def _slot_and_weight(per_slot: torch.Tensor, norms: torch.Tensor, pw: torch.Tensor, mem_norm: torch.Tensor,
-                     s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _slot_and_weight(
+    per_slot: torch.Tensor, norms: torch.Tensor, pw: torch.Tensor, mem_norm: torch.Tensor, s: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """per_slot [S, n] = m_slot . f of each pixel with the S slots of its own class (pw: the class's
     place in the compact list, -1 where not weighted) -> (compact memory row of each pixel, 0 where
     not weighted; cosine weight 1 - cos, 0 where not weighted)."""
@@ -242,16 +260,23 @@ def _neighbour_gram(g: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def _stats_upsampled(g: torch.Tensor, pw: torch.Tensor, ps: torch.Tensor, m: torch.Tensor, mem_norm: torch.Tensor,
-                     s: int, n_sum: int, taps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stats_upsampled(
+    g: torch.Tensor,
+    pw: torch.Tensor,
+    ps: torch.Tensor,
+    m: torch.Tensor,
+    mem_norm: torch.Tensor,
+    s: int,
+    n_sum: int,
+    taps,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features [C, h, w] below label resolution: everything at feature resolution (module docstring)."""
     iy, ly, ix, lx = taps
     c, h, w = g.shape
     dev = g.device
     gd = g.double()  # small: exact enough for the quadratic forms and the sums
     hp, wp = h + 1, w + 1
-    H, W = iy.numel(), ix.numel()
-    wy = (1 - ly, ly)  # [H] weights of rows iy, iy + 1
+    wy = (1 - ly, ly)  # [H] (H = label height) weights of rows iy, iy + 1
     wx = (1 - lx, lx)
     # flat index of corner (a, b) of every label pixel on the padded (h+1) x (w+1) grid
     corner = [[(iy + a)[:, None] * wp + (ix + bb)[None, :] for bb in (0, 1)] for a in (0, 1)]
@@ -269,10 +294,21 @@ def _stats_upsampled(g: torch.Tensor, pw: torch.Tensor, ps: torch.Tensor, m: tor
             return t[(iy + da)][:, (ix + db)].reshape(-1)
 
         u00, u01, u10, u11 = weight[0][0], weight[0][1], weight[1][0], weight[1][1]
-        sq = (u00 * u00 * at("nn", 0, 0) + u01 * u01 * at("nn", 0, 1) + u10 * u10 * at("nn", 1, 0)
-              + u11 * u11 * at("nn", 1, 1)
-              + 2 * (u00 * u01 * at("dx", 0, 0) + u10 * u11 * at("dx", 1, 0) + u00 * u10 * at("dy", 0, 0)
-                     + u01 * u11 * at("dy", 0, 1) + u00 * u11 * at("d1", 0, 0) + u01 * u10 * at("d2", 0, 0)))
+        sq = (
+            u00 * u00 * at("nn", 0, 0)
+            + u01 * u01 * at("nn", 0, 1)
+            + u10 * u10 * at("nn", 1, 0)
+            + u11 * u11 * at("nn", 1, 1)
+            + 2
+            * (
+                u00 * u01 * at("dx", 0, 0)
+                + u10 * u11 * at("dx", 1, 0)
+                + u00 * u10 * at("dy", 0, 0)
+                + u01 * u11 * at("dy", 0, 1)
+                + u00 * u11 * at("d1", 0, 0)
+                + u01 * u10 * at("d2", 0, 0)
+            )
+        )
         norms = sq.clamp_min(0).sqrt()
         dots_src = m.double() @ gpad  # [R, (h+1)(w+1)]
         # m . f_i = sum over the 4 corners of weight * (m . g_corner), for the S slots of i's class

@@ -20,7 +20,8 @@ class ASPPModule(nn.ModuleList):
 
     def __init__(self, dilations, in_channels: int, channels: int):
         super().__init__(
-            ConvModule(in_channels, channels, 1 if d == 1 else 3, padding=0 if d == 1 else d, dilation=d) for d in dilations
+            ConvModule(in_channels, channels, 1 if d == 1 else 3, padding=0 if d == 1 else d, dilation=d)
+            for d in dilations
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -43,11 +44,27 @@ class ASPPHead(DecodeHead):
         input_transform: see InputSelector (None: one backbone output).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
-                 in_index: int | list[int] = -1, dropout_ratio: float = 0.1, align_corners: bool = False,
-                 input_transform: str | None = None):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        dilations: tuple[int, ...] = (1, 12, 24, 36),
+        in_index: int | list[int] = -1,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+        input_transform: str | None = None,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=input_transform,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(self.in_channels, channels, 1))
         self.aspp_modules = ASPPModule(dilations, self.in_channels, channels)
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3, padding=1)

@@ -102,8 +102,17 @@ class DecodeHead(nn.Module):
         align_corners: `align_corners` of the head's bilinear resizes.
     """
 
-    def __init__(self, *, in_channels: list[int] | int, channels: int, num_classes: int, in_index: int | list[int] = -1,
-                 input_transform: str | None = None, dropout_ratio: float = 0.1, align_corners: bool = False):
+    def __init__(
+        self,
+        *,
+        in_channels: list[int] | int,
+        channels: int,
+        num_classes: int,
+        in_index: int | list[int] = -1,
+        input_transform: str | None = None,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ):
         super().__init__()
         self.in_index = in_index
         self.input_transform = input_transform

@@ -27,15 +27,38 @@ class FCNHead(DecodeHead):
         input_transform: see InputSelector (None: one backbone output).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, num_convs: int = 2, kernel_size: int = 3,
-                 concat_input: bool = True, dilation: int = 1, in_index: int | list[int] = -1, dropout_ratio: float = 0.1,
-                 align_corners: bool = False, input_transform: str | None = None):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        num_convs: int = 2,
+        kernel_size: int = 3,
+        concat_input: bool = True,
+        dilation: int = 1,
+        in_index: int | list[int] = -1,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+        input_transform: str | None = None,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=input_transform,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         pad = (kernel_size // 2) * dilation
         convs = []
         for i in range(num_convs):
-            convs.append(ConvModule(self.in_channels if i == 0 else channels, channels, kernel_size, padding=pad, dilation=dilation))
+            convs.append(
+                ConvModule(
+                    self.in_channels if i == 0 else channels, channels, kernel_size, padding=pad, dilation=dilation
+                )
+            )
         self.convs = nn.Sequential(*convs) if num_convs > 0 else nn.Identity()
         self.concat_input = concat_input
         if concat_input:

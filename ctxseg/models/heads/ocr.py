@@ -131,17 +131,37 @@ class OCRHead(DecodeHead):
         align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, ocr_channels: int = 256, scale: int = 1,
-                 in_index: int | list[int] = -1, input_transform: str | None = None, dropout_ratio: float = 0.1,
-                 region_head: dict[str, Any] | None = None, align_corners: bool = False):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=input_transform,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        ocr_channels: int = 256,
+        scale: int = 1,
+        in_index: int | list[int] = -1,
+        input_transform: str | None = None,
+        dropout_ratio: float = 0.1,
+        region_head: dict[str, Any] | None = None,
+        align_corners: bool = False,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=input_transform,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         # cascade stage 0 (mmseg decode_head.0): an FCNHead on the same backbone outputs
         region_cfg = dict(region_head or {})
         if region_cfg.pop("type", "fcn") != "fcn":
-            raise UserError("model.head.region_head: the OCR cascade's first stage must be an FCN head (type = \"fcn\")")
+            raise UserError('model.head.region_head: the OCR cascade\'s first stage must be an FCN head (type = "fcn")')
         try:
-            self.region_head = FCNHead(in_channels=in_channels, num_classes=num_classes, align_corners=align_corners, **region_cfg)
+            self.region_head = FCNHead(
+                in_channels=in_channels, num_classes=num_classes, align_corners=align_corners, **region_cfg
+            )
         except TypeError as e:
             raise UserError(f"model.head.region_head: {e}") from None
         self.ocr_channels = ocr_channels
@@ -151,11 +171,18 @@ class OCRHead(DecodeHead):
 
     def _shares_input(self) -> bool:
         r = self.region_head
-        return (type(r) is FCNHead and (r.in_index, r.input_transform, r.align_corners)
-                == (self.in_index, self.input_transform, self.align_corners))
+        return type(r) is FCNHead and (r.in_index, r.input_transform, r.align_corners) == (
+            self.in_index,
+            self.input_transform,
+            self.align_corners,
+        )
 
-    def features(self, inputs: list[torch.Tensor], region_logits: torch.Tensor | None = None,
-                 selected: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self,
+        inputs: list[torch.Tensor],
+        region_logits: torch.Tensor | None = None,
+        selected: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if selected is None:
             selected = self.select(inputs)
         if region_logits is None:

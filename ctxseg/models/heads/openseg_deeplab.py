@@ -16,9 +16,13 @@ from ctxseg.models.heads.base import DecodeHead
 from ctxseg.models.layers import resize
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, k: int, dilation: int = 1, bias: bool = False, relu: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, k, padding=dilation * (k // 2), dilation=dilation, bias=bias),
-                               nn.BatchNorm2d(out_ch)]
+def _conv_bn_relu(
+    in_ch: int, out_ch: int, k: int, dilation: int = 1, bias: bool = False, relu: bool = True
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, k, padding=dilation * (k // 2), dilation=dilation, bias=bias),
+        nn.BatchNorm2d(out_ch),
+    ]
     return layers + [nn.ReLU(inplace=True)] if relu else layers
 
 
@@ -51,10 +55,26 @@ class OpensegDeepLabHead(DecodeHead):
             model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: list[int] = [12, 24, 36],
-                 in_index: int = -1, dropout_ratio: float = 0.0, align_corners: bool = True):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        dilations: list[int] = [12, 24, 36],
+        in_index: int = -1,
+        dropout_ratio: float = 0.0,
+        align_corners: bool = True,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=None,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         if len(dilations) != 3:
             raise ValueError("openseg ASPP takes 3 dilations")
         self.aspp = _ASPP(self.in_channels, channels, list(dilations), align_corners)
@@ -76,10 +96,25 @@ class OpensegDSNHead(DecodeHead):
         align_corners: `align_corners` of resizes (injected: model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 256, in_index: int = -2, dropout_ratio: float = 0.0,
-                 align_corners: bool = True):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 256,
+        in_index: int = -2,
+        dropout_ratio: float = 0.0,
+        align_corners: bool = True,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=None,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         self.dsn = nn.Sequential(*_conv_bn_relu(self.in_channels, channels, 3, bias=True))
 
     def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -30,10 +30,18 @@ class OpensegHRNetHead(DecodeHead):
     def __init__(self, *, in_channels, num_classes: int, dropout_ratio: float = 0.1, align_corners: bool = True):
         in_index = list(range(len(in_channels)))
         channels = sum(in_channels)
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform="resize_concat",
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
-        self.pre_cls = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=True), nn.BatchNorm2d(channels),
-                                     nn.ReLU(inplace=True))
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform="resize_concat",
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
+        self.pre_cls = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=True), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
         self.conv_seg = nn.Conv2d(channels, num_classes, 1, bias=False)
 
     def features(self, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,9 @@ class PPM(nn.ModuleList):
     """
 
     def __init__(self, pool_scales, in_channels: int, channels: int, align_corners: bool):
-        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1)) for s in pool_scales)
+        super().__init__(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1)) for s in pool_scales
+        )
         self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -40,10 +42,26 @@ class PSPHead(DecodeHead):
         align_corners: `align_corners` of the pooled maps' upsampling (injected: model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
-                 in_index: int = -1, dropout_ratio: float = 0.1, align_corners: bool = False):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+        in_index: int = -1,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=None,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         self.psp_modules = PPM(pool_scales, self.in_channels, channels, align_corners)
         self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * channels, channels, 3, padding=1)
 

@@ -31,7 +31,8 @@ class SeparableASPPModule(nn.ModuleList):
 
     def __init__(self, dilations, in_channels: int, channels: int):
         super().__init__(
-            ConvModule(in_channels, channels, 1) if d == 1
+            ConvModule(in_channels, channels, 1)
+            if d == 1
             else DepthwiseSeparableConvModule(in_channels, channels, 3, padding=d, dilation=d)
             for d in dilations
         )
@@ -57,11 +58,29 @@ class SepASPPHead(DecodeHead):
         align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36),
-                 c1_in_channels: int = 256, c1_channels: int = 48, c1_in_index: int = 0, in_index: int = -1,
-                 dropout_ratio: float = 0.1, align_corners: bool = False):
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index, input_transform=None,
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        dilations: tuple[int, ...] = (1, 12, 24, 36),
+        c1_in_channels: int = 256,
+        c1_channels: int = 48,
+        c1_in_index: int = 0,
+        in_index: int = -1,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=in_index,
+            input_transform=None,
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(self.in_channels, channels, 1))
         self.aspp_modules = SeparableASPPModule(dilations, self.in_channels, channels)
         self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3, padding=1)

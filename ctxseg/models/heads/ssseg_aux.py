@@ -34,9 +34,13 @@ class AuxDecoder(nn.Module):
         dropout_ratio: Dropout2d probability before the classifier.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int, upsample: int, dropout_ratio: float):
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, num_convs: int, upsample: int, dropout_ratio: float
+    ):
         super().__init__()
-        self.convs = nn.ModuleList(ConvModule(in_channels if j == 0 else channels, channels, 3, padding=1) for j in range(num_convs))
+        self.convs = nn.ModuleList(
+            ConvModule(in_channels if j == 0 else channels, channels, 3, padding=1) for j in range(num_convs)
+        )
         # nn.Upsample's default mode, as ssseg's `upsample: {'scale_factor': 4}`
         self.upsample = nn.Upsample(scale_factor=upsample, mode="nearest") if upsample > 1 else nn.Identity()
         self.dropout = nn.Dropout2d(dropout_ratio)
@@ -62,13 +66,24 @@ class SssegAuxHeads(nn.Module):
         align_corners: unused (the decoders upsample with nearest); accepted as every head.
     """
 
-    def __init__(self, *, in_channels: list[int] | int, num_classes: int, in_index: list[int] = (0, 1, 2), channels: int = 512,
-                 num_convs: int = 2, upsample: int = 4, dropout_ratio: float = 0.1, align_corners: bool = False):
+    def __init__(
+        self,
+        *,
+        in_channels: list[int] | int,
+        num_classes: int,
+        in_index: list[int] = (0, 1, 2),
+        channels: int = 512,
+        num_convs: int = 2,
+        upsample: int = 4,
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ):
         super().__init__()
         all_ch = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         self.in_index = list(in_index)
-        self.decoders = nn.ModuleList(AuxDecoder(all_ch[i], channels, num_classes, num_convs, upsample, dropout_ratio)
-                                      for i in self.in_index)
+        self.decoders = nn.ModuleList(
+            AuxDecoder(all_ch[i], channels, num_classes, num_convs, upsample, dropout_ratio) for i in self.in_index
+        )
 
     def forward(self, inputs: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         return {"logits": [dec(inputs[i]) for i, dec in zip(self.in_index, self.decoders)]}

@@ -32,11 +32,27 @@ class UPerHead(DecodeHead):
         align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
     """
 
-    def __init__(self, *, in_channels, num_classes: int, channels: int = 512, pool_scales: tuple[int, ...] = (1, 2, 3, 6),
-                 in_index: list[int] = (0, 1, 2, 3), dropout_ratio: float = 0.1, align_corners: bool = False):
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_classes: int,
+        channels: int = 512,
+        pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+        in_index: list[int] = (0, 1, 2, 3),
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ):
         # mmseg forces input_transform="multiple_select" for UPerHead
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=list(in_index), input_transform="multiple_select",
-                         dropout_ratio=dropout_ratio, align_corners=align_corners)
+        super().__init__(
+            in_channels=in_channels,
+            channels=channels,
+            num_classes=num_classes,
+            in_index=list(in_index),
+            input_transform="multiple_select",
+            dropout_ratio=dropout_ratio,
+            align_corners=align_corners,
+        )
         last = self.in_channels[-1]
         self.psp_modules = PPM(pool_scales, last, channels, align_corners)
         self.bottleneck = ConvModule(last + len(pool_scales) * channels, channels, 3, padding=1)
