@@ -135,3 +135,19 @@ def test_cac_pre_terms_equal_the_straightforward_upsampled_ce():
     for k in a[2]:
         torch.testing.assert_close(a[2][k], b[2][k], rtol=1e-4, atol=1e-6, msg=k)
     assert set(cac.losses(model([x], y), y, 0)) == {"loss_cac_pre_self", "loss_cac_pre", "loss_cac_kl"}
+
+
+def test_under_autocast_it_stays_float32_and_has_a_gradient():
+    """bf16 training (autocast): the loss is computed in float32 like outside autocast, and the
+    backward runs (it once failed on a bf16 buffer meeting float32 weights)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 6, 7, generator=g, requires_grad=True)
+    target = torch.randint(0, 5, (2, 23, 29), generator=g)
+    plain = upsampled_ce_sum(logits, target, True, 255)
+    (want,) = torch.autograd.grad(plain, logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = upsampled_ce_sum(logits, target, True, 255)
+    (got,) = torch.autograd.grad(loss, logits)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(got, want)

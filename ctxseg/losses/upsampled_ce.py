@@ -73,6 +73,13 @@ class _UpsampledCESum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, align_corners: bool, ignore_index: int):
+        # float32 throughout, also under autocast (bf16 / fp16 training): autocast would run the
+        # interpolation matmuls in low precision and leave xw in bf16 for the backward's scatter
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return _UpsampledCESum._forward(ctx, logits, target, align_corners, ignore_index)
+
+    @staticmethod
+    def _forward(ctx, logits: torch.Tensor, target: torch.Tensor, align_corners: bool, ignore_index: int):
         b, n, h, w = logits.shape
         height, width = target.shape[-2:]
         x = logits.detach().float()
@@ -113,6 +120,11 @@ class _UpsampledCESum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
+        with torch.autocast(device_type=grad_total.device.type, enabled=False):
+            return _UpsampledCESum._backward(ctx, grad_total)
+
+    @staticmethod
+    def _backward(ctx, grad_total: torch.Tensor):
         xw, ry, rx, lse, idx0, idx1, w0, w1, valid = ctx.saved_tensors
         b, n, h, w, dtype, rows = ctx.meta
         width = lse.shape[2]
