@@ -48,7 +48,7 @@ def test_from_recipe_carries_every_setting():
 
 def test_viz_overlay_of_a_checkpoint_uses_the_recipes_scales_flip_and_pairs(tmp_path: Path, monkeypatch):
     """`viz overlay --images` used to pass mode/crop/stride only, silently dropping scales, flip and pairs."""
-    import ctxseg.engine.inference as inference
+    import ctxseg.engine.evaluate as evaluate  # viz overlay scores through evaluate.predict_scores
     from ctxseg.cli.viz import _overlay_checkpoint
 
     recipe = load_recipe("demo", [f"data.root='{tmp_path / 'no-index'}'", *MS])
@@ -57,13 +57,14 @@ def test_viz_overlay_of_a_checkpoint_uses_the_recipes_scales_flip_and_pairs(tmp_
     images = tmp_path / "images"
     write_png(images / "a.png", np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     seen: list[InferenceSettings] = []
-    real = inference.infer
+    real = evaluate.infer
 
     def spy(model, x, settings, out_size=None):
         seen.append(settings)
         return real(model, x, settings, out_size)
 
-    monkeypatch.setattr(inference, "infer", spy)
+    # patched where it is called (evaluate imported `infer` by name): independent of import order
+    monkeypatch.setattr(evaluate, "infer", spy)
     _overlay_checkpoint(str(ckpt), images, tmp_path / "out", 1, 0.5, [])
     assert seen == [InferenceSettings.from_recipe(recipe)]
     assert seen[0].scales == (0.5, 1.0) and seen[0].flip and seen[0].flip_pairs == ((1, 2),)
