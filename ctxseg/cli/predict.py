@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 import typer
-from rich.progress import Progress
 
 from ctxseg.cli.common import SetOption, out
-from ctxseg.data.index import PreparedIndex
-from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import predict_scores
-from ctxseg.engine.runs import resolve_checkpoint
-from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
-from ctxseg.io import read_image, write_json, write_png
-from ctxseg.viz.palette import colorize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -62,6 +52,17 @@ def predict(
 
       [cyan]ctxseg predict -c model.safetensors street.jpg --format cityscapes --out submit/[/]
     """
+    import torch
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.checkpoint import load_model
+    from ctxseg.engine.evaluate import predict_scores
+    from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import read_image, write_json, write_png
+    from ctxseg.viz.palette import colorize
+
     ckpt_path = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,6 +109,8 @@ def predict(
 
 
 def _encoder(fmt: str):
+    import numpy as np
+
     if fmt == "trainid":
         return lambda stem, pred: (f"{stem}.png", pred.astype(np.uint8 if pred.max() < 256 else np.uint16))
     from ctxseg.data.prepare import SUBMISSION_FORMATS
