@@ -183,11 +183,14 @@ def bench_cmd(
                 compile=compile,
             )
         result["overrides"] = list(set or [])
+        result["layout"] = _layouts(device)
         results.append(result)
         if len(names) == 1 or chosen:
             out.print(result_table(result))
     if len(names) > 1:
         out.print(summary_table(results))
+    for phase, choice in _layouts(device).items():
+        out.print(f"{phase} layout: [bold]{choice['layout']}[/] ({choice['reason']})")
     kinds = [r["memory_kind"] for r in results if "memory_kind" in r]
     if chosen and kinds and kinds[0].startswith("cpu"):
         note = (
@@ -199,6 +202,17 @@ def bench_cmd(
     if json_path:
         write_json(json_path, results[0] if len(results) == 1 else results)
         out.print(f"results: {json_path}")
+
+
+def _layouts(device: str | None) -> dict[str, dict]:
+    """The memory layout training and inference run in on this machine, and why (ctxseg.engine.layout)."""
+    import torch
+
+    from ctxseg.engine.layout import PHASES, choose
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    picked = {phase: choose(device, phase) for phase in PHASES}
+    return {p: {"layout": c.name, "reason": c.reason, "seconds": c.seconds} for p, c in picked.items()}
 
 
 def summary_table(results: list[dict]) -> Table:
