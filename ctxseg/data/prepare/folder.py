@@ -428,14 +428,14 @@ def read_voc(root: Path, layout: str) -> Export:
         for s in split_of:
             if (None, s) not in images:
                 export.problems.append(f"{lists_dir}: '{s}' is listed but there is no image {img_dir}/{s}.*")
-        unlisted = [k for (_, k) in images if k not in split_of and (None, k) not in masks]
+        unlisted = {k for (_, k) in images if k not in split_of} | {k for (_, k) in masks if k not in split_of}
         if unlisted:
-            export.notes.append(f"{len(unlisted)} image(s) without mask and not in ImageSets lists were left out")
-        images = {(split_of[k], k): p for (_, k), p in images.items() if k in split_of or (None, k) in masks}
-        masks = {(split_of.get(k), k): p for (_, k), p in masks.items()}
-    else:
-        # no lists (plain VOC-like folder): every image with a mask, the others go to test
-        pass
+            export.notes.append(
+                f"{len(unlisted)} image(s) / mask(s) not in the ImageSets/Segmentation lists were left out"
+            )
+        images = {(split_of[k], k): p for (_, k), p in images.items() if k in split_of}
+        masks = {(split_of[k], k): p for (_, k), p in masks.items() if k in split_of}
+    # no lists: every image with a mask is split by --val-fraction, the others go to test
     _pair(images, masks, export)
     return export
 
@@ -565,16 +565,31 @@ def _scan_mask(path: str) -> dict:
         im.load()
         mode, (w, h) = im.mode, im.size
     res: dict = {"w": w, "h": h, "mode": mode}
+    # one decode: the index values (palette PNGs: indices; RGB: packed colours), then what each view needs
+    raw, counts = np.unique(read_mask(path, mode in ("RGB", "RGBA", "RGBX")), return_counts=True)
     if mode in ("RGB", "RGBA", "RGBX", "P", "PA"):
-        codes, counts = np.unique(read_mask(path, True), return_counts=True)
-        res["kind"] = "p" if mode in ("P", "PA") else "rgb"
-        res["colours"] = [[int(c), int(n)] for c, n in zip(codes[:MAX_VALUES], counts[:MAX_VALUES], strict=True)]
+        if mode in ("P", "PA"):
+            values = raw
+            with Image.open(path) as im:
+                flat = list(im.getpalette() or [])[:768]
+            pal = np.array(flat + [0] * (768 - len(flat)), np.int64).reshape(256, 3)
+            codes_all = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
+            codes, inverse = np.unique(codes_all[np.clip(raw, 0, 255)], return_inverse=True)
+            ccounts = np.bincount(inverse.ravel(), weights=counts, minlength=len(codes)).astype(np.int64)
+            res["kind"] = "p"
+        else:
+            codes, ccounts = raw, counts
+            values = codes & 255  # the first channel (used when every RGB mask is grey)
+            res["kind"] = "rgb"
+        res["colours"] = [[int(c), int(n)] for c, n in zip(codes[:MAX_VALUES], ccounts[:MAX_VALUES], strict=True)]
         res["distinct_colours"] = len(codes)
         r, g, b = codes >> 16, (codes >> 8) & 255, codes & 255
         res["grey"] = bool(np.all((r == g) & (g == b)))
+        if res["kind"] == "rgb" and not res["grey"]:
+            values, counts = codes[:0], counts[:0]  # colour masks are mapped by colour only
     else:
+        values = raw
         res["kind"] = "index"
-    values, counts = np.unique(read_mask(path, False), return_counts=True)
     res["values"] = [[int(v), int(n)] for v, n in zip(values[:MAX_VALUES], counts[:MAX_VALUES], strict=True)]
     res["distinct_values"] = len(values)
     return res
