@@ -453,3 +453,37 @@ def test_rerun_converts_only_what_changed(tmp_path, monkeypatch, capsys):
     assert "3 converted, 0 already done" in text
     got = {**labels_of(out, "train"), **labels_of(out, "val")}
     assert np.array_equal(got["r1"], np.where(new == 0, 255, new))
+
+
+def test_found_suffix_nested_names_with_spaces_and_out_checks(tmp_path, monkeypatch, capsys):
+    root, out = tmp_path / "export", tmp_path / "out"
+    raw = {}
+    for k, stem in enumerate(["site A/img 1", "site A/img 2", "site B/img 1"]):
+        img(root / "images" / f"{stem}.jpg", seed=k)
+        raw[stem] = gray(root / "labels" / f"{stem}_label.png", lab(k, 2))
+    _, text = prepare(root, out, "--val-fraction", "0", monkeypatch=monkeypatch, capsys=capsys)
+    assert "stem + '_label' (found" in text
+    lines = split_lines(out, "train")
+    assert [ln[0] for ln in lines] == ["train/site_A/img_1.jpg", "train/site_A/img_2.jpg", "train/site_B/img_1.jpg"]
+    for (_, lb), stem in zip(lines, raw, strict=True):
+        assert np.array_equal(read_label(out / "labels" / lb), raw[stem])
+    code, text = prepare(root, root / "images" / "out", monkeypatch=monkeypatch, capsys=capsys, ok=False)
+    assert code == 2 and "inside the raw data" in text
+    other = tmp_path / "cityscapes"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({"name": "cityscapes"}))
+    code, text = prepare(root, other, monkeypatch=monkeypatch, capsys=capsys, ok=False)
+    assert code == 2 and "already holds a prepared 'cityscapes' index" in text
+
+
+def test_roboflow_empty_split_and_class_tables(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "rf"
+    for split in ("train", "valid"):
+        (root / split).mkdir(parents=True)
+        (root / split / "_classes.csv").write_text("Pixel Value, Class\n0, bg\n1, " + split + "\n")
+    img(root / "train" / "a.jpg")
+    gray(root / "train" / "a_mask.png", lab(0, 2))
+    code, text = prepare(root, tmp_path / "out", monkeypatch=monkeypatch, capsys=capsys, ok=False)
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert f"{root / 'valid'}: split 'val' is empty" in text
+    assert f"{root / 'valid' / '_classes.csv'}: classes differ from {root / 'train' / '_classes.csv'}" in text

@@ -27,11 +27,15 @@ def prepare(
         ),
     ),
     root: Path | None = typer.Option(
-        None, "--root", help="Folder with the official raw download (not needed for synthetic)."
+        None,
+        "--root",
+        help="Folder with the official raw download (not needed for synthetic); folder: your images and masks.",
     ),
-    out_dir: Path | None = typer.Option(None, "--out", help="Where the prepared index goes (default: data/<name>)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Where the prepared index goes (default: data/<name>; folder: data/<root folder name>)."
+    ),
     workers: int = typer.Option(2, "--workers", help="Parallel worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset; folder: of the --val-fraction split."),
     check: bool = typer.Option(
         False,
         "--check",

@@ -129,6 +129,7 @@ class Export:
         colours: colour of each raw value (labelmap); None: no palette in the export.
         ignore_colours: colours that mean "ignore".
         split_source: where the splits come from: folders, lists or none.
+        split_dirs: the split folders of the export ({split: folder}; an empty one is a problem).
         scanned: folders holding the raw files (--out may not be inside one).
         problems: one line per problem found while listing.
         notes: things the user should know.
@@ -140,6 +141,7 @@ class Export:
     colours: list[tuple[int, int, int]] | None = None
     ignore_colours: list[tuple[int, int, int]] = field(default_factory=list)
     split_source: str = "none"
+    split_dirs: dict[str, Path] = field(default_factory=dict)
     scanned: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -336,7 +338,7 @@ def read_plain(root: Path, mask_suffix: str | None) -> Export:
     img_splits, mask_splits = _split_dirs(img_dir), _split_dirs(mask_dir)
     images: dict = {}
     if img_splits:
-        export.split_source = "folders"
+        export.split_source, export.split_dirs = "folders", dict(img_splits)
         for s, d in img_splits.items():
             _collect(d, IMAGE_EXTS, "", s, images, export, "images")
         loose = [p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
@@ -450,6 +452,7 @@ def read_roboflow(root: Path) -> Export:
         if not d.is_dir() or split is None:
             continue
         export.scanned.append(d)
+        export.split_dirs[split] = d
         for p in _files(d, IMAGE_EXTS, recursive=False):
             if p.stem.endswith("_mask"):
                 k = (split, p.stem[: -len("_mask")])
@@ -846,8 +849,9 @@ def prepare(
                     "or images in the mask folder?); masks must be lossless PNG/TIFF"
                 )
                 found_codes = found_codes[:255]
-            keys = np.array(found_codes + sorted(ignore_codes), np.int64)
-            vals = np.array(list(range(len(found_codes))) + [255] * len(ignore_codes), np.int64)
+            order = np.argsort(found_codes + sorted(ignore_codes))  # convert_mask needs sorted keys
+            keys = np.array(found_codes + sorted(ignore_codes), np.int64)[order]
+            vals = np.array(list(range(len(found_codes))) + [255] * len(ignore_codes), np.int64)[order]
             colours_meta = [[c >> 16, (c >> 8) & 255, c & 255] for c in found_codes]
             listing = "; ".join(f"{i} {_rgb_str(c)} {totals[c]} px" for i, c in enumerate(found_codes))
             notes.append(
@@ -991,9 +995,9 @@ def prepare(
     by_split: dict[str, list[Item]] = {}
     for it in good:
         by_split.setdefault(it.split, []).append(it)
-    if export.split_source == "folders" and found == "plain":
-        for s, d in _split_dirs(root / "images").items():
-            if not by_split.get(s) and not any(it.split == s for it in items):
+    if export.split_source == "folders":
+        for s, d in export.split_dirs.items():
+            if not any(it.split == s for it in items):
                 problems.append(f"{d}: split '{s}' is empty (no images in the folder)")
     if not [it for it in by_split.get("train", []) if it.mask is not None] and items:
         problems.append(f"{root}: split 'train' is empty (no image with a mask is in train)")
