@@ -331,7 +331,9 @@ def test_image_kinds_rgba_grey_16bit_odd_sizes_exif(tmp_path, monkeypatch, capsy
     stored = cv2.imread(str(root / "images" / "photo.jpg"), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     assert np.array_equal(shown, cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE))
     assert not got["photo"].image.is_symlink() and got["rgba"].image.is_symlink()
-    assert read_image(got["raw"].image).shape[:2] == (4, 6)
+    assert read_image(got["raw"].image).shape[:2] == (4, 6) and not got["raw"].image.is_symlink()
+    with Image.open(got["raw"].image) as im:  # no EXIF orientation left for any reader to apply
+        assert im.size == (6, 4) and im.getexif().get(0x0112, 1) == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -1030,7 +1030,9 @@ def prepare(
     for it in sorted(good, key=lambda it: ({"train": 0, "val": 1, "test": 2}.get(it.split, 3), it.key)):
         r = scan[str(it.image)]
         orient = use_orientation[str(it.image)]
-        needs_copy = orient or r["format"] not in READER_FORMATS or r["mode"] not in READER_MODES
+        # an EXIF tag is never left for a reader to interpret (OpenCV IMREAD_UNCHANGED ignores it, Pillow-based
+        # tools apply it): EXIF-tagged images become copies holding the pixels as annotated
+        needs_copy = r["orientation"] != 1 or r["format"] not in READER_FORMATS or r["mode"] not in READER_MODES
         rel = f"{it.split}/{_safe(it.key)}" + (".png" if needs_copy else it.image.suffix.lower())
         dst = out / "images" / rel
         wanted.add(dst)
