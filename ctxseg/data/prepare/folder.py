@@ -910,7 +910,9 @@ def prepare(
         for it in masked:
             r = scan[str(it.mask)]
             bad = [(v, n) for v, n in r["values"] if (v >= raw_count or v < 0) and v != ignore_index]
-            if bad or r["distinct_values"] > MAX_VALUES:
+            if r["distinct_values"] > MAX_VALUES:
+                problems.append(f"{it.mask}: {r['distinct_values']} distinct values: not a class-index mask")
+            elif bad:
                 problems.append(
                     f"{it.mask}: label value(s) {', '.join(f'{v} ({n} px)' for v, n in bad[:5])} >= the class "
                     f"count {raw_count - int(reduce_zero_label)}"
