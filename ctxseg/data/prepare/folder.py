@@ -532,9 +532,9 @@ def _exif_orientation(im) -> int:
 
 
 def read_mask(path: str | Path, colour: bool) -> np.ndarray:
-    """A mask as HxW values (colour=False: class indices; palette PNGs give their indices, 3-channel grey
-    masks their first channel) or HxW packed colours r<<16|g<<8|b (colour=True; palette PNGs through
-    their palette, alpha dropped)."""
+    """A mask as HxW values (colour=False: class indices, uint8/uint16/int32 as stored; palette PNGs give
+    their indices, 3-channel grey masks their first channel) or HxW int32 packed colours r<<16|g<<8|b
+    (colour=True; palette PNGs through their palette, alpha dropped)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -542,23 +542,33 @@ def read_mask(path: str | Path, colour: bool) -> np.ndarray:
         mode = im.mode
         if colour and mode in ("P", "PA", "RGB", "RGBA", "RGBX", "L", "LA"):
             if mode in ("L", "LA"):  # a class-index mask beside a palette: its values are the indices
-                return np.array(im.convert("L")).astype(np.int64)
-            rgb = np.array(im.convert("RGB")).astype(np.int64)
+                return np.array(im.convert("L"))
+            rgb = np.array(im.convert("RGB")).astype(np.int32)
             return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         if mode in ("RGB", "RGBA", "RGBX"):
-            return np.array(im)[..., 0].astype(np.int64)
+            return np.ascontiguousarray(np.array(im)[..., 0])
         if mode in ("LA", "PA"):
-            return np.array(im.getchannel(0)).astype(np.int64)
+            return np.array(im.getchannel(0))
         if mode == "1":
-            return np.array(im).astype(np.int64)
+            return np.array(im).astype(np.uint8)
         if mode in ("P", "L") or mode.startswith("I"):
-            return np.array(im).astype(np.int64)
+            return np.array(im)
         if mode == "F":
             arr = np.array(im)
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
                 raise UserError(f"{path}: a floating-point mask with non-integer values (not class indices)")
             return arr.astype(np.int64)
         raise UserError(f"{path}: unsupported mask mode {mode}")
+
+
+def _unique(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their pixel counts, as int64 (a histogram for 8/16-bit masks: no sort)."""
+    if arr.dtype in (np.uint8, np.uint16, np.bool_):
+        hist = np.bincount(arr.ravel(), minlength=1)
+        values = np.flatnonzero(hist)
+        return values.astype(np.int64), hist[values].astype(np.int64)
+    values, counts = np.unique(arr, return_counts=True)
+    return values.astype(np.int64), counts.astype(np.int64)
 
 
 def _scan_mask(path: str) -> dict:
@@ -569,7 +579,7 @@ def _scan_mask(path: str) -> dict:
         mode, (w, h) = im.mode, im.size
     res: dict = {"w": w, "h": h, "mode": mode}
     # one decode: the index values (palette PNGs: indices; RGB: packed colours), then what each view needs
-    raw, counts = np.unique(read_mask(path, mode in ("RGB", "RGBA", "RGBX")), return_counts=True)
+    raw, counts = _unique(read_mask(path, mode in ("RGB", "RGBA", "RGBX")))
     if mode in ("RGB", "RGBA", "RGBX", "P", "PA"):
         if mode in ("P", "PA"):
             values = raw
@@ -618,16 +628,25 @@ def _scan_task(task: tuple[str, str]) -> tuple[str, str, dict]:
 
 
 def convert_mask(source: str, colour: bool, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """A mask -> HxW uint8 labels: each read value (index or packed colour, see `read_mask`) in `keys` becomes
-    the matching entry of `values` (class index, or 255 for ignore); any other value is an error."""
+    """A mask -> HxW uint8 labels: each read value (index or packed colour, see `read_mask`) in `keys` (sorted)
+    becomes the matching entry of `values` (class index, or 255 for ignore); any other value is an error."""
     arr = read_mask(source, colour)
-    pos = np.searchsorted(keys, arr)
-    pos = np.clip(pos, 0, len(keys) - 1)
-    ok = keys[pos] == arr
+    if arr.dtype in (np.uint8, np.uint16) and keys.min() >= 0:  # a lookup table over the stored range
+        lut = np.full(max(int(keys.max()), 255 if arr.dtype == np.uint8 else 65535) + 1, -1, np.int16)
+        lut[keys] = values
+        out = lut[arr]
+        ok = out >= 0
+    else:
+        big = np.iinfo(np.int64).max
+        keys_x = np.append(keys.astype(np.int64), big)  # every position searchsorted returns is valid
+        values_x = np.append(values, -1)
+        pos = np.searchsorted(keys_x, arr)
+        out = values_x[pos]
+        ok = keys_x[pos] == arr
     if not ok.all():
         bad = np.unique(arr[~ok])[:5].tolist()
         raise UserError(f"{source}: values {bad} changed since the scan (re-run the prepare)")
-    return values[pos].astype(np.uint8)
+    return out.astype(np.uint8)
 
 
 def convert_image(source: str, dst: str, orient: bool) -> None:
