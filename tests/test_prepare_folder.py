@@ -152,7 +152,7 @@ def test_split_lists_reduce_zero_label(tmp_path, monkeypatch, capsys):
     root, out, lists = tmp_path / "export", tmp_path / "out", tmp_path / "lists"
     raw = {}
     for k in range(5):
-        img(root / "images" / f"a{k}.bmp", seed=k)
+        img(root / "images" / f"a{k}.{'webp' if k == 4 else 'bmp'}", seed=k)
         raw[f"a{k}"] = gray(root / "annotations" / f"a{k}.png", lab(k, 4))  # 0 = other, classes 1..3
     img(root / "images" / "unlisted.webp", seed=9)
     lists.mkdir()
@@ -179,6 +179,8 @@ def test_split_lists_reduce_zero_label(tmp_path, monkeypatch, capsys):
     for split in ("train", "val", "test"):
         for stem, v in labels_of(out, split).items():
             assert np.array_equal(v, raw[stem])  # stored raw; reduced when loading (as ADE20K)
+    test = PreparedIndex.open(out).samples("test")
+    assert test[0].image.suffix == ".webp" and read_image(test[0].image).shape == (5, 7, 3)
     train = [raw[f"a{k}"] for k in range(3)]
     assert meta["class_pixel_counts"] == sum(np.bincount(v[v > 0] - 1, minlength=3) for v in train).tolist()
 
