@@ -17,10 +17,11 @@ def _synthetic(root, out, workers, seed, progress):
 def _lazy(module: str, fn: str):
     """A preparer imported on first use (keeps `ctxseg --help` fast)."""
 
-    def run(root, out, workers, seed, progress):
+    def run(root, out, workers, seed, progress, **options):
         import importlib
 
-        return getattr(importlib.import_module(f"ctxseg.data.prepare.{module}"), fn)(root, out, workers, seed, progress)
+        fn_ = getattr(importlib.import_module(f"ctxseg.data.prepare.{module}"), fn)
+        return fn_(root, out, workers, seed, progress, **options)
 
     return run
 
@@ -36,6 +37,7 @@ PREPARERS = {
     "pascal-context-60": _lazy("pascal_context", "prepare60"),
     "lip": _lazy("lip", "prepare"),
     "camvid": _lazy("camvid", "prepare"),
+    "folder": _lazy("folder", "prepare"),  # your own images and masks (options: see ctxseg.cli.prepare)
 }
 
 

@@ -41,6 +41,8 @@ PRESENCE_FILE = "class_presence.npy"
 class BadFilesError(UserError):
     """Raw files that cannot be read: one message per file (the CLI prints each on its own line)."""
 
+    label = "bad file"  # what the CLI prints before each message
+
     def __init__(self, dataset: str, messages: list[str]):
         self.messages = messages
         self.summary = (
