@@ -5,6 +5,7 @@ with the dataset's class names and palette."""
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -13,6 +14,38 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
+
+_registered = False
+
+
+def invoke(*args: str) -> str:
+    """Run `ctxseg ARGS` in-process (no second torch import); return its output."""
+    from typer.testing import CliRunner
+
+    import ctxseg.cli as cli
+
+    global _registered
+    if not _registered:
+        cli._register()
+        _registered = True
+    result = CliRunner().invoke(cli.app, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def in_workdir(workdir: Path, monkeypatch):
+    """cwd and runs/ of in-process commands inside the work folder."""
+    from ctxseg.engine import runs as runs_mod
+    from ctxseg.viz import sources
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sources, "RUNS_DIR", workdir / "runs")
+    monkeypatch.setattr(runs_mod, "RUNS_DIR", workdir / "runs")
+    return workdir
+
 
 RECIPE = str(REPO / "tests" / "recipes" / "owndata_tiny.toml")
 FRUIT = (["apple", "pear", "plum"], [[200, 30, 30], [40, 200, 40], [90, 40, 160]])
@@ -79,6 +112,21 @@ def make_dataset(
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=1))
     return root
+
+
+def fake_registry(folder: Path, checkpoint: Path) -> dict:
+    """Environment for a subprocess whose `ctxseg.weights.get(name)` returns `checkpoint` (and notes the name)."""
+    site = folder / "fake_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys, types\n"
+        "fake = types.ModuleType('ctxseg.weights')\n"
+        f"def get(name, **kw):\n    open({str(folder / 'asked.txt')!r}, 'w').write(name)\n"
+        f"    return {str(checkpoint)!r}\n"
+        "fake.get = get\n"
+        "sys.modules['ctxseg.weights'] = fake\n"
+    )
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{site}"}
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +222,16 @@ def test_init_official_resolves_through_the_weights_registry(monkeypatch, tmp_pa
 # the CLI, end to end
 
 
-def test_recipes_show_data_round_trip(workdir: Path):
+def test_recipes_show_data_round_trip(in_workdir: Path):
     from ctxseg.config import load_recipe
 
-    proc = run_cli("recipes", "show", "ocrnet-hr18-cityscapes-80k", "--data", "data/tools", cwd=workdir)
+    workdir = in_workdir
+    text = invoke("recipes", "show", "ocrnet-hr18-cityscapes-80k", "--data", "data/tools")
     path = workdir / "my.toml"
-    path.write_text(proc.stdout)
-    raw = tomllib.loads(proc.stdout)
+    path.write_text(text)
+    raw = tomllib.loads(text)
     assert raw["data"]["num_classes"] == 5 and raw["data"]["root"] == "data/tools"
-    assert proc.stdout.startswith("# ocrnet-hr18-cityscapes-80k adapted to data/tools:")
+    assert text.startswith("# ocrnet-hr18-cityscapes-80k adapted to data/tools:")
     back = load_recipe(path)
     assert back.data.num_classes == 5 and back.name == "ocrnet-hr18-cityscapes-80k"
     assert back.to_dict() == load_recipe(path).to_dict()
@@ -193,7 +242,8 @@ def test_recipes_show_data_round_trip(workdir: Path):
     )
 
 
-def test_train_eval_predict_then_finetune(workdir: Path):
+def test_train_eval_predict_then_finetune(in_workdir: Path):
+    workdir = in_workdir
     # train a context-plug-in model (MCIBI + CAC) on the 3-class dataset
     proc = run_cli("train", "--recipe", RECIPE, "--data", "data/fruit", "--set", "train.iters=2", *FAST, cwd=workdir)
     assert "adapted owndata-tiny to data/fruit" in proc.stdout
@@ -205,9 +255,9 @@ def test_train_eval_predict_then_finetune(workdir: Path):
     assert run_toml["data"]["num_classes"] == 3 and run_toml["data"]["crop_size"] == [40, 56]
 
     # eval: per-class IoU/Acc under the dataset's class names
-    proc = run_cli("eval", "-c", str(source), cwd=workdir)
+    text = invoke("eval", "-c", str(source))
     for name in FRUIT[0]:
-        assert name in proc.stdout
+        assert name in text
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert list(metrics["IoU"]) == FRUIT[0]
     # eval --predictions scores the PNGs eval wrote, against the same labels
@@ -217,7 +267,7 @@ def test_train_eval_predict_then_finetune(workdir: Path):
     assert scored["mIoU"] == pytest.approx(metrics["mIoU"])
 
     # predict --color: colours from the dataset's palette, and a legend with its names
-    run_cli("predict", "-c", str(source), "data/fruit/images", "--out", "preds", "--color", cwd=workdir)
+    invoke("predict", "-c", str(source), "data/fruit/images", "--out", "preds", "--color")
     pred = cv2.imread(str(workdir / "preds" / "val_00.png"), cv2.IMREAD_UNCHANGED)
     colour = cv2.imread(str(workdir / "preds" / "val_00_color.png"))[..., ::-1]
     assert pred.max() < 3
@@ -228,18 +278,21 @@ def test_train_eval_predict_then_finetune(workdir: Path):
     assert legend == {"classes": FRUIT[0], "palette": FRUIT[1], "ignore_index": 255}
 
     # viz overlay: the HTML gallery carries a legend with the class names and colours
-    run_cli("viz", "overlay", "--predictions", "preds", "--out", "overlays", cwd=workdir)
+    invoke("viz", "overlay", "--predictions", "preds", "--out", "overlays")
     page = (workdir / "overlays" / "index.html").read_text()
     assert "apple" in page and "rgb(90,40,160)" in page
 
     # fine-tune onto the 5-class dataset: class-dependent tensors re-initialised, the rest loaded. At lr 0 the
     # parameters stay where --init put them (buffers - BatchNorm statistics, the memory - still move)
+    # `--init official` asks the weights registry for the recipe's released model; a stand-in registry
+    # (sitecustomize in the subprocess) hands out the checkpoint just trained
     frozen = ["--set", "train.optimizer.lr=0.0", "--set", "train.schedule.policy='constant'"]
     proc = run_cli(
-        "train", "--recipe", RECIPE, "--data", "data/tools", "--init", str(source), "--set", "train.iters=2",
-        "--set", "train.checkpoint_interval=1", *frozen, *FAST, cwd=workdir,
+        "train", "--recipe", RECIPE, "--data", "data/tools", "--init", "official", "--set", "train.iters=2",
+        "--set", "train.checkpoint_interval=1", *frozen, *FAST, cwd=workdir, env=fake_registry(workdir, source),
     )  # fmt: skip
-    assert "--init" in proc.stdout and "3 -> 5 classes" in proc.stdout
+    assert (workdir / "asked.txt").read_text() == "owndata-tiny"
+    assert "--init official" in proc.stdout and "3 -> 5 classes" in proc.stdout
     assert "re-initialised" in proc.stdout and "loaded" in proc.stdout
     tuned = Path(proc.stdout.split("run folder ")[-1].strip().split()[0])
     record = json.loads((tuned / "init.json").read_text())
@@ -286,5 +339,8 @@ def test_incompatible_init_is_refused(workdir: Path, tmp_path: Path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "first mismatching key backbone." in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("train", "--recipe", RECIPE, "--init", "missing.safetensors", cwd=workdir, check=False)
-    assert proc.returncode == 2 and "no such checkpoint file" in proc.stderr
+    from ctxseg.engine.finetune import resolve_init
+    from ctxseg.errors import UserError
+
+    with pytest.raises(UserError, match="no such checkpoint file"):
+        resolve_init(tmp_path / "missing.safetensors", "owndata-tiny")

@@ -143,6 +143,7 @@ def adapt_to_data(recipe: Recipe, data_dir: str | Path, keep: Iterable[str] = ()
         notes.append(f"{dotted}: {_show(old)} -> {shown}" + (f" ({why})" if why else ""))
 
     shown_classes = ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)" if len(classes) > 8 else "")
+    keep.discard("data.root")  # --data names the dataset, whatever --set data.root said
     set_key(data, "data.root", str(data_dir))
     set_key(data, "data.dataset", str(meta.get("name") or data_dir.name))
     set_key(data, "data.num_classes", num_classes, f"classes: {shown_classes}; sizes every classifier and plug-in")

@@ -73,8 +73,10 @@ def resolve_init(spec: str | Path, recipe_name: str) -> Path:
     """`official` -> the released model of the recipe's paper row (ctxseg.weights, downloaded and converted
     once); anything else is a path to a ctxseg .safetensors checkpoint."""
     if str(spec) == "official":
-        from ctxseg import weights  # imported here: the registry is only needed for `official`
-
+        try:  # imported here: the registry is only needed for `official`
+            from ctxseg import weights
+        except ImportError as e:
+            raise UserError(f"--init official needs the weights registry (ctxseg.weights): {e}") from None
         return Path(weights.get(recipe_name))
     path = Path(spec)
     if not path.is_file():
@@ -184,8 +186,13 @@ def init_table(plan: InitPlan):
         ("unused", plan.unused, "dim"),
     ]
     for name, keys, style in rows:
-        more = f", ... (+{len(keys) - EXAMPLES})" if len(keys) > EXAMPLES else ""
-        table.add_row(f"[{style}]{name}[/]", str(len(keys)), ", ".join(_examples(keys)) + more)
+        if name == "re-initialised":  # few and telling: every module, without .weight / .bias
+            shown = list(dict.fromkeys(k.rsplit(".", 1)[0] if k.endswith((".weight", ".bias")) else k for k in keys))
+            more = ""
+        else:
+            shown = _examples(keys)
+            more = f", ... (+{len(keys) - len(shown)})" if len(keys) > len(shown) else ""
+        table.add_row(f"[{style}]{name}[/]", str(len(keys)), ", ".join(shown) + more)
     return table
 
 

@@ -279,9 +279,16 @@ class Trainer:
         if init is not None and resume is None:
             from ctxseg.engine import finetune
 
-            with self.acc.main_process_first():  # `official`: one process downloads, the others find it cached
-                init_path = finetune.resolve_init(init, recipe.name)
-            self.init_plan = finetune.plan_init(recipe, init_path, str(init))
+            error, init_path = None, None
+            # `official`: one process downloads, the others then find it cached; a failure is caught
+            # inside, so no process waits at the barrier for one that stopped
+            with self.acc.main_process_first():
+                try:
+                    init_path = finetune.resolve_init(init, recipe.name)
+                except UserError as e:
+                    error = e
+            self._agree(error)
+            self.init_plan = finetune.plan_init(recipe, init_path, str(init))  # the same verdict on every process
         self.index = PreparedIndex.open(recipe.data.root)
         self._check_meta()
         self.train_set = SegDataset(self.index, recipe.data.train_split, recipe.data, train=True)
@@ -399,7 +406,8 @@ class Trainer:
         if "num_classes" in meta and meta["num_classes"] != d.num_classes:
             raise UserError(
                 f"Recipe has data.num_classes={d.num_classes} but {self.index.root} holds "
-                f"{meta['num_classes']} classes (set --set data.num_classes={meta['num_classes']})"
+                f"{meta['num_classes']} classes (train with --data {self.index.root} to adapt the recipe to it: "
+                f"classes, ignore index, crop; or --set data.num_classes={meta['num_classes']})"
             )
         # every split the run will read, checked before the first step (each process checks its share)
         error = None
