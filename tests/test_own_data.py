@@ -168,6 +168,10 @@ def test_adapt_a_paper_recipe(workdir: Path):
     r, text = result.recipe, "\n".join(result.notes)
     assert r.data.num_classes == 5 and r.train.loss.class_weight is None and "19 weights" in text
     assert r.published.miou is None and "published: dropped" in text
+    # a crop the resized images fill exactly stays (CamVid: 48x64 -> 360x480 at scale (480, 360))
+    camvid = adapt_to_data(load_recipe("contrast-hrnet48-camvid-mem"), workdir / "data" / "tools").recipe
+    assert tuple(camvid.data.crop_size) == (360, 480) and camvid.data.val_split == "val"
+    assert camvid.data.ignore_index == 255
     # Cityscapes' RandomResize (2048, 1024) blows 48x64 images up to 1024x1365, which the 512x1024 crop fits;
     # the note says how far they are scaled
     assert tuple(r.data.crop_size) == tuple(base.data.crop_size) and "x21.33" in text

@@ -189,7 +189,7 @@ def _adapt_crop(recipe: Recipe, raw: dict, index: PreparedIndex, keep: set[str])
                 f"x{factor:.2f} before cropping; set data.scale to train nearer their own size"
             )
     ch, cw = d.crop_size
-    new = (min(ch, _fit(nh)), min(cw, _fit(nw)))
+    new = (ch if ch <= nh else _fit(nh), cw if cw <= nw else _fit(nw))  # only an edge the images cannot fill
     if new != (ch, cw) and "data.crop_size" not in keep:
         raw["data"]["crop_size"] = list(new)
         at = "" if d.scale is None else f" at the recipe's resize to {_show(list(d.scale))}"
