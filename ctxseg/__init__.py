@@ -1,3 +1,4 @@
 """ctxseg: context-aware semantic segmentation (OCRNet, MCIBI, ContrastiveSeg, CAC)."""
 
-__version__ = "0.1.0"
+# the one source of the version: pyproject.toml reads it from here ([tool.setuptools.dynamic])
+__version__ = "0.3.0"

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
-from rich.progress import Progress
 
 from ctxseg.cli.common import SetOption, metrics_table, out
-from ctxseg.data.index import PreparedIndex
-from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, published_for
-from ctxseg.engine.runs import resolve_checkpoint
-from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
-from ctxseg.io import write_json
 
 
 def parse_scales(text: str) -> list[float]:
@@ -74,6 +66,16 @@ def eval_cmd(
 
       [cyan]ctxseg eval --predictions submit/ --format cityscapes --data-root data/cityscapes[/]   score PNGs, no model
     """
+    import torch
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.checkpoint import load_model
+    from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, published_for
+    from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import write_json
+
     scale_list = parse_scales(scales) if scales else None  # before any slow step
     if predictions is not None:
         if checkpoint or run:
@@ -165,7 +167,11 @@ def _score_predictions_cmd(
     predictions: Path, fmt: str, data_root: Path | None, split: str | None, out_dir: Path | None
 ) -> None:
     """`ctxseg eval --predictions DIR`: the same metrics.json and table, from PNGs instead of a model."""
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
     from ctxseg.engine.score_predictions import score_predictions
+    from ctxseg.io import write_json
 
     if data_root is None:
         raise UserError(

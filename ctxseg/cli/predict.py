@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 import typer
-from rich.progress import Progress
 
 from ctxseg.cli.common import SetOption, out
-from ctxseg.data.index import PreparedIndex
-from ctxseg.engine.checkpoint import load_model
-from ctxseg.engine.evaluate import predict_scores
-from ctxseg.engine.runs import resolve_checkpoint
-from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
-from ctxseg.io import read_image, write_json, write_png
-from ctxseg.viz.palette import colorize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -62,6 +52,17 @@ def predict(
 
       [cyan]ctxseg predict -c model.safetensors street.jpg --format cityscapes --out submit/[/]
     """
+    import torch
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.checkpoint import load_model
+    from ctxseg.engine.evaluate import predict_scores
+    from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import read_image, write_json, write_png
+    from ctxseg.viz.palette import colorize
+
     ckpt_path = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,6 +112,7 @@ def predict(
 
 def _write_legend(out_dir: Path, classes: list[str] | None, palette, recipe) -> None:
     """legend.png (and legend.json) beside the colour PNGs: the dataset's class names and colours."""
+    from ctxseg.io import write_json, write_png
     from ctxseg.viz.palette import default_palette
     from ctxseg.viz.palette_img import palette_image
 
@@ -123,6 +125,8 @@ def _write_legend(out_dir: Path, classes: list[str] | None, palette, recipe) -> 
 
 
 def _encoder(fmt: str):
+    import numpy as np
+
     if fmt == "trainid":
         return lambda stem, pred: (f"{stem}.png", pred.astype(np.uint8 if pred.max() < 256 else np.uint16))
     from ctxseg.data.prepare import SUBMISSION_FORMATS

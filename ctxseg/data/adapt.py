@@ -109,13 +109,17 @@ def override_keys(overrides: list[str] | None) -> set[str]:
     return {".".join(parse_override(expr)[0]) for expr in overrides or []}
 
 
-def adapt_to_data(recipe: Recipe, data_dir: str | Path, keep: Iterable[str] = ()) -> Adaptation:
+def adapt_to_data(
+    recipe: Recipe, data_dir: str | Path, keep: Iterable[str] = (), *, components: bool = True
+) -> Adaptation:
     """The recipe sized for the prepared dataset at `data_dir` (module docstring).
 
     Args:
         recipe: the resolved recipe (overrides applied).
         data_dir: a prepared index folder (meta.json, splits/).
         keep: dotted keys the user set explicitly (`--set data.crop_size=...`): left as they are.
+        components: check the component tables against their constructors (config.validate_recipe); the
+            adaptation changes data settings only, so a recipe already checked may skip it.
 
     Returns:
         The adapted recipe and one note per change.
@@ -166,9 +170,9 @@ def adapt_to_data(recipe: Recipe, data_dir: str | Path, keep: Iterable[str] = ()
         raw["published"] = {}
         notes.append(f"published: dropped (the {recipe.data.dataset} results of {pub.get('paper') or 'the paper'})")
 
-    adapted = validate_recipe(raw)
+    adapted = validate_recipe(raw, components=components)
     notes += _adapt_crop(adapted, raw, index, keep)
-    return Adaptation(validate_recipe(raw), notes, data_dir)
+    return Adaptation(validate_recipe(raw, components=components), notes, data_dir)
 
 
 def _adapt_crop(recipe: Recipe, raw: dict, index: PreparedIndex, keep: set[str]) -> list[str]:
