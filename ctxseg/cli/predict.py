@@ -69,9 +69,9 @@ def predict(
     model.to(device)
     try:
         index = PreparedIndex.open(recipe.data.root)
-        palette, flip_pairs = index.palette, index.flip_pairs
+        palette, flip_pairs, classes = index.palette, index.flip_pairs, index.classes
     except UserError:  # predicting without the prepared dataset: a generated palette
-        palette, flip_pairs = None, []
+        palette, flip_pairs, classes = None, [], None
     settings = InferenceSettings.from_recipe(recipe, ms_flip, flip_pairs=flip_pairs)
     encode = _encoder(fmt)
     images = collect_images(inputs)
@@ -102,10 +102,26 @@ def predict(
             "data_root": str(recipe.data.root),
         },
     )
+    if color:
+        _write_legend(out_dir, classes, palette, recipe)
     from ctxseg.viz.sources import set_latest_predictions
 
     set_latest_predictions(out_dir / "predictions.json")
     out.print(f"[green]wrote[/] {len(images)} predictions to {out_dir}")
+
+
+def _write_legend(out_dir: Path, classes: list[str] | None, palette, recipe) -> None:
+    """legend.png (and legend.json) beside the colour PNGs: the dataset's class names and colours."""
+    from ctxseg.io import write_json, write_png
+    from ctxseg.viz.palette import default_palette
+    from ctxseg.viz.palette_img import palette_image
+
+    n = recipe.data.num_classes
+    classes = classes or [str(i) for i in range(n)]
+    palette = [list(c) for c in (palette or default_palette(n))]
+    ignore = recipe.data.ignore_index
+    write_png(out_dir / "legend.png", palette_image(classes, palette, ignore, title=f"{recipe.data.dataset} classes"))
+    write_json(out_dir / "legend.json", {"classes": classes, "palette": palette, "ignore_index": ignore})
 
 
 def _encoder(fmt: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -44,6 +45,11 @@ def show_cmd(
     provenance: bool = typer.Option(
         False, "--provenance", help="Each paper setting beside its official value and source."
     ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Adapt the recipe to this prepared dataset (classes, ignore index, crop), as `ctxseg train --data`.",
+    ),
 ):
     """Print the fully resolved recipe (extends merged, overrides applied, defaults filled).
 
@@ -52,6 +58,8 @@ def show_cmd(
       [cyan]ctxseg recipes show demo --set train.optimizer.lr=0.02[/]
 
       [cyan]ctxseg recipes show ocrnet-hr48-cityscapes-40k --provenance[/]
+
+      [cyan]ctxseg recipes show ocrnet-hr18-cityscapes-80k --data data/mydata > my.toml[/]   adapted, to edit
     """
     from rich.syntax import Syntax
 
@@ -61,10 +69,17 @@ def show_cmd(
     # the model zoo; overrides or a recipe file of one's own get the full component check
     bundled = not set and find_recipe(name) == list_recipes().get(name)
     r = load_recipe(name, set, components=not bundled)
-    if provenance:
+    if provenance:  # the paper's settings: compared before any adaptation to other data
         _print_provenance(r)
         return
-    text = to_toml(r.to_dict())
+    notes: list[str] = []
+    if data is not None:
+        from ctxseg.data.adapt import adapt_to_data, override_keys
+
+        adapted = adapt_to_data(r, data, override_keys(set), components=not bundled)
+        r, notes = adapted.recipe, adapted.notes
+    header = "".join(f"# {line}\n" for line in [f"{r.name} adapted to {data}:", *notes]) if data else ""
+    text = header + to_toml(r.to_dict())
     if out.is_terminal:  # colours for a reader; soft_wrap: a long line is never split into two
         out.print(Syntax(text, "toml", theme="ansi_dark", background_color="default"), soft_wrap=True)
     else:  # piped or redirected (`> my.toml`): the exact TOML text, nothing wrapped or styled

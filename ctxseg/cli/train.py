@@ -35,11 +35,41 @@ def _resume_path(resume: str, runs_dir: Path) -> Path:
     return p
 
 
+def adapted_recipe(rec, data: Path, overrides: list[str] | None):
+    """The recipe adapted to the prepared dataset `data` (ctxseg.data.adapt); prints what changed.
+
+    Keys given with --set stay as the user set them."""
+    from rich.markup import escape
+
+    from ctxseg.data.adapt import adapt_to_data, override_keys
+
+    result = adapt_to_data(rec, data, override_keys(overrides))
+    lines = "\n".join(f"  {escape(n)}" for n in result.notes) or "  nothing to change"
+    out.print(f"[bold]adapted[/] {escape(rec.name)} to {escape(str(data))}:\n{lines}", soft_wrap=True, highlight=False)
+    return result.recipe
+
+
 def train(
     recipe: str | None = typer.Option(
         None, "--recipe", "-r", help="Recipe name (see `ctxseg recipes list`) or a .toml path."
     ),
     set: list[str] | None = SetOption,
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help=(
+            "Train on this prepared dataset (meta.json): class count, names, palette and ignore index come from "
+            "it, the crop is fitted to its images. [cyan]ctxseg recipes show R --data DIR[/] prints the result."
+        ),
+    ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help=(
+            "Fine-tune: start from this ctxseg .safetensors checkpoint, or [cyan]official[/] (the released model "
+            "of the recipe's paper row). Tensors that fit are loaded, class-dependent ones re-initialised."
+        ),
+    ),
     resume: str | None = typer.Option(
         None,
         "--resume",
@@ -62,6 +92,8 @@ def train(
 
       [cyan]ctxseg train --recipe demo --set train.iters=200 --set train.optimizer.lr=0.02[/]
 
+      [cyan]ctxseg train --recipe ocrnet-hr18-cityscapes-80k --data data/mydata --init official[/]
+
       [cyan]ctxseg train --resume[/]
 
       [cyan]accelerate launch --multi_gpu --num_processes 8 -m ctxseg train --recipe ocrnet-hr48-cityscapes-80k[/]
@@ -76,19 +108,34 @@ def train(
         from ctxseg.engine.checkpoint import read_checkpoint
 
         _, rec, _ = read_checkpoint(resume_path)
-        if recipe or set:
-            out.print("[yellow]--resume uses the run's own recipe; --recipe/--set are ignored[/]")
+        if recipe or set or data or init:
+            out.print(
+                "[yellow]--resume uses the run's own recipe and weights; --recipe/--set/--data/--init are ignored[/]"
+            )
+        init = None
     elif recipe is None:
         raise UserError("Give --recipe NAME (see `ctxseg recipes list`) or --resume")
     else:
         rec = load_recipe(recipe, set)
-        from ctxseg.models.backbones.pretrained import check_recipe_pretrained
+        if data is not None:
+            rec = adapted_recipe(rec, data, set)
+        if init is None:
+            from ctxseg.models.backbones.pretrained import check_recipe_pretrained
 
-        # before any data is scanned: a missing weights file stops here; the fit is checked when
-        # the backbone is built, before the first step (and, for timm, before downloading)
-        out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
-    trainer = Trainer(rec, runs_dir, resume=resume_path, mixed_precision=mixed_precision, progress=not no_progress)
+            # before any data is scanned: a missing weights file stops here; the fit is checked when
+            # the backbone is built, before the first step (and, for timm, before downloading)
+            out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
+        else:
+            out.print(f"weights: from --init {init} (the recipe's backbone `pretrained` is not used)", highlight=False)
+    trainer = Trainer(
+        rec, runs_dir, resume=resume_path, mixed_precision=mixed_precision, progress=not no_progress, init=init
+    )
     if trainer.acc.is_main_process:
+        if trainer.init_plan is not None:
+            from ctxseg.engine.finetune import init_table
+
+            out.print(init_table(trainer.init_plan))
+            out.print(f"init record: {trainer.run_dir / 'init.json'}", soft_wrap=True, highlight=False)
         out.print(f"[bold]train[/] {trainer.describe()}", soft_wrap=True)
         warning = launch_warning(trainer.world)
         if warning:

@@ -130,6 +130,7 @@ def overlay_cmd(
         [(p, p.relative_to(target).with_suffix("").as_posix()) for p in written],
         title="ground truth" if gt else "predictions",
         note=f"from {manifest_path}",
+        legend=info.legend(),
     )
     _done(target, len(written), "overlays")
 
@@ -171,7 +172,9 @@ def _overlay_checkpoint(
         dest = target / f"{stem}.png"
         write_png(dest, overlay(img, pred, info.palette, info.classes, info.ignore, alpha))
         written.append((dest, str(stem)))
-    write_index(target, written, title=f"{recipe.name}: predictions", note=f"{images} through {ckpt}")
+    write_index(
+        target, written, title=f"{recipe.name}: predictions", note=f"{images} through {ckpt}", legend=info.legend()
+    )
     _done(target, len(written), "overlays")
 
 
@@ -260,7 +263,12 @@ def compare_cmd(
         written.append((dest, f"{name} — mIoU {miou_text}"))
     title = f"the {len(written)} worst images by mIoU" if worst else "image | ground truth | prediction | errors"
     write_index(
-        target, written, title=title, note=f"from {manifest_path}; red = wrong, hatched = ignore", max_width=1400
+        target,
+        written,
+        title=title,
+        note=f"from {manifest_path}; red = wrong, hatched = ignore",
+        max_width=1400,
+        legend=info.legend(),
     )
     _done(target, len(written), "comparisons")
 

@@ -33,7 +33,7 @@ from ctxseg.engine.offline import build_for_loading
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
 from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
-from ctxseg.io import remove_stale_temp_files, write_error, write_text
+from ctxseg.io import remove_stale_temp_files, write_error, write_json, write_text
 from ctxseg.losses import Criterion
 from ctxseg.metrics import summarize
 from ctxseg.models.norm import convert_sync_batchnorm
@@ -235,6 +235,9 @@ class Trainer:
             (or, when resuming, the precision the run used).
         progress: show a progress bar (main process only).
         eval_limit: evaluate on at most this many validation images (quick runs, tests); None: all.
+        init: fine-tune: a ctxseg .safetensors checkpoint (or "official", the released model of the recipe's
+            paper row) whose fitting tensors start the new run (ctxseg.engine.finetune); ignored when
+            resuming. The plan is in `init_plan` and the run folder's init.json.
     """
 
     def __init__(
@@ -245,6 +248,7 @@ class Trainer:
         mixed_precision: str | None = None,
         progress: bool = True,
         eval_limit: int | None = None,
+        init: str | Path | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -268,6 +272,22 @@ class Trainer:
         set_seed(tr.seed, deterministic=tr.deterministic)
         if tr.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        # fine-tuning: the source is fetched (official) and checked against the architecture before
+        # the data is scanned, so an incompatible --init costs seconds
+        self.init_plan = None
+        if init is not None and resume is None:
+            from ctxseg.engine import finetune
+
+            error, init_path = None, None
+            # `official`: one process downloads, the others then find it cached; a failure is caught
+            # inside, so no process waits at the barrier for one that stopped
+            with self.acc.main_process_first():
+                try:
+                    init_path = finetune.resolve_init(init, recipe.name)
+                except UserError as e:
+                    error = e
+            self._agree(error)
+            self.init_plan = finetune.plan_init(recipe, init_path, str(init))  # the same verdict on every process
         self.index = PreparedIndex.open(recipe.data.root)
         self._check_meta()
         self.train_set = SegDataset(self.index, recipe.data.train_split, recipe.data, train=True)
@@ -279,7 +299,12 @@ class Trainer:
         self.eval_limit = eval_limit
 
         # a resumed run loads all weights from its checkpoint: no pretrained fetch (ctxseg.engine.offline)
-        model = build_segmentor(recipe) if resume is None else build_for_loading(recipe)
+        # (nor when fine-tuning: --init overwrites the backbone)
+        model = build_segmentor(recipe) if resume is None and self.init_plan is None else build_for_loading(recipe)
+        if self.init_plan is not None:
+            from ctxseg.engine.finetune import apply_init
+
+            apply_init(model, self.init_plan)
         # SyncBN only where it can run: several processes on GPUs. A one-process run (where SyncBN
         # crashes) and CPU/gloo runs (torch's SyncBN is GPU-only) keep plain per-process BatchNorm.
         if recipe.model.norm == "SyncBN" and self.world > 1 and self.acc.device.type == "cuda":
@@ -295,6 +320,14 @@ class Trainer:
         else:
             self.run_dir = self._new_run(runs_dir)
             self.best = None
+            if self.init_plan is not None:
+                error = None
+                if self.acc.is_main_process:
+                    try:
+                        write_json(self.run_dir / "init.json", self.init_plan.to_dict())
+                    except UserError as e:
+                        error = e
+                self._agree(error)
         from ctxseg.engine.layout import choose
 
         self.layout = choose(self.acc.device, "train")  # measured once per machine, cached
@@ -376,7 +409,8 @@ class Trainer:
         if "num_classes" in meta and meta["num_classes"] != d.num_classes:
             raise UserError(
                 f"Recipe has data.num_classes={d.num_classes} but {self.index.root} holds "
-                f"{meta['num_classes']} classes (set --set data.num_classes={meta['num_classes']})"
+                f"{meta['num_classes']} classes (train with --data {self.index.root} to adapt the recipe to it: "
+                f"classes, ignore index, crop; or --set data.num_classes={meta['num_classes']})"
             )
         # every split the run will read, checked before the first step (each process checks its share)
         error = None

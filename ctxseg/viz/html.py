@@ -17,7 +17,10 @@ _STYLE = """body{font-family:sans-serif;margin:1em;background:#fafafa}
 h1{font-size:1.3em}p.note{color:#555;max-width:60em}
 figure{display:inline-block;margin:.5em;vertical-align:top;background:#fff;padding:.3em;border:1px solid #ddd}
 img{max-width:%dpx;display:block}figcaption{font-size:12px;max-width:%dpx;word-wrap:break-word}
-figure.missing figcaption{color:#c00}figure.missing figcaption::after{content:" (missing)"}"""
+figure.missing figcaption{color:#c00}figure.missing figcaption::after{content:" (missing)"}
+ul.legend{list-style:none;padding:0;margin:.5em 0;columns:14em}ul.legend li{font-size:13px;margin:2px 0}
+ul.legend span{display:inline-block;width:1.6em;height:.9em;border:1px solid #333;margin-right:.4em;
+vertical-align:middle}"""
 
 _SCRIPT = """window.addEventListener('load',function(){
 var imgs=document.querySelectorAll('figure img'),ok=0;
@@ -27,11 +30,17 @@ document.getElementById('status').textContent=ok+' of '+imgs.length+' pictures l
 
 
 def write_index(
-    folder: Path, pictures: list[tuple[Path, str]], title: str, note: str | None = None, max_width: int = 480
+    folder: Path,
+    pictures: list[tuple[Path, str]],
+    title: str,
+    note: str | None = None,
+    max_width: int = 480,
+    legend: list[tuple[str, list[int]]] | None = None,
 ) -> Path:
     """Write <folder>/index.html showing `pictures` [(path, caption)] in order; returns its path.
 
-    `max_width` caps the displayed width (wide pictures such as compare panels want more)."""
+    `max_width` caps the displayed width (wide pictures such as compare panels want more); `legend`,
+    [(class name, RGB)], lists the dataset's classes with their colours above the pictures."""
     folder = Path(folder)
     cards = []
     for p, caption in pictures:
@@ -42,6 +51,13 @@ def write_index(
             f'<figure><a href="{rel}"><img src="{rel}" alt="{cap}"></a><figcaption>{cap}</figcaption></figure>'
         )
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    if legend:
+        items = "".join(
+            f'<li><span style="background:rgb({",".join(str(int(v)) for v in rgb)})"></span>{html.escape(name)}</li>'
+            for name, rgb in legend
+        )
+        note_html += f'<ul class="legend">{items}</ul>'
+
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE % (max_width, max_width)}</style></head>

@@ -50,6 +50,7 @@ class DatasetInfo:
             index = PreparedIndex.open(data_root) if data_root else None
         except UserError:
             index = None
+        self.named = index is not None or num_classes is not None  # classes known (else 256 generated)
         if index is not None:
             self.classes, self.palette, self.ignore = index.classes, index.palette, index.ignore_index
             self.reduce_zero_label = bool(index.meta.get("reduce_zero_label"))
@@ -63,6 +64,12 @@ class DatasetInfo:
                 255,
                 False,
             )
+
+    def legend(self) -> list[tuple[str, list[int]]]:
+        """[(class name, RGB)] of every class, for the HTML galleries; empty when the classes are unknown."""
+        if not self.named:
+            return []
+        return [(name, list(self.palette[i])) for i, name in enumerate(self.classes) if i < len(self.palette)]
 
     def ground_truth(self, path: str | Path) -> np.ndarray:
         label = read_label(path).astype(np.int64)
