@@ -7,7 +7,8 @@ The Python API (ctxseg.api) loads on first use, so `import ctxseg` stays cheap (
     labels = model.predict("street.png")
 """
 
-__version__ = "0.1.0"
+# the one source of the version: pyproject.toml reads it from here ([tool.setuptools.dynamic])
+__version__ = "0.3.0"
 
 _API = ("load", "SegModel", "list_recipes", "list_weights")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("CTXSEG_GOLDEN", REPO.parent / "shared" / "golden"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the suite never writes into the user's cache (~/.cache/ctxseg): the layout verdict of this machine
+# (ctxseg.engine.layout) is measured once into a shared temp folder; tests that need an empty cache
+# set their own CTXSEG_HOME
+os.environ.setdefault("CTXSEG_HOME", str(Path(tempfile.gettempdir()) / f"ctxseg-tests-home-{os.getuid()}"))
 
 
 def golden(*parts: str) -> Path:

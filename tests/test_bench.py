@@ -77,6 +77,7 @@ def test_bench_rejects_bad_phase():
             json_path=None,
             compile=False,
             threads=None,
+            roofline=False,
             set=None,
         )
 

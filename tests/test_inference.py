@@ -178,12 +178,13 @@ def test_object_attention_out_projection_before_mixing_equals_after():
         torch.testing.assert_close(block(pixels, objects), straightforward(block), rtol=1e-5, atol=1e-5)
 
 
-def test_fast_path_leaves_the_models_own_tensors_alone():
+def test_fast_path_leaves_the_models_own_tensors_alone(monkeypatch):
     """The inference copy shares unfolded tensors with the model; making the copy channels-last
     must not change the layout (or storage) of the model's own parameters: a periodic eval during
     training would otherwise change the training numerics from then on."""
     from ctxseg.engine.inference import inference_model
 
+    monkeypatch.setenv("CTXSEG_LAYOUT", "channels_last")  # where this CPU measures it faster
     model = _tiny_ocrnet()
     before = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
     fast = inference_model(model)
@@ -195,10 +196,12 @@ def test_fast_path_leaves_the_models_own_tensors_alone():
     assert after == before
 
 
-def test_fast_copy_is_built_once_and_leaves_the_model_untouched():
+def test_fast_copy_is_built_once_and_leaves_the_model_untouched(monkeypatch):
     """The channels-last copy must not re-layout the tensors it shares with the model (that
     changed the model's weights and the cache key, so the copy was rebuilt on every call)."""
     from ctxseg.engine.inference import inference_model
+
+    monkeypatch.setenv("CTXSEG_LAYOUT", "channels_last")
 
     model = _tiny_ocrnet()
     before = {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()}

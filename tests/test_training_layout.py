@@ -1,5 +1,6 @@
-"""Training runs in channels-last layout on the CPU (ctxseg.engine.trainer.to_training_layout):
-same losses, gradients and updated weights as NCHW up to float rounding."""
+"""Training runs in channels-last layout on CPUs where that is faster (ctxseg.engine.layout decides,
+ctxseg.engine.trainer.to_training_layout applies): same losses, gradients and updated weights as
+NCHW up to float rounding."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ def _tiny_recipe():
     )
 
 
-def test_layout_choice_per_device():
+def test_layout_choice_per_device(monkeypatch):
     assert not channels_last_training(torch.device("meta"))
-    assert channels_last_training(torch.device("cpu")) == torch.backends.mkldnn.is_available()
+    for forced, expected in (("channels_last", torch.backends.mkldnn.is_available()), ("nchw", False)):
+        monkeypatch.setenv("CTXSEG_LAYOUT", forced)
+        assert channels_last_training(torch.device("cpu")) == expected
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="channels-last training is CPU/oneDNN only")
-def test_channels_last_training_step_matches_nchw():
+def test_channels_last_training_step_matches_nchw(monkeypatch):
+    monkeypatch.setenv("CTXSEG_LAYOUT", "channels_last")
     recipe = _tiny_recipe()
     torch.manual_seed(0)
     nchw = build_segmentor(recipe).train()

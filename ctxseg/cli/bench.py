@@ -108,6 +108,14 @@ def bench_cmd(
         "--threads",
         help="torch intra-op threads (default: torch's choice); ref_bench.py times the official code with 2.",
     ),
+    roofline: bool = typer.Option(
+        False,
+        "--roofline",
+        help=(
+            "First measure this machine's ceilings (matmul, 3x3 convolution; fp32, bf16), then report each "
+            "phase's achieved GFLOP/s, its fraction of the convolution ceiling and its top operators."
+        ),
+    ),
     set: list[str] | None = SetOption,
 ):
     """Measure training step time, inference time (whole and sliding window), peak memory, parameters and FLOPs.
@@ -120,6 +128,8 @@ def bench_cmd(
       [cyan]ctxseg bench --recipe ocrnet-hr48-cityscapes-80k --height 512 --width 1024 --batch 2 --json bench.json[/]
 
       [cyan]ctxseg bench --recipe all --phases none[/]   parameters and inference FLOPs of every recipe
+
+      [cyan]ctxseg bench --recipe ocrnet-hr18-cityscapes-80k --roofline[/]   how close to this machine's limit
     """
     from ctxseg.config import load_recipe
     from ctxseg.engine.bench import PHASES, run_bench
@@ -143,6 +153,13 @@ def bench_cmd(
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available")
+    ceilings = None
+    if roofline:
+        from ctxseg.engine.roofline import measure_ceilings
+
+        with out.status("measuring this machine's ceilings (matmul, conv3x3; fp32, bf16)"):
+            ceilings = measure_ceilings(device or _default_device())
+        out.print(ceilings_table(ceilings))
     if recipe == "all":
         from ctxseg.config import list_recipes
 
@@ -181,13 +198,21 @@ def bench_cmd(
                 chosen,
                 progress=lambda p: status.update(f"benchmarking {name}: {p}"),
                 compile=compile,
+                profile=roofline,
             )
         result["overrides"] = list(set or [])
+        result["layout"] = _layouts(device)
         results.append(result)
         if len(names) == 1 or chosen:
             out.print(result_table(result))
+        if ceilings is not None:
+            result["ceilings"] = ceilings
+            result["roofline"] = _roofline(rec, result, ceilings)
+            out.print(roofline_table(result))
     if len(names) > 1:
         out.print(summary_table(results))
+    for phase, choice in _layouts(device).items():
+        out.print(f"{phase} layout: [bold]{choice['layout']}[/] ({choice['reason']})")
     kinds = [r["memory_kind"] for r in results if "memory_kind" in r]
     if chosen and kinds and kinds[0].startswith("cpu"):
         note = (
@@ -199,6 +224,66 @@ def bench_cmd(
     if json_path:
         write_json(json_path, results[0] if len(results) == 1 else results)
         out.print(f"results: {json_path}")
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _roofline(recipe, result: dict, ceilings: dict) -> list[dict]:
+    import torch
+
+    from ctxseg.engine.bench import build_segmentor_for_bench
+    from ctxseg.engine.roofline import has_grouped_convs, roofline_rows
+
+    with torch.device("meta"):
+        grouped = has_grouped_convs(build_segmentor_for_bench(recipe))
+    return roofline_rows(result, ceilings, grouped, recipe.train.mixed_precision)
+
+
+def ceilings_table(ceilings: dict) -> Table:
+    table = Table(title="this machine's ceilings (same threads)")
+    for col, justify in (("case", "left"), ("GFLOP/s", "right")):
+        table.add_column(col, justify=justify)
+    for c in ceilings.values():
+        table.add_row(c["what"], f"{c['gflops']:.0f}")
+    return table
+
+
+def roofline_table(result: dict) -> Table:
+    table = Table(title=f"{result['recipe']}: achieved vs the conv3x3 ceiling")
+    for col, justify in (("phase", "left"), ("s", "right"), ("GFLOP", "right"), ("GFLOP/s", "right")):
+        table.add_column(col, justify=justify)
+    table.add_column("of ceiling", justify="right")
+    table.add_column("top operators (share of self time)")
+    for row in result["roofline"]:
+        ops = result.get(row["phase"], {}).get("top_ops", [])
+        frac = row.get("of_conv_ceiling")
+        table.add_row(
+            row["phase"],
+            f"{row['seconds']:.3f}",
+            "—" if not row.get("flops") else f"{row['flops'] / 1e9:.1f}",
+            "—" if "gflops" not in row else f"{row['gflops']:.0f}",
+            f"{100 * frac:.0f}%" if frac is not None else ("excluded" if "excluded" in row else "—"),
+            ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:4]),
+        )
+    notes = sorted({row["excluded"] for row in result["roofline"] if "excluded" in row})
+    if notes:
+        table.caption = "excluded: " + "; ".join(notes)
+    return table
+
+
+def _layouts(device: str | None) -> dict[str, dict]:
+    """The memory layout training and inference run in on this machine, and why (ctxseg.engine.layout)."""
+    import torch
+
+    from ctxseg.engine.layout import PHASES, choose
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    picked = {phase: choose(device, phase) for phase in PHASES}
+    return {p: {"layout": c.name, "reason": c.reason, "seconds": c.seconds} for p, c in picked.items()}
 
 
 def summary_table(results: list[dict]) -> Table:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import Progress
 
 from ctxseg.cli.common import (
     SetOption,
@@ -15,9 +14,7 @@ from ctxseg.cli.common import (
     weights_option,
     weights_recipe_option,
 )
-from ctxseg.data.index import PreparedIndex
 from ctxseg.errors import UserError
-from ctxseg.io import write_json
 
 
 def parse_scales(text: str) -> list[float]:
@@ -80,6 +77,16 @@ def eval_cmd(
 
       [cyan]ctxseg eval --predictions submit/ --format cityscapes --data-root data/cityscapes[/]   score PNGs, no model
     """
+    import torch
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
+    from ctxseg.engine.checkpoint import load_model
+    from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, published_for
+    from ctxseg.engine.runs import resolve_checkpoint
+    from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import write_json
+
     scale_list = parse_scales(scales) if scales else None  # before any slow step
     if predictions is not None:
         if checkpoint or run or weights:
@@ -87,13 +94,6 @@ def eval_cmd(
         return _score_predictions_cmd(predictions, fmt, data_root, split, out_dir)
     if fmt != "trainid":
         raise UserError("--format is only used with --predictions")
-    import torch
-
-    from ctxseg.engine.checkpoint import load_model
-    from ctxseg.engine.evaluate import PROTOCOL_FIELDS, PROTOCOL_NAMES, evaluate, published_for
-    from ctxseg.engine.runs import resolve_checkpoint
-    from ctxseg.engine.settings import InferenceSettings
-
     official = official_checkpoint(weights, recipe_name, checkpoint, run)
     ckpt_path = resolve_checkpoint(official or checkpoint, run)
     overrides = list(set or [])
@@ -184,7 +184,11 @@ def _score_predictions_cmd(
     predictions: Path, fmt: str, data_root: Path | None, split: str | None, out_dir: Path | None
 ) -> None:
     """`ctxseg eval --predictions DIR`: the same metrics.json and table, from PNGs instead of a model."""
+    from rich.progress import Progress
+
+    from ctxseg.data.index import PreparedIndex
     from ctxseg.engine.score_predictions import score_predictions
+    from ctxseg.io import write_json
 
     if data_root is None:
         raise UserError(

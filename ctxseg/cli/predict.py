@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
-from rich.progress import Progress
 
 from ctxseg.cli.common import SetOption, official_checkpoint, out, weights_option, weights_recipe_option
 from ctxseg.errors import UserError
-from ctxseg.io import read_image, write_json, write_png
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -60,12 +57,14 @@ def predict(
       [cyan]ctxseg predict --weights official --recipe ocrnet-hr48-cityscapes-80k street.jpg --color[/]
     """
     import torch
+    from rich.progress import Progress
 
     from ctxseg.data.meta import dataset_meta
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.engine.evaluate import predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
     from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import read_image, write_json, write_png
     from ctxseg.viz.palette import colorize
 
     encode = _encoder(fmt)
@@ -113,6 +112,8 @@ def predict(
 
 
 def _encoder(fmt: str):
+    import numpy as np
+
     if fmt == "trainid":
         return lambda stem, pred: (f"{stem}.png", pred.astype(np.uint8 if pred.max() < 256 else np.uint16))
     from ctxseg.data.prepare import SUBMISSION_FORMATS

@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 
 from ctxseg.cli.common import SetOption, out, runs_dir_option
-from ctxseg.config import load_recipe
-from ctxseg.engine.runs import iteration_checkpoints, latest_run
 from ctxseg.errors import UserError
 
 err = Console(stderr=True)
@@ -17,6 +15,8 @@ err = Console(stderr=True)
 
 def _resume_path(resume: str, runs_dir: Path) -> Path:
     """`latest`/a run folder -> its newest checkpoint that has a resume state; or a .safetensors file."""
+    from ctxseg.engine.runs import iteration_checkpoints, latest_run
+
     # resolved once, here: `runs/latest` (or any symlink) may be re-pointed by a run started while
     # this one resumes, and everything this run writes is derived from the resolved folder
     p = latest_run(runs_dir) if resume == "latest" else Path(resume).resolve()
@@ -66,6 +66,7 @@ def train(
 
       [cyan]accelerate launch --multi_gpu --num_processes 8 -m ctxseg train --recipe ocrnet-hr48-cityscapes-80k[/]
     """
+    from ctxseg.config import load_recipe
     from ctxseg.engine.trainer import Trainer, launch_warning
 
     if mixed_precision not in (None, "no", "fp16", "bf16"):

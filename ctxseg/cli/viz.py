@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
 from ctxseg.cli.common import SetOption, official_checkpoint, out, weights_option, weights_recipe_option
-from ctxseg.data.index import PreparedIndex
 from ctxseg.errors import UserError
-from ctxseg.io import read_image, read_label, write_json, write_png
-from ctxseg.viz.html import write_index
-from ctxseg.viz.overlay import overlay
-from ctxseg.viz.sources import DatasetInfo, latest_predictions, read_manifest
+
+if TYPE_CHECKING:  # numpy is imported where a command runs: `--help` stays fast
+    import numpy as np
 
 viz_app = typer.Typer(help="Pictures of predictions, data and training.", no_args_is_help=True)
 
@@ -25,6 +23,10 @@ viz_app = typer.Typer(help="Pictures of predictions, data and training.", no_arg
 
 
 def _prediction(sample: dict, pred_root: Path, name: str) -> np.ndarray:
+    import numpy as np
+
+    from ctxseg.io import read_label
+
     return read_label(sample.get("prediction") or pred_root / f"{name}.png").astype(np.int64)
 
 
@@ -34,6 +36,8 @@ def _done(target: Path, count: int, what: str) -> None:
 
 def _eval_metrics(metrics: Path | None) -> tuple[Path, dict]:
     """An eval's metrics.json: the given file/folder, else beside the newest predictions, else runs/latest/eval."""
+    from ctxseg.viz.sources import latest_predictions
+
     candidates = []
     if metrics is not None:
         candidates = [metrics / "metrics.json", metrics / "eval" / "metrics.json"] if metrics.is_dir() else [metrics]
@@ -94,6 +98,11 @@ def overlay_cmd(
 
       [cyan]ctxseg viz overlay --weights official --recipe ocrnet-hr48-cityscapes-80k --images photos/[/]
     """
+    from ctxseg.io import read_image, write_png
+    from ctxseg.viz.html import write_index
+    from ctxseg.viz.overlay import overlay
+    from ctxseg.viz.sources import DatasetInfo, latest_predictions, read_manifest
+
     if not 0 <= alpha <= 1:
         raise UserError(f"--alpha must be in [0, 1], got {alpha}")
     if weights is not None or recipe_name is not None:
@@ -154,6 +163,10 @@ def _overlay_checkpoint(
     from ctxseg.engine.evaluate import predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
     from ctxseg.engine.settings import InferenceSettings
+    from ctxseg.io import read_image, write_png
+    from ctxseg.viz.html import write_index
+    from ctxseg.viz.overlay import overlay
+    from ctxseg.viz.sources import DatasetInfo
 
     ckpt = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt, overrides)
@@ -213,7 +226,12 @@ def compare_cmd(
 
       [cyan]ctxseg viz compare --worst 10[/]    its 10 images with the lowest mIoU
     """
+    import numpy as np
+
+    from ctxseg.io import read_image, write_png
     from ctxseg.viz.compare import compare_panel, per_image_miou
+    from ctxseg.viz.html import write_index
+    from ctxseg.viz.sources import DatasetInfo, latest_predictions, read_manifest
 
     manifest_path = predictions or latest_predictions()
     manifest = read_manifest(manifest_path)
@@ -293,7 +311,11 @@ def confusion_cmd(
 
       [cyan]ctxseg viz confusion -m runs/x/eval --top 0[/]  every class (large figure)
     """
+    import numpy as np
+
+    from ctxseg.io import write_json
     from ctxseg.viz.confusion import plot_confusion, plot_top_confusions, top_confusions
+    from ctxseg.viz.html import write_index
 
     path, m = _eval_metrics(metrics)
     if "confusion_matrix" not in m:
@@ -337,6 +359,7 @@ def curves_cmd(
     """
     from ctxseg.engine.runs import RUNS_DIR, latest_run
     from ctxseg.viz.curves import plot_curves, read_log
+    from ctxseg.viz.html import write_index
 
     if not 0 <= smooth < 1:
         raise UserError(f"--smooth must be in [0, 1), got {smooth}")
@@ -381,7 +404,10 @@ def palette_cmd(
 
       [cyan]ctxseg viz palette --data-root data/ade20k[/]
     """
+    from ctxseg.data.index import PreparedIndex
     from ctxseg.engine.runs import RUNS_DIR
+    from ctxseg.io import write_png
+    from ctxseg.viz.html import write_index
     from ctxseg.viz.palette_img import classes_from_recipe, palette_image
 
     if (recipe is None) == (data_root is None):
@@ -491,8 +517,12 @@ def embed_cmd(
     """
     import re
 
+    import numpy as np
+
     from ctxseg.engine.runs import RUNS_DIR, resolve_checkpoint
+    from ctxseg.io import write_json
     from ctxseg.viz.embed import collect, plot_embeddings, project_2d, resolve_method
+    from ctxseg.viz.html import write_index
 
     official = official_checkpoint(weights, recipe_name, *(checkpoint or []))
     checkpoint = [official] if official else list(checkpoint or [])

@@ -249,6 +249,7 @@ def bench_train(
     warmup: int,
     device: torch.device,
     compile: bool = False,
+    profile: bool = False,
 ) -> dict:
     from ctxseg.engine.trainer import build_optimizer, to_training_layout
     from ctxseg.losses import Criterion
@@ -274,7 +275,7 @@ def bench_train(
 
     m = measure(train_step, repeats, warmup, device, memory_call=False)
     t = m["median_s"]
-    return {
+    out = {
         "step_time_s": t,
         "images_per_s": batch / t,
         "min_s": m["min_s"],
@@ -283,10 +284,22 @@ def bench_train(
         "cpu_s": m["cpu_s"],
         "loadavg": m["loadavg"],
     }
+    if profile:  # after the timing: the profiler's overhead must not reach the figures
+        from ctxseg.engine.roofline import top_operators
+
+        out["top_ops"] = top_operators(train_step, device)
+    return out
 
 
 def bench_inference(
-    recipe: Recipe, mode: str, height: int, width: int, repeats: int, warmup: int, device: torch.device
+    recipe: Recipe,
+    mode: str,
+    height: int,
+    width: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    profile: bool = False,
 ) -> dict:
     from ctxseg.engine.inference import infer
 
@@ -320,6 +333,10 @@ def bench_inference(
         rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
         cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
         out.update(crop=list(crop), stride=list(stride), windows=rows * cols)
+    if profile:
+        from ctxseg.engine.roofline import top_operators
+
+        out["top_ops"] = top_operators(run, device)
     return out
 
 
@@ -394,10 +411,12 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
             cfg["warmup"],
             device,
             cfg.get("compile", False),
+            cfg.get("profile", False),
         )
     else:
+        mode = phase.split("_")[1]
         res = bench_inference(
-            recipe, phase.split("_")[1], cfg["height"], cfg["width"], cfg["repeats"], cfg["warmup"], device
+            recipe, mode, cfg["height"], cfg["width"], cfg["repeats"], cfg["warmup"], device, cfg.get("profile", False)
         )
     if device.type == "cuda":
         res["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -420,15 +439,25 @@ def run_bench(
     phases: tuple[str, ...] = PHASES,
     progress: Callable[[str], None] | None = None,
     compile: bool = False,
+    profile: bool = False,
 ) -> dict:
     """All measurements as one JSON-able dict (see the module docstring). compile: torch.compile
-    the training forward and the inference model (the warm-up runs pay the compile time)."""
+    the training forward and the inference model (the warm-up runs pay the compile time).
+    profile: also list each phase's top operators (one more call under torch.profiler, untimed)."""
     from ctxseg.engine.inference import set_compile
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = without_pretrained(recipe)
     resettable = device.type == "cpu" and reset_peak_rss()
-    cfg = {"height": height, "width": width, "batch": batch, "repeats": repeats, "warmup": warmup, "compile": compile}
+    cfg = {
+        "height": height,
+        "width": width,
+        "batch": batch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "compile": compile,
+        "profile": profile,
+    }
     try:
         with torch.device("meta"):  # counting needs shapes only
             model = build_segmentor_for_bench(recipe)
@@ -461,6 +490,9 @@ def run_bench(
             if progress:
                 progress(phase)
             result[phase] = _run_phase(phase, recipe, cfg, device, resettable)
+            if phase == "inference_slide":  # FLOPs of the windows actually run (meta device: shapes only)
+                crop = result[phase]["crop"]
+                result["flops"]["slide_per_image"] = result[phase]["windows"] * inference_flops_meta(recipe, *crop)
     finally:
         set_compile(False)
     result["loadavg_end"] = load_average()

@@ -8,7 +8,8 @@ batch of windows is no faster, only larger in memory).
 Fast path (default; same results up to float rounding, checked by the golden tests and
 tests/test_inference.py): an eval-mode model runs through a cached copy of itself with every
 BatchNorm folded into the convolution before it and ReLU / residual adds fused into the
-convolution call (ctxseg.models.layers.fuse_for_inference), in channels-last memory layout.
+convolution call (ctxseg.models.layers.fuse_for_inference), in the memory layout this machine runs
+fastest (channels-last or NCHW, measured once per CPU kind: ctxseg.engine.layout).
 The copy shares every tensor it does not fold and is rebuilt when the model's weights change
 (any in-place update bumps a tensor's version counter). `plain_inference()` switches it off
 (FLOP counting, debugging); `set_compile(True)` additionally wraps the copy in torch.compile
@@ -70,7 +71,7 @@ def _dispatch_mode_active() -> bool:
 
 
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model to run for inference: a cached, folded/fused, channels-last copy of an eval-mode
+    """The model to run for inference: a cached, folded/fused copy (in this CPU's layout) of an eval-mode
     model; the model itself when it is training, when the fast path is off, or while tracing."""
     if (
         not _FAST["enabled"]
@@ -89,7 +90,12 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
         fast = fuse_for_inference(copy.deepcopy(model, memo=shared))  # shares every tensor it does not fold
     except (TypeError, RuntimeError, copy.Error):  # a wrapper that cannot be copied: run it as it is
         return model
-    _to_channels_last(fast)
+    from ctxseg.engine.layout import choose
+
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    fast._ctxseg_channels_last = choose(device, "infer").channels_last  # measured once per machine
+    if fast._ctxseg_channels_last:
+        _to_channels_last(fast)
     if _FAST["compile"]:
         fast = torch.compile(fast)
     _PREPARED[model] = (key, fast)
@@ -112,8 +118,11 @@ def _to_channels_last(fast: torch.nn.Module) -> None:
                 store[name] = torch.nn.Parameter(cl, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cl
 
 
-def _channels_last(images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+def _input_layout(model, images: torch.Tensor) -> torch.Tensor:
+    """Images in the layout of the model that runs them (the prepared copy's; the plain model's NCHW)."""
+    if images.dim() != 4 or not getattr(model, "_ctxseg_channels_last", False):
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def _forward_logits(model, images: torch.Tensor, align_corners: bool) -> torch.Tensor:
@@ -149,7 +158,7 @@ def slide_logits(
     for start in range(0, len(boxes), batch):
         chunk = boxes[start : start + batch]
         crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        logits = _forward_logits(model, _channels_last(crops), align_corners)
+        logits = _forward_logits(model, _input_layout(model, crops), align_corners)
         for k, (y1, y2, x1, x2) in enumerate(chunk):
             out[:, :, y1:y2, x1:x2] += logits[k * n : (k + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
@@ -184,14 +193,13 @@ def infer(
     window_batch, align_corners = settings.window_batch, settings.align_corners
     h, w = images.shape[-2:]
     out_size = out_size or (h, w)
-    original = model
     model = inference_model(model)
 
     def run(x):
         if mode == "slide":
             s = slide_logits(model, x, num_classes, crop, stride, window_batch, align_corners)
         else:
-            s = _forward_logits(model, _channels_last(x) if model is not original else x, align_corners)
+            s = _forward_logits(model, _input_layout(model, x), align_corners)
         return resize(s, out_size, align_corners)
 
     scales = list(scales) or [1.0]

@@ -114,20 +114,19 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def channels_last_training(device: torch.device) -> bool:
-    """Train in channels-last memory layout on the CPU (model and images): oneDNN's NHWC
-    convolution kernels, forward and backward, took 6-24% less CPU time per OCRNet-HRNetV2p-W18
-    step than NCHW (docs/benchmarks.md, measured on a loaded 2-core machine). Same results up to float
-    rounding. GPUs keep NCHW (there the choice depends on the card, the precision and cuDNN)."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available()
+    """Train in channels-last memory layout (model and images) where this machine runs it faster:
+    measured once per CPU kind by ctxseg.engine.layout (on an AVX-512 Xeon channels-last was 6-24%
+    faster per OCRNet step, on an AVX2 EPYC 9% slower). Same results up to float rounding."""
+    from ctxseg.engine.layout import choose
+
+    return choose(device, "train").channels_last
 
 
 def to_training_layout(x: torch.Tensor | nn.Module, device: torch.device):
     """A model or an image batch in the layout training runs in on `device` (see channels_last_training)."""
-    if not channels_last_training(device):
-        return x
-    if isinstance(x, nn.Module):
-        return x.to(memory_format=torch.channels_last)
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    from ctxseg.engine.layout import to_layout
+
+    return to_layout(x, channels_last_training(device))
 
 
 def rng_state() -> dict:
@@ -296,6 +295,9 @@ class Trainer:
         else:
             self.run_dir = self._new_run(runs_dir)
             self.best = None
+        from ctxseg.engine.layout import choose
+
+        self.layout = choose(self.acc.device, "train")  # measured once per machine, cached
         model = to_training_layout(model, self.acc.device)
         optimizer = build_optimizer(model, recipe)
         if resume_state is not None:
@@ -312,7 +314,8 @@ class Trainer:
         """One line for the start of a run: how many processes, on what, in which precision."""
         return (
             f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
-            f"mixed precision {self.acc.mixed_precision}, {self.total} iterations, run folder {self.run_dir}"
+            f"mixed precision {self.acc.mixed_precision}, {self.layout.name} layout ({self.layout.reason}), "
+            f"{self.total} iterations, run folder {self.run_dir}"
         )
 
     # ---------------------------------------------------------------------------------------
