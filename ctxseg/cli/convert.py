@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from ctxseg.cli.common import weights_option, weights_recipe_option
 from ctxseg.errors import UserError
 
 convert_app = typer.Typer(
@@ -163,19 +164,25 @@ def onnx_cmd(
         True, "--check/--no-check", help="Run the export in onnxruntime and compare with PyTorch."
     ),
     set: list[str] | None = typer.Option(None, "--set", help="Override a recipe key of the checkpoint. Repeatable."),
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """Export the whole-image inference graph (normalised RGB in, logits at input size out) to ONNX.
 
     The recipe's mean/std and the RGB channel order are recorded in the ONNX metadata_props.
 
-    Example: [cyan]ctxseg convert onnx -c runs/latest/best.safetensors -o model.onnx --height 512 --width 512[/]
+    Examples:
+
+      [cyan]ctxseg convert onnx -c runs/latest/best.safetensors -o model.onnx --height 512 --width 512[/]
+
+      [cyan]ctxseg convert onnx --weights official --recipe ocrnet-hr48-cityscapes-80k -o ocr.onnx[/]
     """
-    from ctxseg.cli.common import out
+    from ctxseg.cli.common import official_checkpoint, out
     from ctxseg.convert.onnx import check_with_onnxruntime, export_onnx
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.engine.runs import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(official_checkpoint(weights, recipe_name, checkpoint) or checkpoint)
     model, recipe, _ = load_model(ckpt, list(set or []))
     h = height or recipe.data.crop_size[0]
     w = width or recipe.data.crop_size[1]

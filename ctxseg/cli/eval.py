@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from ctxseg.cli.common import SetOption, metrics_table, out
+from ctxseg.cli.common import (
+    SetOption,
+    metrics_table,
+    official_checkpoint,
+    out,
+    weights_option,
+    weights_recipe_option,
+)
 from ctxseg.errors import UserError
 
 
@@ -53,6 +60,8 @@ def eval_cmd(
             "benchmark server)."
         ),
     ),
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """Evaluate a checkpoint: aAcc, mIoU, mAcc and per-class IoU/Acc (confusion matrix, mmseg rules).
 
@@ -63,6 +72,8 @@ def eval_cmd(
       [cyan]ctxseg eval --ms-flip[/]            multi-scale + flip
 
       [cyan]ctxseg eval -c model.safetensors --data-root data/cityscapes --mode slide[/]
+
+      [cyan]ctxseg eval --weights official --recipe ocrnet-hr48-cityscapes-80k --data-root data/cityscapes[/]
 
       [cyan]ctxseg eval --predictions submit/ --format cityscapes --data-root data/cityscapes[/]   score PNGs, no model
     """
@@ -78,12 +89,13 @@ def eval_cmd(
 
     scale_list = parse_scales(scales) if scales else None  # before any slow step
     if predictions is not None:
-        if checkpoint or run:
-            raise UserError("--predictions scores existing PNGs: leave out --checkpoint / --run")
+        if checkpoint or run or weights:
+            raise UserError("--predictions scores existing PNGs: leave out --checkpoint / --run / --weights")
         return _score_predictions_cmd(predictions, fmt, data_root, split, out_dir)
     if fmt != "trainid":
         raise UserError("--format is only used with --predictions")
-    ckpt_path = resolve_checkpoint(checkpoint, run)
+    official = official_checkpoint(weights, recipe_name, checkpoint, run)
+    ckpt_path = resolve_checkpoint(official or checkpoint, run)
     overrides = list(set or [])
     if data_root:
         overrides.append(f"data.root='{data_root}'")
@@ -95,7 +107,12 @@ def eval_cmd(
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split
     settings = InferenceSettings.from_recipe(recipe, ms_flip, scale_list, flip, flip_pairs=index.flip_pairs)
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    if official:  # not beside the checkpoint: that is the shared weights cache
+        from ctxseg.engine.runs import RUNS_DIR, safe_run_name
+
+        run_dir = RUNS_DIR / f"official-{safe_run_name(recipe.name)}"
+    else:
+        run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     target = out_dir or run_dir / "eval"
     pred_dir = target / "predictions" if save_preds else None
     with Progress(transient=True) as bar:

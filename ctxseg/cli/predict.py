@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ctxseg.cli.common import SetOption, out
+from ctxseg.cli.common import SetOption, official_checkpoint, out, weights_option, weights_recipe_option
 from ctxseg.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -43,6 +43,8 @@ def predict(
         "trainid", "--format", help="trainid (class indices) or a dataset's submission format, e.g. cityscapes."
     ),
     set: list[str] | None = SetOption,
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """Write label PNGs (class index per pixel) for images or folders.
 
@@ -51,11 +53,13 @@ def predict(
       [cyan]ctxseg predict data/synthetic/images/val --out preds --color[/]
 
       [cyan]ctxseg predict -c model.safetensors street.jpg --format cityscapes --out submit/[/]
+
+      [cyan]ctxseg predict --weights official --recipe ocrnet-hr48-cityscapes-80k street.jpg --color[/]
     """
     import torch
     from rich.progress import Progress
 
-    from ctxseg.data.index import PreparedIndex
+    from ctxseg.data.meta import dataset_meta
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.engine.evaluate import predict_scores
     from ctxseg.engine.runs import resolve_checkpoint
@@ -63,18 +67,17 @@ def predict(
     from ctxseg.io import read_image, write_json, write_png
     from ctxseg.viz.palette import colorize
 
+    encode = _encoder(fmt)
+    images = collect_images(inputs)  # before any download or model build: a typo fails at once
+    checkpoint = official_checkpoint(weights, recipe_name, checkpoint) or checkpoint
     ckpt_path = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    try:
-        index = PreparedIndex.open(recipe.data.root)
-        palette, flip_pairs, classes = index.palette, index.flip_pairs, index.classes
-    except UserError:  # predicting without the prepared dataset: a generated palette
-        palette, flip_pairs, classes = None, [], None
+    # the prepared index's palette and flip pairs, else the dataset's own (LIP's pairs), else generated
+    meta = dataset_meta(recipe)
+    palette, flip_pairs, classes = meta.palette, meta.flip_pairs, meta.classes
     settings = InferenceSettings.from_recipe(recipe, ms_flip, flip_pairs=flip_pairs)
-    encode = _encoder(fmt)
-    images = collect_images(inputs)
     manifest = {}
     with Progress(transient=True) as bar:
         task = bar.add_task("predict", total=len(images))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ctxseg.cli.common import SetOption, out
+from ctxseg.cli.common import SetOption, official_checkpoint, out, weights_option, weights_recipe_option
 from ctxseg.errors import UserError
 
 if TYPE_CHECKING:  # numpy is imported where a command runs: `--help` stays fast
@@ -82,6 +82,8 @@ def overlay_cmd(
     limit: int = typer.Option(24, "--limit", help="At most this many images."),
     alpha: float = typer.Option(0.5, "--alpha", help="Label opacity."),
     set: list[str] | None = SetOption,
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """Blend images with predicted (or ground-truth) labels in the dataset palette, with a legend of the
     classes present; ignore pixels are hatched.
@@ -93,6 +95,8 @@ def overlay_cmd(
       [cyan]ctxseg viz overlay --gt[/]                    their ground truth
 
       [cyan]ctxseg viz overlay -c best.safetensors --images photos/[/]   a folder run through a checkpoint
+
+      [cyan]ctxseg viz overlay --weights official --recipe ocrnet-hr48-cityscapes-80k --images photos/[/]
     """
     from ctxseg.io import read_image, write_png
     from ctxseg.viz.html import write_index
@@ -101,6 +105,14 @@ def overlay_cmd(
 
     if not 0 <= alpha <= 1:
         raise UserError(f"--alpha must be in [0, 1], got {alpha}")
+    if weights is not None or recipe_name is not None:
+        if images is None:
+            raise UserError("--weights official needs --images (a file or folder to run through the model)")
+        if gt:
+            raise UserError("--gt needs an eval's predictions (images run through a checkpoint have no ground truth)")
+        official = official_checkpoint(weights, recipe_name, checkpoint)
+        _overlay_checkpoint(official, images, out_dir, limit, alpha, list(set or []), official=True)
+        return
     if checkpoint or images:
         if gt:
             raise UserError("--gt needs an eval's predictions (images run through a checkpoint have no ground truth)")
@@ -136,7 +148,13 @@ def overlay_cmd(
 
 
 def _overlay_checkpoint(
-    checkpoint: str | None, images: Path, out_dir: Path | None, limit: int, alpha: float, overrides: list[str]
+    checkpoint: str | None,
+    images: Path,
+    out_dir: Path | None,
+    limit: int,
+    alpha: float,
+    overrides: list[str],
+    official: bool = False,
 ) -> None:
     import torch
 
@@ -162,7 +180,12 @@ def _overlay_checkpoint(
         flip_pairs = []
     # the recipe's full eval settings (scales, flip, flip pairs), the same as `ctxseg eval` and predict
     settings = InferenceSettings.from_recipe(recipe, flip_pairs=flip_pairs)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if official:  # not beside the checkpoint: that is the shared weights cache
+        from ctxseg.engine.runs import RUNS_DIR, safe_run_name
+
+        run_dir = RUNS_DIR / f"official-{safe_run_name(recipe.name)}"
+    else:
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     target = out_dir or run_dir / "viz" / "overlays"
     written = []
     for path, stem in collect_images([images])[:limit]:
@@ -427,19 +450,36 @@ def palette_cmd(
 
 @viz_app.command("memory")
 def memory_cmd(
-    checkpoint: Path = typer.Argument(..., help="ctxseg checkpoint of an MCIBI model (.safetensors)."),
+    checkpoint: Path | None = typer.Argument(
+        None, help="ctxseg checkpoint of an MCIBI model (.safetensors); or --weights official --recipe R."
+    ),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (default: <checkpoint folder>/memory)."
     ),
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """Pictures of the MCIBI memory bank: class-to-class cosine similarity and a PCA projection.
 
-    Example: [cyan]ctxseg viz memory runs/latest/best.safetensors[/]
+    Examples:
+
+      [cyan]ctxseg viz memory runs/latest/best.safetensors[/]
+
+      [cyan]ctxseg viz memory --weights official --recipe mcibi-deeplabv3-r50-ade20k[/]
     """
     from ctxseg.viz.memory import memory_from_checkpoint, plot_memory
 
+    official = official_checkpoint(weights, recipe_name, str(checkpoint) if checkpoint else None)
+    if official:
+        from ctxseg.engine.runs import RUNS_DIR, safe_run_name
+
+        checkpoint, default_out = Path(official), RUNS_DIR / f"official-{safe_run_name(recipe_name)}" / "memory"
+    elif checkpoint is None:
+        raise UserError("Pass a checkpoint (ctxseg viz memory CHECKPOINT) or --weights official --recipe NAME")
+    else:
+        default_out = checkpoint.parent / "memory"
     memory, names = memory_from_checkpoint(checkpoint)
-    paths, unused = plot_memory(memory, names, out_dir or checkpoint.parent / "memory")
+    paths, unused = plot_memory(memory, names, out_dir or default_out)
     if unused:
         out.print(f"{len(unused)} class(es) never updated (all-zero memory, left out): {', '.join(unused[:20])}")
     for p in paths:
@@ -448,8 +488,8 @@ def memory_cmd(
 
 @viz_app.command("embed")
 def embed_cmd(
-    checkpoint: list[str] = typer.Option(
-        ...,
+    checkpoint: list[str] | None = typer.Option(
+        None,
         "--checkpoint",
         "-c",
         help="A checkpoint (.safetensors or run folder); twice for two panels side by side (e.g. CE vs contrast).",
@@ -468,6 +508,8 @@ def embed_cmd(
     max_side: int = typer.Option(1024, "--max-side", help="Downscale images whose longer side exceeds this."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and the projection."),
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: runs/viz/embed-<recipe>)."),
+    weights: str | None = weights_option(),
+    recipe_name: str | None = weights_recipe_option(),
 ):
     """t-SNE / UMAP / PCA of pixel embeddings sampled per ground-truth class, like the ContrastiveSeg
     paper's figure. A contrast model shows its projection-head embedding; others their decode-head
@@ -478,6 +520,8 @@ def embed_cmd(
       [cyan]ctxseg viz embed -c ce.safetensors -c contrast.safetensors[/]   side by side
 
       [cyan]ctxseg viz embed -c runs/x --method pca --images 8[/]
+
+      [cyan]ctxseg viz embed --weights official --recipe contrast-hrnet48 --data-root data/cityscapes[/]
     """
     import re
 
@@ -488,8 +532,10 @@ def embed_cmd(
     from ctxseg.viz.embed import collect, plot_embeddings, project_2d, resolve_method
     from ctxseg.viz.html import write_index
 
+    official = official_checkpoint(weights, recipe_name, *(checkpoint or []))
+    checkpoint = [official] if official else list(checkpoint or [])
     if not 1 <= len(checkpoint) <= 2:
-        raise UserError(f"Pass one or two --checkpoint, got {len(checkpoint)}")
+        raise UserError(f"Pass one or two --checkpoint (or --weights official --recipe NAME), got {len(checkpoint)}")
     if images < 1 or per_class < 1 or max_side < 16:
         raise UserError("--images and --per-class must be at least 1, --max-side at least 16")
     chosen = resolve_method(method)

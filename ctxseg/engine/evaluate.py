@@ -56,15 +56,15 @@ def load_eval_image(img, settings: InferenceSettings):
 
 
 def predict_scores(model, recipe: Recipe, img, settings: InferenceSettings, device) -> torch.Tensor:
-    """Scores [1, C, H, W] at the image's own size for an HxWx3 BGR uint8 image: the test-time
-    Resize, inference, then the logits resized back (bilinear) to the original size, as mmseg's
-    postprocess_result and ssseg's tester do before the argmax."""
-    x = (
-        torch.from_numpy(normalize(load_eval_image(img, settings), recipe.data.mean, recipe.data.std))
-        .unsqueeze(0)
-        .to(device)
-    )
-    return infer(model, x, settings, out_size=tuple(img.shape[:2]))
+    """Scores [1, C, H, W] at the image's own size for an HxWx3 BGR image (uint8, or float 0..255):
+    the test-time Resize, inference, then the logits resized back (bilinear) to the original size,
+    as mmseg's postprocess_result and ssseg's tester do before the argmax. A list of N images of one
+    size runs as one batch and gives [N, C, H, W] (`ctxseg.load(...).predict(batch_size=...)`)."""
+    images = img if isinstance(img, list) else [img]
+    x = torch.from_numpy(
+        np.stack([normalize(load_eval_image(i, settings), recipe.data.mean, recipe.data.std) for i in images])
+    ).to(device)
+    return infer(model, x, settings, out_size=tuple(images[0].shape[:2]))
 
 
 @torch.no_grad()

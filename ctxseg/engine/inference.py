@@ -177,6 +177,12 @@ def flip_scores(scores: torch.Tensor, flip_pairs) -> torch.Tensor:
     return scores
 
 
+def returns_logits(settings: InferenceSettings) -> bool:
+    """True when `infer` returns logits (one scale 1.0, no flip); else it returns averaged probabilities."""
+    scales = list(settings.scales) or [1.0]
+    return len(scales) == 1 and scales[0] == 1.0 and not settings.flip
+
+
 @torch.no_grad()
 def infer(
     model, images: torch.Tensor, settings: InferenceSettings, out_size: tuple[int, int] | None = None
@@ -197,7 +203,7 @@ def infer(
         return resize(s, out_size, align_corners)
 
     scales = list(scales) or [1.0]
-    if len(scales) == 1 and scales[0] == 1.0 and not flip:
+    if returns_logits(settings):
         return run(images)
     total = None
     for s in scales:
