@@ -25,10 +25,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from ctxseg.cli import convert, predict, prepare, recipes, train, viz  # noqa: F401
+    from ctxseg.cli import convert, predict, prepare, recipes, train, viz, weights  # noqa: F401
     from ctxseg.cli import eval as eval_cmd
 
-    for mod in (prepare, train, eval_cmd, predict, viz, convert, recipes):
+    for mod in (prepare, train, eval_cmd, predict, viz, convert, recipes, weights):
         mod.register(app)
     try:
         from ctxseg.cli import bench

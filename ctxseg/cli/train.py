@@ -124,7 +124,7 @@ def train(
 
             # before any data is scanned: a missing weights file stops here; the fit is checked when
             # the backbone is built, before the first step (and, for timm, before downloading)
-            out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
+            out.print(check_recipe_pretrained(rec.model.backbone, rec.name), highlight=False)
         else:
             out.print(f"weights: from --init {init} (the recipe's backbone `pretrained` is not used)", highlight=False)
     trainer = Trainer(

@@ -94,7 +94,12 @@ def build_segmentor(recipe: Recipe) -> Segmentor:
     m = recipe.model
     facts = data_facts(recipe)
     common = dict(num_classes=facts.num_classes, ignore_index=facts.ignore_index, align_corners=facts.align_corners)
-    backbone = build_component("backbone", m.backbone)
+    backbone_cfg = dict(m.backbone)
+    if backbone_cfg.get("pretrained") == "official":  # the recipe's own official init (registry lookup)
+        from ctxseg.models.backbones.pretrained import resolve_official
+
+        backbone_cfg["pretrained"] = resolve_official("official", recipe.name)
+    backbone = build_component("backbone", backbone_cfg)
     channels = backbone.out_channels
     head = build_component("head", m.head, in_channels=channels, **common)
     aux = build_component("aux_head", m.aux_head, in_channels=channels, **common) if m.aux_head else None

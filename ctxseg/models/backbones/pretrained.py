@@ -3,6 +3,9 @@
 `pretrained =` in [model.backbone] names the source:
   "timm"           the backbone's default timm model (downloaded by timm)
   "timm:NAME.TAG"  any timm model/tag
+  "official"       the official initialisation of the recipe (its init entry in the weights
+                   registry, ctxseg.weights: downloaded once, verified, no network when cached)
+  "official:NAME"  the registry's init entry NAME (explicit: survives a copied or renamed recipe)
   "https://..."    a file downloaded once into torch.hub's cache (sha256 prefix checked when the
                    file name carries one, as torch.hub does)
   a path           a local .pth / .pt / .safetensors file
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +221,58 @@ def timm_weights(name: str, **kwargs) -> dict[str, torch.Tensor]:
         ) from None
 
 
+OFFICIAL = "official"
+
+
+def is_official(spec: str) -> bool:
+    return spec == OFFICIAL or spec.startswith(OFFICIAL + ":")
+
+
+def resolve_official(spec: str, recipe_name: str | None) -> str:
+    """`official` -> `official:<init entry>` of the recipe named `recipe_name` (registry rows only,
+    no network); any other spec is returned as it is."""
+    if spec != OFFICIAL:
+        return spec
+    from ctxseg.weights import find
+
+    if not recipe_name:
+        raise UserError('pretrained = "official" needs the recipe\'s name; write "official:<entry>" instead')
+    try:
+        entry = find(recipe_name, init=True)
+    except UserError:
+        raise UserError(
+            f"pretrained = \"official\": the weights registry lists no initialisation for recipe '{recipe_name}'. "
+            'Name the entry (pretrained = "official:<entry>", see `ctxseg weights list`) or give a file.'
+        ) from None
+    return f"{OFFICIAL}:{entry.name}"
+
+
+def official_entry(spec: str):
+    """The registry's init entry an `official:NAME` spec names (UserError when unknown or not an init)."""
+    from ctxseg.weights import find
+
+    name = spec.split(":", 1)[1] if ":" in spec else ""
+    if not name:
+        raise UserError('pretrained = "official" was not resolved to an entry; write "official:<entry>"')
+    entry = find(name, init=True)
+    if entry.kind != "init":
+        raise UserError(
+            f"pretrained = '{spec}': entry '{entry.name}' is a released model, not an initialisation "
+            "(fine-tune from a released model with `ctxseg train --init`)"
+        )
+    return entry
+
+
+def official_file(spec: str) -> Path:
+    """The verified raw file of an `official:NAME` init (downloaded once; no request when cached)."""
+    from ctxseg.weights import fetch
+
+    return fetch(official_entry(spec), progress=_is_main_process())
+
+
 def source_state(spec: str, timm_name: str | None, timm_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+    if is_official(spec):
+        return read_state_dict(official_file(spec))
     name = timm_model_name(spec, timm_name)
     if spec.startswith("timm"):
         if name is None:
@@ -309,8 +364,29 @@ def load_pretrained(
         )
     load = {k: mapped.state[k].to(target[k].dtype) for k in report.loaded}
     module.load_state_dict(load, strict=False)
+    record_load(module, report.loaded, report.summary())
     print_report(report)
     return report
+
+
+_loads: list[list[tuple[nn.Module, list[str], str]]] = []
+
+
+@contextmanager
+def collect_loads() -> Iterator[list[tuple[nn.Module, list[str], str]]]:
+    """Collects (module, loaded keys, report text) of every pretrained load in the block (used by
+    `ctxseg weights get --init` to save exactly the backbone tensors an init file fills)."""
+    found: list[tuple[nn.Module, list[str], str]] = []
+    _loads.append(found)
+    try:
+        yield found
+    finally:
+        _loads.remove(found)
+
+
+def record_load(module: nn.Module, loaded: list[str], summary: str) -> None:
+    for found in _loads:
+        found.append((module, list(loaded), summary))
 
 
 def _hint(report: PretrainedReport) -> str:
@@ -324,12 +400,17 @@ def _hint(report: PretrainedReport) -> str:
     return ""
 
 
-def check_recipe_pretrained(backbone_cfg: dict) -> str:
+def check_recipe_pretrained(backbone_cfg: dict, recipe_name: str | None = None) -> str:
     """Before training: a one-line statement of where the backbone's weights come from; a UserError
-    when a local file is missing. (Fit is checked when the backbone is built, before any step.)"""
+    when a local file is missing or an `official` init is not in the registry (never fetches).
+    (Fit is checked when the backbone is built, before any step.)"""
     spec = backbone_cfg.get("pretrained") or ""
     if not spec:
         return "backbone: random initialisation (no `pretrained` in the recipe)"
+    if is_official(spec):
+        entry = official_entry(resolve_official(spec, recipe_name))
+        where = "cached" if entry.cached else f"to download from {entry.download_url}"
+        return f"backbone: official initialisation {entry.name} ({entry.official_name or entry.file}; {where})"
     if not spec.startswith("timm") and not is_url(spec) and not Path(spec).is_file():
         raise UserError(
             f"Pretrained weights not found: {spec} (model.backbone.pretrained){known_file_hint(Path(spec).name)}"

@@ -130,9 +130,9 @@ def load_swin_pretrained(model, pretrained: str) -> None:
 
         src = timm.create_model(pretrained.split(":", 1)[1], pretrained=True).state_dict()
     else:
-        from ctxseg.models.backbones.pretrained import read_state_dict  # noqa: I001 (a sibling module)
+        from ctxseg.models.backbones.pretrained import source_state  # noqa: I001 (a sibling module)
 
-        src = read_state_dict(pretrained)
+        src = source_state(pretrained, None)  # a file, a URL or an official:NAME init
     if any(k.startswith("backbone.") for k in src):
         src = {k[len("backbone.") :]: v for k, v in src.items() if k.startswith("backbone.")}
     order = model.stages[0].downsample.order if model.stages[0].downsample is not None else "unfold"
@@ -147,3 +147,6 @@ def load_swin_pretrained(model, pretrained: str) -> None:
             + report.problems().replace("target key not filled", "backbone key not filled")
         )
     model.load_state_dict(out, strict=False)
+    from ctxseg.models.backbones.pretrained import record_load  # noqa: I001 (a sibling module)
+
+    record_load(model, list(out), f"Swin pretrained weights {pretrained}: loaded {len(out)} tensors")
