@@ -158,6 +158,10 @@ class ScheduleConfig(_Section):
         min_lr: learning rate the poly decay ends at.
         warmup_iters: length of the linear warm-up, in iterations; 0: no warm-up.
         warmup_ratio: the warm-up starts at warmup_ratio x lr and rises linearly to lr.
+        poly_denominator: the `total` of the poly formula. "total": the run's iteration count, as mmseg
+            0.x's PolyLrUpdaterHook (the CAC fork), sssegmentation and openseg (min_lr is reached after
+            the last iteration); "total-1": one less, as mmengine's PolyLR (total_iters = end - begin - 1)
+            in mmseg 1.x, whose last iteration runs at min_lr.
     """
 
     policy: Literal["poly", "constant"] = "poly"
@@ -165,6 +169,7 @@ class ScheduleConfig(_Section):
     min_lr: float = 1e-4
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
+    poly_denominator: Literal["total", "total-1"] = "total"
 
 
 class OhemConfig(_Section):

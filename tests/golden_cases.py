@@ -116,7 +116,12 @@ def _mmseg_head(cfg: dict) -> dict:
 
 def mmseg_recipe(case: str) -> dict:
     """A ctxseg recipe dict describing the model of an mmseg golden case (from mmseg_model_cfg)."""
-    c = config(case)
+    return mmseg_recipe_from(config(case), case)
+
+
+def mmseg_recipe_from(c: dict, case: str) -> dict:
+    """mmseg_recipe for a config.json already read (`c`: its mmseg_model_cfg, data_preprocessor,
+    align_corners and num_classes); `case` names the recipe."""
     m = c["mmseg_model_cfg"]
     pre = c["data_preprocessor"]
     model: dict[str, Any] = {"backbone": _mmseg_backbone(m["backbone"]), "align_corners": c["align_corners"]}

@@ -47,6 +47,12 @@ class TrainingDiverged(UserError):
     pass
 
 
+def _global_grad_norm(parameters) -> float:
+    """The 2-norm of all gradients together (what clip_grad_norm_ returns, before clipping)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def batch_notice(recipe: Recipe, world: int) -> str | None:
     """A note when a paper recipe runs at another global batch than its paper: data.batch_size is per
     process, train.processes the paper's process count (None for the project's own recipes)."""
@@ -75,7 +81,8 @@ def lr_at(step: int, total: int, recipe: Recipe) -> float:
     if s.policy == "constant":
         lr = opt.lr
     else:
-        lr = (opt.lr - s.min_lr) * (1 - step / total) ** s.power + s.min_lr
+        span = max(total - 1, 1) if s.poly_denominator == "total-1" else total
+        lr = (opt.lr - s.min_lr) * max(1 - step / span, 0.0) ** s.power + s.min_lr
     if s.warmup_iters and step < s.warmup_iters:
         lr *= s.warmup_ratio + (1 - s.warmup_ratio) * step / s.warmup_iters
     return lr
@@ -238,6 +245,13 @@ class Trainer:
         init: fine-tune: a ctxseg .safetensors checkpoint (or "official", the released model of the recipe's
             paper row) whose fitting tensors start the new run (ctxseg.engine.finetune); ignored when
             resuming. The plan is in `init_plan` and the run folder's init.json.
+        batches: fixed batches ({"image": float NCHW, "label": NHW int64}) instead of the recipe's data,
+            for step-by-step comparisons with the official training loops (tests/golden_train):
+            micro-batch j of iteration i is batches[(i * grad_accum + j) % len(batches)]; no dataset
+            is opened or checked, periodic and final evaluation are skipped, and an epoch is
+            len(batches) iterations. None: the recipe's data.
+        record_steps: keep one record per iteration in `self.step_records` (the lr of every param
+            group, every loss term, the global gradient norm before clipping).
     """
 
     def __init__(
@@ -249,6 +263,8 @@ class Trainer:
         progress: bool = True,
         eval_limit: int | None = None,
         init: str | Path | None = None,
+        batches: list[dict] | None = None,
+        record_steps: bool = False,
     ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -288,10 +304,18 @@ class Trainer:
                     error = e
             self._agree(error)
             self.init_plan = finetune.plan_init(recipe, init_path, str(init))  # the same verdict on every process
-        self.index = PreparedIndex.open(recipe.data.root)
-        self._check_meta()
-        self.train_set = SegDataset(self.index, recipe.data.train_split, recipe.data, train=True)
-        self.total = total_iters(recipe, len(self.train_set), self.world)
+        self.fixed_batches = list(batches) if batches is not None else None
+        self.step_records: list[dict] | None = [] if record_steps else None
+        if self.fixed_batches is None:
+            self.index = PreparedIndex.open(recipe.data.root)
+            self._check_meta()
+            self.train_set = SegDataset(self.index, recipe.data.train_split, recipe.data, train=True)
+            num_train = len(self.train_set)
+        else:
+            self.index, self.train_set = None, None
+            num_train = len(self.fixed_batches) * recipe.data.batch_size * self.world * tr.grad_accum
+        self.num_train = num_train
+        self.total = total_iters(recipe, num_train, self.world)
         notice = batch_notice(recipe, self.world)
         if notice and self.acc.is_main_process:
             print(notice, file=sys.stderr)
@@ -338,7 +362,8 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         if resume_state is not None and resume_state.get("scaler") is not None and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(resume_state["scaler"])  # fp16: the loss scale and its growth tracker
-        self.criterion = Criterion(recipe, self.index.meta.get("class_pixel_counts")).to(self.acc.device)
+        counts = self.index.meta.get("class_pixel_counts") if self.index is not None else None
+        self.criterion = Criterion(recipe, counts).to(self.acc.device)
         self._resume_rng = resume_state["rng"][min(self.rank, len(resume_state["rng"]) - 1)] if resume_state else None
         if log_with:
             self.acc.init_trackers(self.run_dir.name)
@@ -476,6 +501,13 @@ class Trainer:
                 if int(record.get("step", 0)) <= self.step:
                     kept.append(line)
             write_text(log, "".join(k + "\n" for k in kept))
+
+    def _fixed_loader(self):
+        """The fixed batches, cycled, from the current step on (see `batches` in the class doc)."""
+        n, i = len(self.fixed_batches), self.step * self.recipe.train.grad_accum
+        while True:
+            yield self.fixed_batches[i % n]
+            i += 1
 
     def _loader(self) -> DataLoader:
         d = self.recipe.data
@@ -633,15 +665,13 @@ class Trainer:
 
         tr = self.recipe.train
         self.model.train()
-        loader = iter(self._loader())
+        loader = iter(self._loader()) if self.fixed_batches is None else self._fixed_loader()
         # RNG states are restored only now: creating the loader iterator draws worker seeds from the
         # global RNG, which the uninterrupted run did before its first step, not at this point
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
-        iters_per_epoch = max(
-            1, math.ceil(len(self.train_set) / (self.recipe.data.batch_size * self.world * tr.grad_accum))
-        )
+        iters_per_epoch = max(1, math.ceil(self.num_train / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
         bar = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -662,6 +692,7 @@ class Trainer:
                 # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
                 core.before_train_step(self.step, lr, iters_per_epoch)
                 terms_sum: dict[str, float] = {}
+                grad_norm = None
                 for _ in range(tr.grad_accum):
                     # two agreements per micro-batch (data, then loss) so that no process enters
                     # DDP's collectives while another has stopped
@@ -682,6 +713,8 @@ class Trainer:
                             )
                         self._agree(error)
                         self.acc.backward(loss)
+                        if self.step_records is not None and self.acc.sync_gradients:
+                            grad_norm = _global_grad_norm(self.model.parameters())
                         if tr.grad_clip and self.acc.sync_gradients:
                             self.acc.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
                         self.optimizer.step()
@@ -689,6 +722,15 @@ class Trainer:
                     core.after_train_step(outputs, labels, self.step, lr)
                     for k, v in terms.items():
                         terms_sum[k] = terms_sum.get(k, 0.0) + v / tr.grad_accum
+                if self.step_records is not None:
+                    self.step_records.append(
+                        {
+                            "step": self.step,
+                            "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
+                            "terms": dict(terms_sum),
+                            "grad_norm": grad_norm,
+                        }
+                    )
                 self.step += 1
                 it_times.append(time.time() - t_step)
                 loss_value = sum(v for k, v in terms_sum.items() if not k.startswith("stat_"))
@@ -710,7 +752,7 @@ class Trainer:
                             "elapsed_s": time.time() - t0,
                         }
                     )
-                if self.step % tr.eval_interval == 0 or self.step == self.total:
+                if self.fixed_batches is None and (self.step % tr.eval_interval == 0 or self.step == self.total):
                     self.run_eval(self.step)
                 if self.step % tr.checkpoint_interval == 0 or self.step == self.total:
                     self.save(self.step)

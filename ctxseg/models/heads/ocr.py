@@ -128,6 +128,10 @@ class OCRHead(DecodeHead):
         dropout_ratio: Dropout2d probability before the classifier.
         region_head: arguments of the FCN region head (the cascade's first stage; `type` may only be
             "fcn"); in_channels, num_classes and align_corners are this head's.
+        region_second_forward: in training, run the region head a second time without gradient, as
+            mmseg's CascadeEncoderDecoder (1.x and the 0.x CAC fork) does: decode_head.0 runs once for
+            its loss and once more for the OCR stage's input, so its BatchNorm running statistics take
+            two momentum updates per iteration (same outputs and gradients). false: one update.
         align_corners: `align_corners` of the bilinear resizes (injected: model.align_corners).
     """
 
@@ -143,6 +147,7 @@ class OCRHead(DecodeHead):
         input_transform: str | None = None,
         dropout_ratio: float = 0.1,
         region_head: dict[str, Any] | None = None,
+        region_second_forward: bool = True,
         align_corners: bool = False,
     ):
         super().__init__(
@@ -165,6 +170,7 @@ class OCRHead(DecodeHead):
         except TypeError as e:
             raise UserError(f"model.head.region_head: {e}") from None
         self.ocr_channels = ocr_channels
+        self.region_second_forward = region_second_forward
         self.bottleneck = ConvModule(self.in_channels, channels, 3, padding=1)
         self.spatial_gather_module = SpatialGatherModule(scale)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels, scale)
@@ -199,5 +205,8 @@ class OCRHead(DecodeHead):
     def forward(self, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         selected = self.select(inputs)
         region_logits = self._region_logits(inputs, selected)
+        if self.training and self.region_second_forward:
+            with torch.no_grad():  # only its BatchNorm running statistics change (see region_second_forward)
+                self._region_logits(inputs, selected)
         feats = self.features(inputs, region_logits, selected)
         return {"logits": self.cls_seg(feats), "feats": feats, "aux_logits": region_logits}
