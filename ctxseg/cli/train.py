@@ -85,7 +85,7 @@ def train(
 
         # before any data is scanned: a missing weights file stops here; the fit is checked when
         # the backbone is built, before the first step (and, for timm, before downloading)
-        out.print(check_recipe_pretrained(rec.model.backbone), highlight=False)
+        out.print(check_recipe_pretrained(rec.model.backbone, recipe_name=rec.name), highlight=False)
     trainer = Trainer(rec, runs_dir, resume=resume_path, mixed_precision=mixed_precision, progress=not no_progress)
     if trainer.acc.is_main_process:
         out.print(f"[bold]train[/] {trainer.describe()}", soft_wrap=True)

@@ -130,9 +130,9 @@ def load_swin_pretrained(model, pretrained: str) -> None:
 
         src = timm.create_model(pretrained.split(":", 1)[1], pretrained=True).state_dict()
     else:
-        from ctxseg.models.backbones.pretrained import read_state_dict  # noqa: I001 (a sibling module)
+        from ctxseg.models.backbones.pretrained import source_state  # noqa: I001 (a sibling module)
 
-        src = read_state_dict(pretrained)
+        src = source_state(pretrained, None)  # a path, a URL or an `official:` registry entry
     if any(k.startswith("backbone.") for k in src):
         src = {k[len("backbone.") :]: v for k, v in src.items() if k.startswith("backbone.")}
     order = model.stages[0].downsample.order if model.stages[0].downsample is not None else "unfold"
