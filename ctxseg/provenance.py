@@ -231,6 +231,17 @@ def _pretrained_matches(recipe_value: Any, official: Any, recipe_name: str = "")
     return wants == has
 
 
+def _registry_note(spec: Any, recipe_name: str) -> str:
+    """For an `official` pretrained spec: the registry entry it names (shown beside the comparison)."""
+    entry = official_entry_name(spec, recipe_name)
+    if entry is None:
+        return ""
+    row = load_weights().get(entry or "")
+    if row is None:
+        return f"no init entry '{entry}' in recipes/provenance/weights.toml"
+    return f"weights registry entry {entry} ({row.get('official_name', '')})"
+
+
 def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
     values, sources, row = resolve_row(recipe.name, table)
     resolved = recipe.to_dict()
@@ -259,6 +270,8 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
             status, note = "deviation", deviations[key]
         else:
             status, note = "MISMATCH", ""
+        if key == "pretrained" and not note:
+            note = _registry_note(ours, recipe.name)
         lines.append(
             Line(
                 key,
