@@ -24,6 +24,8 @@ from ctxseg.config import Recipe, recipe_dirs
 from ctxseg.errors import UserError
 
 TABLE_NAME = Path("provenance") / "official.toml"
+WEIGHTS_NAME = Path("provenance") / "weights.toml"  # the built-in weights registry (data; read by ctxseg.weights)
+OFFICIAL = "official"  # `pretrained = "official"` / "official:<entry>": the official init through the registry
 
 # setting name -> dotted path in a resolved recipe (what is compared with the official value)
 KEYS: dict[str, str] = {
@@ -128,6 +130,38 @@ def load_table(path: Path | None = None) -> dict:
     return _load(path or table_path())
 
 
+def weights_path() -> Path:
+    for d in recipe_dirs():
+        if (d / WEIGHTS_NAME).is_file():
+            return d / WEIGHTS_NAME
+    raise UserError(f"The weights registry {WEIGHTS_NAME} was not found beside the recipes")
+
+
+def load_weights(path: Path | None = None) -> dict[str, dict]:
+    """The built-in registry's rows, `[weights.<name>]` -> row (no user registries, no network)."""
+    return _load(path or weights_path()).get("weights", {})
+
+
+def official_entry_name(spec: Any, recipe_name: str, weights: dict[str, dict] | None = None) -> str | None:
+    """The init entry an `official` / `official:<entry>` pretrained spec names (None for any other spec).
+    Plain `official` means the init entry that lists the recipe (by its name) in `recipes`; "" when none does."""
+    if not isinstance(spec, str) or not (spec == OFFICIAL or spec.startswith(OFFICIAL + ":")):
+        return None
+    if spec != OFFICIAL:
+        return spec.split(":", 1)[1]
+    weights = load_weights() if weights is None else weights
+    return next((n for n, e in weights.items() if e.get("kind") == "init" and recipe_name in e.get("recipes", [])), "")
+
+
+def weights_rows(recipe_name: str, weights: dict[str, dict] | None = None) -> list[tuple[str, dict]]:
+    """(entry name, row) of a recipe's registry entries: its released model (the entry named after the
+    recipe or whose `recipe` is it), then the init entries that list it."""
+    weights = load_weights() if weights is None else weights
+    released = [(n, e) for n, e in weights.items() if e.get("kind") == "released" and e.get("recipe") == recipe_name]
+    inits = [(n, e) for n, e in weights.items() if e.get("kind") == "init" and recipe_name in e.get("recipes", [])]
+    return released + inits
+
+
 def resolve_row(name: str, table: dict | None = None) -> tuple[dict[str, Any], dict[str, str], dict]:
     """(official values, source per key, the row itself) of a recipe; UserError without a row."""
     table = table or load_table()
@@ -183,12 +217,29 @@ def same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _pretrained_matches(recipe_value: Any, official: Any) -> bool:
-    """The official source is a file or model-zoo name ctxseg cannot use as such: what must agree is
-    whether the backbone starts from pretrained weights at all ("none" = random init)."""
+def _pretrained_matches(recipe_value: Any, official: Any, recipe_name: str = "") -> bool:
+    """`official:<entry>` (or `official`) must name the registry's init entry whose `official_name` is the
+    row's `pretrained`. Any other source (timm, a URL, a path) is a file ctxseg cannot compare with the
+    official name: what must agree then is whether the backbone starts from pretrained weights at all
+    ("none" = random init)."""
+    entry = official_entry_name(recipe_value, recipe_name)
+    if entry is not None:
+        row = load_weights().get(entry)
+        return row is not None and row.get("kind") == "init" and row.get("official_name") == official
     wants = str(official).lower() not in ("none", "")
     has = recipe_value not in (None, False, "", "none")
     return wants == has
+
+
+def _registry_note(spec: Any, recipe_name: str) -> str:
+    """For an `official` pretrained spec: the registry entry it names (shown beside the comparison)."""
+    entry = official_entry_name(spec, recipe_name)
+    if entry is None:
+        return ""
+    row = load_weights().get(entry or "")
+    if row is None:
+        return f"no init entry '{entry}' in recipes/provenance/weights.toml"
+    return f"weights registry entry {entry} ({row.get('official_name', '')})"
 
 
 def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
@@ -212,13 +263,15 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
         if key not in values and key in REQUIRED:
             lines.append(Line(key, path, ours, None, "", "MISMATCH", "the provenance row does not state this setting"))
             continue
-        ok = _pretrained_matches(ours, values.get(key)) if key == "pretrained" else same(ours, official)
+        ok = _pretrained_matches(ours, values.get(key), recipe.name) if key == "pretrained" else same(ours, official)
         if ok:
             status, note = "ok", deviations.get(key, "")
         elif key in deviations:
             status, note = "deviation", deviations[key]
         else:
             status, note = "MISMATCH", ""
+        if key == "pretrained" and not note:
+            note = _registry_note(ours, recipe.name)
         lines.append(
             Line(
                 key,

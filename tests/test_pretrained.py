@@ -14,6 +14,7 @@ from torch import nn
 from ctxseg.config import load_recipe
 from ctxseg.errors import UserError
 from ctxseg.models.builder import BACKBONES
+from ctxseg.provenance import load_weights
 from tests.conftest import golden
 
 
@@ -81,7 +82,8 @@ def test_deepbase_recipes_name_openseg_weights_and_pool(tmp_path):
     for name in ("ce-deeplabv3-r101-cityscapes", "contrast-deeplabv3-r101-cityscapes"):
         bb = _backbone_cfg(name)
         assert bb["stem_channels"] == 128 and bb["stem_pool_ceil"] is True
-        assert bb["pretrained"].endswith("resnet101-imagenet.pth")
+        assert bb["pretrained"] == "official:init-openseg-resnet101-deepbase"
+        assert "resnet101-imagenet.pth" in load_weights()["init-openseg-resnet101-deepbase"]["official_name"]
 
 
 def test_openseg_deepbase_imagenet_file_loads_strictly(tmp_path, no_downloads, capsys):
@@ -155,7 +157,7 @@ def test_train_stops_before_training_when_the_weights_file_is_missing(tmp_path, 
     assert e.value.code == 2
     captured = capsys.readouterr()
     text = " ".join((captured.out + captured.err).split())
-    assert "pretrained/resnet101-imagenet.pth" in text and "deep-base" in text
+    assert "resnet101-imagenet.pth" in text and "deep-base" in text and "ctxseg weights add" in text
     assert not list(tmp_path.iterdir())  # no run folder
 
 
@@ -256,7 +258,10 @@ def test_vit_recipes_use_the_jx_weights_and_they_fit(no_downloads):
 
     for ds in ("ade20k", "cocostuff10k"):
         bb = _backbone_cfg(f"mcibi-deeplabv3-vitl-{ds}")
-        assert bb["pretrained"].endswith("/v0.1-vitjx/jx_vit_large_p16_384-b3be5167.pth")
+        assert bb["pretrained"] == "official:init-ssseg-vit-large-p16-384"
+    assert load_weights()["init-ssseg-vit-large-p16-384"]["url"].endswith(
+        "/v0.1-vitjx/jx_vit_large_p16_384-b3be5167.pth"
+    )
     skeleton = timm_skeleton("vit_large_patch16_384")  # the jx file's layout (timm 0.4 named it so)
     assert skeleton["pos_embed"].shape == (1, 577, 1024)
     with torch.device("meta"):
@@ -312,10 +317,14 @@ def _mmcls_mobilenetv2_checkpoint() -> dict:
 
 
 def test_cac_mobilenetv2_recipes_name_the_mmcls_weights_and_plain_bn():
-    for name in ("fcn-cac-mv2-ade20k-160k", "fcn-mv2-ade20k-160k"):
+    for name, entry in (
+        ("fcn-cac-mv2-ade20k-160k", "init-cac-mobilenet-v2"),
+        ("fcn-mv2-ade20k-160k", "init-mmcls-mobilenet-v2"),
+    ):
         recipe = load_recipe(name)
         bb = recipe.model.backbone
-        assert bb["pretrained"] == (
+        assert bb["pretrained"] == f"official:{entry}"
+        assert load_weights()[entry]["url"] == (
             "https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/"
             "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth"
         )
@@ -455,7 +464,8 @@ def test_lenient_only_when_asked(tmp_path, capsys):
 
 
 def test_every_timm_recipe_source_fits_strictly(no_downloads):
-    """Every recipe that names timm weights fits them strictly (checked on the meta device)."""
+    """Every recipe's backbone fits timm's weights strictly (checked on the meta device): named in the
+    recipe, or the `timm` alternative of a recipe that defaults to its official init."""
     from ctxseg.config import list_recipes
     from ctxseg.models.backbones import pretrained as P
     from ctxseg.models.backbones.hrnet import _TIMM_NAMES, hrnet_key_filter
@@ -465,6 +475,8 @@ def test_every_timm_recipe_source_fits_strictly(no_downloads):
     for name in list_recipes():
         bb = dict(load_recipe(name).model.backbone)
         spec = bb.get("pretrained") or ""
+        if spec.startswith("official") and bb.get("stem_channels", 64) == 64:
+            spec = "timm"  # the alternative the recipes keep available
         if not spec.startswith("timm") or bb["type"] not in ("resnet", "hrnet", "resnest"):
             continue
         key = json.dumps(bb, sort_keys=True)

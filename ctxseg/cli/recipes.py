@@ -121,9 +121,42 @@ def _print_provenance(r) -> None:
         )
     out.print(t)
     out.print(f"config: {row.get('config', '')}")
+    _print_weights(r.name)
     bad = sum(line.status == "MISMATCH" for line in lines)
     if bad:
         out.print(f"[bold red]{bad} setting(s) differ from the official value without a stated reason[/]")
+
+
+def _print_weights(name: str) -> None:
+    """The recipe's rows of the weights registry: its released model and its initialisation."""
+    from pathlib import PurePosixPath
+    from urllib.parse import urlparse
+
+    from ctxseg.provenance import weights_rows
+
+    rows = weights_rows(name)
+    if not rows:
+        out.print("weights: the registry has no released model and no initialisation for this recipe")
+        return
+    t = Table(title=f"{name}: official weights (recipes/provenance/weights.toml)", title_justify="left")
+    for col in ("kind", "entry", "official name", "file", "sha256", "published", "source"):
+        t.add_column(col, overflow="fold")
+    for entry, e in rows:
+        url = e.get("url") or ""
+        file = PurePosixPath(urlparse(url).path).name if url else "—"
+        if e.get("fetchable", True) is False:  # a cloud-drive page: `ctxseg weights add` imports a copy
+            file = f"not fetchable by a program; page: {e.get('page') or 'no link published'}"
+        pub = ", ".join(f"{k} {v}" for k, v in (e.get("published") or {}).items()) or "—"
+        t.add_row(
+            e.get("kind", ""),
+            entry,
+            e.get("official_name", "—"),
+            file,
+            e.get("sha256") or "—",
+            pub,
+            e.get("source", ""),
+        )
+    out.print(t)
 
 
 def register(app: typer.Typer) -> None:

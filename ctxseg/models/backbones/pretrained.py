@@ -400,22 +400,60 @@ def _hint(report: PretrainedReport) -> str:
     return ""
 
 
-def check_recipe_pretrained(backbone_cfg: dict, recipe_name: str | None = None) -> str:
+def check_recipe_pretrained(backbone_cfg: dict, recipe_name: str = "") -> str:
     """Before training: a one-line statement of where the backbone's weights come from; a UserError
-    when a local file is missing or an `official` init is not in the registry (never fetches).
-    (Fit is checked when the backbone is built, before any step.)"""
+    when a local file is missing, or an `official` spec names no registry entry or an entry only behind
+    a page (cloud drive) that is not in the cache yet. Never fetches anything. (Fit is checked when the
+    backbone is built, before any step.)"""
     spec = backbone_cfg.get("pretrained") or ""
     if not spec:
         return "backbone: random initialisation (no `pretrained` in the recipe)"
     if is_official(spec):
-        entry = official_entry(resolve_official(spec, recipe_name))
-        where = "cached" if entry.cached else f"to download from {entry.download_url}"
-        return f"backbone: official initialisation {entry.name} ({entry.official_name or entry.file}; {where})"
+        return _check_official(spec, recipe_name)
     if not spec.startswith("timm") and not is_url(spec) and not Path(spec).is_file():
         raise UserError(
             f"Pretrained weights not found: {spec} (model.backbone.pretrained){known_file_hint(Path(spec).name)}"
         )
     return f"backbone: pretrained weights from {spec}"
+
+
+def _check_official(spec: str, recipe_name: str) -> str:
+    """`official` / `official:ENTRY`: the registry row, looked up without any network access."""
+    from ctxseg.provenance import load_weights, official_entry_name
+
+    rows = dict(load_weights())
+    cached = None
+    try:  # user registries (CTXSEG_WEIGHTS_REGISTRY) and the cache state, when ctxseg.weights is there
+        from ctxseg import weights as registry
+
+        for e in registry.list_entries():
+            rows.setdefault(e.name, {"kind": e.kind, "url": e.url, "official_name": e.official_name, "page": e.page})
+            rows[e.name]["fetchable"] = e.fetchable
+        cached = {e.name: e.cached for e in registry.list_entries()}
+    except ImportError:
+        pass
+    name = official_entry_name(spec, recipe_name, rows)
+    if not name:
+        raise UserError(
+            f"Pretrained source '{spec}': no init entry of the weights registry lists recipe '{recipe_name}'; "
+            f"name one as official:ENTRY (see `ctxseg weights list`)"
+        )
+    row = rows.get(name)
+    if row is None or row.get("kind") != "init":
+        inits = sorted(n for n, r in rows.items() if r.get("kind") == "init")
+        raise UserError(
+            f"Pretrained source '{spec}': '{name}' is not an init entry of the weights registry "
+            f"(init entries: {', '.join(inits)})"
+        )
+    what = f"{name} ({row.get('official_name', '')})"
+    if row.get("fetchable", True) is False and not (cached or {}).get(name):
+        where = row.get("page") or row.get("url") or "(no link published)"
+        raise UserError(
+            f"Pretrained weights {what} are published only behind a page a program cannot fetch: {where}\n"
+            f"  Download the file yourself, then: ctxseg weights add FILE  (or --set model.backbone.pretrained=PATH)"
+            + "".join(known_file_hint(w) for w in str(row.get("official_name", "")).split() if w in KNOWN_FILES)
+        )
+    return f"backbone: official initialisation {what} from {row.get('url', '')}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,20 @@ class ResNeStD8(nn.Module):
         return timm_resnet_stages(self.net, x, self.out_indices)
 
 
+def resnest_key_filter(src: dict[str, torch.Tensor], module: nn.Module):
+    """ImageNet ResNeSt weights -> timm names: timm / original ResNeSt as they are; mmcv's
+    `resnest101_d2` (open-mmlab, sssegmentation's `resnest101`) with its stem `stem.{0,1,3,4,6,7}` ->
+    `conv1.{0,1,3,4,6}` / `bn1` (the blocks' `conv2.{conv,bn0,fc1,bn1,fc2}` and `downsample.{1,2}` are
+    timm's names already). The classifier `fc` is skipped."""
+    from ctxseg.models.backbones.pretrained import rename
+    from ctxseg.models.backbones.resnet import MMCV_STEM, is_mmcv_stem
+
+    skip = [(r"fc\.(weight|bias)", "ImageNet classifier")]
+    if is_mmcv_stem(src):
+        return rename(src, MMCV_STEM, skip, "mmcv ResNeSt (stem.N)")
+    return rename(src, [], skip, "timm ResNeSt")
+
+
 def resnest(
     *,
     depth: int = 101,
@@ -97,8 +111,8 @@ def resnest(
         raise UserError(f"ResNeSt depth must be one of {sorted(_DEPTHS)}, got {depth}")
     model = ResNeStD8(depth, output_stride, radix, drop_path_rate)
     if pretrained:
-        from ctxseg.models.backbones.pretrained import load_pretrained, same_names
+        from ctxseg.models.backbones.pretrained import load_pretrained
 
-        key_filter = same_names([(r"fc\.(weight|bias)", "ImageNet classifier")], "timm ResNeSt")
+        key_filter = resnest_key_filter
         load_pretrained(model.net, pretrained, key_filter, timm_name=f"resnest{depth}e", strict=pretrained_strict)
     return model

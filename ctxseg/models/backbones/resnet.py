@@ -13,6 +13,9 @@ layouts, told apart by their keys (`resnet_key_filter`):
   `conv1, bn1, conv2, bn2, conv3, bn3` (64-64-128, stem_channels 128; optionally under
   `resinit.`, as openseg's own model names them), `layerN`, `fc` (skipped). openseg's stem
   max-pool rounds up (`ceil_mode=True`): `stem_pool_ceil = true` reproduces it.
+- mmcv / mmseg ResNetV1c (`open-mmlab://resnet{50,101}_v1c`, the same files as sssegmentation's
+  `resnet{50,101}conv3x3stem`): stem Sequential `stem.{0,1,3,4,6,7}` (conv, BN, ReLU x 3) ->
+  timm's `conv1.{0,1,3,4,6}` + `bn1`; `layerN` keeps its names; `fc` (if present) is skipped.
 """
 
 from __future__ import annotations
@@ -56,10 +59,21 @@ _DEEPBASE_STEM = [
 ]
 
 
+# mmcv / mmseg / mmdet deep stem Sequential(conv, bn, relu, conv, bn, relu, conv, bn, relu) -> timm's
+MMCV_STEM = [(r"stem\.([0-6])\.(.+)", r"conv1.\1.\2"), (r"stem\.7\.(.+)", r"bn1.\1")]
+
+
+def is_mmcv_stem(src) -> bool:
+    return any(re.fullmatch(r"(backbone\.)?stem\.0\.weight", k) for k in src)
+
+
 def resnet_key_filter(src: dict[str, torch.Tensor], module: nn.Module) -> Mapped:
-    """ImageNet ResNet weights (timm or openseg deep-base layout, told apart by the stem keys) -> timm ResNet."""
+    """ImageNet ResNet weights (timm, openseg deep-base or mmcv ResNetV1c layout, told apart by the stem
+    keys) -> timm ResNet."""
     if any(re.fullmatch(r"(backbone\.)?(resinit\.)?conv3\.weight", k) for k in src):  # a 3-conv stem
         return rename(src, _DEEPBASE_STEM, _CLASSIFIER, "openseg deep-base ResNet (conv1-3/bn1-3 stem)")
+    if is_mmcv_stem(src):
+        return rename(src, MMCV_STEM, _CLASSIFIER, "mmcv ResNetV1c (stem.N)")
     return rename(src, [], _CLASSIFIER, "timm ResNet")
 
 
