@@ -158,10 +158,10 @@ class ScheduleConfig(_Section):
         min_lr: learning rate the poly decay ends at.
         warmup_iters: length of the linear warm-up, in iterations; 0: no warm-up.
         warmup_ratio: the warm-up starts at warmup_ratio x lr and rises linearly to lr.
-        poly_denominator: the `total` of the poly formula. "total": the run's iteration count, as mmseg
-            0.x's PolyLrUpdaterHook (the CAC fork), sssegmentation and openseg (min_lr is reached after
-            the last iteration); "total-1": one less, as mmengine's PolyLR (total_iters = end - begin - 1)
-            in mmseg 1.x, whose last iteration runs at min_lr.
+        form: how the official code computes it (ctxseg.engine.schedule): "mmengine" (mmsegmentation 1.x:
+            chainable LinearLR warm-up, then PolyLR from the end of the warm-up to the last iteration) or
+            "mmcv" (mmcv 1.x hooks, as in the CAC fork; the same closed form as sssegmentation's and
+            ContrastiveSeg's poly: decay over the whole budget, warm-up factor on top).
     """
 
     policy: Literal["poly", "constant"] = "poly"
@@ -169,7 +169,7 @@ class ScheduleConfig(_Section):
     min_lr: float = 1e-4
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
-    poly_denominator: Literal["total", "total-1"] = "total"
+    form: Literal["mmengine", "mmcv"] = "mmengine"
 
 
 class OhemConfig(_Section):

@@ -50,6 +50,12 @@ def show_cmd(
         "--data",
         help="Adapt the recipe to this prepared dataset (classes, ignore index, crop), as `ctxseg train --data`.",
     ),
+    schedule: bool = typer.Option(
+        False, "--schedule", help="The lr curve (terminal plot) and the optimizer's parameter groups."
+    ),
+    num_train: int | None = typer.Option(
+        None, "--num-train", help="Train images, for epoch-based recipes (default: the dataset's official split)."
+    ),
 ):
     """Print the fully resolved recipe (extends merged, overrides applied, defaults filled).
 
@@ -60,6 +66,8 @@ def show_cmd(
       [cyan]ctxseg recipes show ocrnet-hr48-cityscapes-40k --provenance[/]
 
       [cyan]ctxseg recipes show ocrnet-hr18-cityscapes-80k --data data/mydata > my.toml[/]   adapted, to edit
+
+      [cyan]ctxseg recipes show upernet-swin-t-ade20k-160k --schedule[/]
     """
     from rich.syntax import Syntax
 
@@ -69,6 +77,9 @@ def show_cmd(
     # the model zoo; overrides or a recipe file of one's own get the full component check
     bundled = not set and find_recipe(name) == list_recipes().get(name)
     r = load_recipe(name, set, components=not bundled)
+    if schedule:
+        _print_schedule(name, set, num_train)
+        return
     if provenance:  # the paper's settings: compared before any adaptation to other data
         _print_provenance(r)
         return
@@ -161,3 +172,78 @@ def _print_weights(name: str) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(recipes_app, name="recipes")
+
+
+def _train_size(r, num_train: int | None) -> int:
+    if num_train is not None:
+        return num_train
+    import importlib
+
+    from ctxseg.errors import UserError
+
+    try:
+        module = importlib.import_module(f"ctxseg.data.prepare.{r.data.dataset.replace('-', '_')}")
+        return int(module.SPLITS[r.data.train_split])
+    except (ImportError, AttributeError, KeyError):
+        raise UserError(
+            f"{r.name} counts its budget in epochs; give --num-train (images in '{r.data.train_split}')"
+        ) from None
+
+
+def lr_plot(values: list[float], iters: int, width: int = 64, height: int = 12) -> list[str]:
+    """A plain-text plot of a curve (one column per width-th of the iterations, max of the column)."""
+    n = len(values)
+    cols = [max(values[i * n // width : max(i * n // width + 1, (i + 1) * n // width)]) for i in range(width)]
+    top = max(cols) or 1.0
+    rows = []
+    for level in range(height, 0, -1):
+        line = "".join("█" if c / top * height >= level - 0.5 else " " for c in cols)
+        label = f"{top * level / height:9.2e} |" if level in (height, 1) or level == height // 2 else "          |"
+        rows.append(label + line)
+    rows.append("          +" + "-" * width)
+    rows.append(f"           0{'iteration':^{width - 12}}{iters:>10}")
+    return rows
+
+
+def _print_schedule(name: str, overrides, num_train: int | None) -> None:
+    import torch
+
+    from ctxseg.engine.schedule import build_optimizer, build_scheduler, total_iters
+    from ctxseg.models.segmentor import build_segmentor
+
+    r = load_recipe(name, list(overrides or []) + ['model.backbone.pretrained=""'])
+    world = r.train.processes or 1
+    total = total_iters(r, _train_size(r, num_train) if r.train.epochs is not None else 0, world)
+    with torch.device("meta"):
+        model = build_segmentor(r)
+    optimizer = build_optimizer(model, r)
+    sched = build_scheduler(optimizer, r, total)
+    s, o = r.train.schedule, r.train.optimizer
+    warm = f", linear warm-up {s.warmup_iters} it from x{s.warmup_ratio:g}" if s.warmup_iters else ""
+    out.print(
+        f"[bold]{r.name}[/]: {o.type} lr {o.lr:g}, {s.policy} power {s.power:g} min_lr {s.min_lr:g}{warm}; "
+        f"{total} iterations ({s.form} form)" + (f", {world} processes" if r.train.epochs is not None else "")
+    )
+    step = max(1, total // 2000)
+    curve = [sched.lr(i) for i in range(0, total, step)]
+    for line in lr_plot(curve, total):
+        out.print(line, highlight=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    table = Table(title="parameter groups")
+    for col in ("group", "lr mult", "decay mult", "lr at 0 / end", "weight decay", "tensors", "parameters", "e.g."):
+        table.add_column(col)
+    for i, g in enumerate(optimizer.param_groups):
+        lm, dm = g.get("lr_mult", 1.0), g.get("decay_mult", 1.0)
+        lr0 = o.lr * lm
+        example = names[id(g["params"][0])] if g["params"] else ""
+        table.add_row(
+            str(i),
+            f"{lm:g}",
+            f"{dm:g}",
+            f"{sched.lr(0, lr0):.3g} / {sched.lr(total - 1, lr0):.3g}",
+            f"{g['weight_decay']:g}",
+            str(len(g["params"])),
+            f"{sum(p.numel() for p in g['params']):,}",
+            example,
+        )
+    out.print(table)

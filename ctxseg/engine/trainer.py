@@ -8,7 +8,6 @@ function of the step; and the resume state stores optimizer, step and every RNG 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -31,6 +30,14 @@ from ctxseg.engine import checkpoint as ckpt
 from ctxseg.engine.evaluate import evaluate
 from ctxseg.engine.offline import build_for_loading
 from ctxseg.engine.runs import iteration_checkpoints, new_run_dir, set_latest
+from ctxseg.engine.schedule import (  # noqa: F401 (re-exported: callers of 0.2 import them from here)
+    build_optimizer,
+    build_scheduler,
+    iters_per_epoch,
+    lr_at,
+    param_groups,
+    total_iters,
+)
 from ctxseg.engine.settings import InferenceSettings
 from ctxseg.errors import UserError
 from ctxseg.io import remove_stale_temp_files, write_error, write_json, write_text
@@ -65,59 +72,6 @@ def batch_notice(recipe: Recipe, world: int) -> str | None:
         f"this run has {world} process(es) x {b} = global batch {world * b}. For the paper's batch, launch "
         f"{paper} processes, or set data.batch_size = {paper * b // world} if it divides (and fits in memory)."
     )
-
-
-def total_iters(recipe: Recipe, num_train: int, world: int) -> int:
-    """Iterations from `train.iters`, or from `train.epochs` x train split / global batch."""
-    if recipe.train.epochs is not None:
-        global_batch = recipe.data.batch_size * world * recipe.train.grad_accum
-        return max(1, math.ceil(recipe.train.epochs * num_train / global_batch))
-    return int(recipe.train.iters)
-
-
-def lr_at(step: int, total: int, recipe: Recipe) -> float:
-    """Poly (power, min_lr) with optional linear warmup, as mmseg's PolyLR + LinearLR."""
-    opt, s = recipe.train.optimizer, recipe.train.schedule
-    if s.policy == "constant":
-        lr = opt.lr
-    else:
-        span = max(total - 1, 1) if s.poly_denominator == "total-1" else total
-        lr = (opt.lr - s.min_lr) * max(1 - step / span, 0.0) ** s.power + s.min_lr
-    if s.warmup_iters and step < s.warmup_iters:
-        lr *= s.warmup_ratio + (1 - s.warmup_ratio) * step / s.warmup_iters
-    return lr
-
-
-def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """Per-parameter lr/decay multipliers: heads x head_lr_mult, no decay on norms/biases, custom keys."""
-    opt = recipe.train.optimizer
-    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    no_decay = set()
-    if opt.no_decay_norm_bias:
-        for mod in model.modules():
-            for name, p in mod.named_parameters(recurse=False):
-                if isinstance(mod, norm_types) or name == "bias":
-                    no_decay.add(id(p))
-    groups: dict[tuple[float, float], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lr_mult = 1.0 if name.startswith("backbone.") else opt.head_lr_mult
-        decay_mult = 0.0 if id(p) in no_decay else 1.0
-        for key, mult in opt.custom_keys.items():
-            if key in name:
-                lr_mult = mult.get("lr_mult", lr_mult)
-                decay_mult = mult.get("decay_mult", decay_mult)
-        groups.setdefault((lr_mult, decay_mult), []).append(p)
-    return [{"params": ps, "lr_mult": lm, "weight_decay": opt.weight_decay * dm} for (lm, dm), ps in groups.items()]
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    opt = recipe.train.optimizer
-    groups = param_groups(model, recipe)
-    if opt.type == "sgd":
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
 
 
 def channels_last_training(device: torch.device) -> bool:
@@ -357,6 +311,7 @@ class Trainer:
         self.layout = choose(self.acc.device, "train")  # measured once per machine, cached
         model = to_training_layout(model, self.acc.device)
         optimizer = build_optimizer(model, recipe)
+        self.schedule = build_scheduler(optimizer, recipe, self.total)
         if resume_state is not None:
             optimizer.load_state_dict(resume_state["optimizer"])
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
@@ -671,7 +626,7 @@ class Trainer:
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
         core = self.acc.unwrap_model(self.model)
-        iters_per_epoch = max(1, math.ceil(self.num_train / (self.recipe.data.batch_size * self.world * tr.grad_accum)))
+        epoch_iters = iters_per_epoch(self.recipe, self.num_train, self.world)
         bar = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -686,11 +641,9 @@ class Trainer:
             task = bar.add_task("train", total=self.total, completed=self.step, info="")
             while self.step < self.total:
                 t_step = time.time()
-                lr = lr_at(self.step, self.total, self.recipe)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr * g.get("lr_mult", 1.0)
+                lr = self.schedule.apply(self.optimizer, self.step)
                 # plug-ins that follow the schedule (MCIBI: momentum from the lr, memory loss after one epoch)
-                core.before_train_step(self.step, lr, iters_per_epoch)
+                core.before_train_step(self.step, lr, epoch_iters)
                 terms_sum: dict[str, float] = {}
                 grad_norm = None
                 for _ in range(tr.grad_accum):

@@ -17,9 +17,11 @@ Pretrained ImageNet weights (`mobilenetv2_key_filter`), two layouts told apart b
   the same architecture block for block (blocks.i = layer{i+1}); another training (RandAugment,
   timm's `ra_in1k`), so not the CAC/mmseg weights. `conv_head`/`bn2`/`classifier` are skipped.
 
-Norm: mmseg's MobileNetV2 defaults to plain BN (norm_cfg=dict(type='BN')); the CAC / mmseg FCN
-configs replace the backbone (`_delete_=True`) without giving it the heads' SyncBN. `norm = "BN"`
-keeps this backbone's BatchNorms per process when the rest of the model is converted to SyncBN.
+Norm: mmseg's MobileNetV2 defaults to plain BN (norm_cfg=dict(type='BN')); the CAC fork's FCN config
+replaces the backbone (`_delete_=True`) without giving it the heads' SyncBN, while mmseg 1.2.2's passes
+norm_cfg=SyncBN. `norm = "BN"` keeps this backbone's BatchNorms per process when the rest of the model
+is converted to SyncBN (fcn-cac-mv2); `norm = "model"` follows model.norm (fcn-mv2). Checked per layer
+against the official models by tests/test_schedule_golden.py.
 """
 
 from __future__ import annotations
