@@ -208,6 +208,7 @@ def lr_plot(values: list[float], iters: int, width: int = 64, height: int = 12) 
 def _print_schedule(name: str, overrides, num_train: int | None) -> None:
     import torch
 
+    from ctxseg.config import load_recipe
     from ctxseg.engine.schedule import build_optimizer, build_scheduler, total_iters
     from ctxseg.models.segmentor import build_segmentor
 
