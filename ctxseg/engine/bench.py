@@ -22,8 +22,8 @@ high-water mark that only grows; `memory_kind` says which one the figures are.
 
 This module is the project's one timing helper: `measure()` (the figures ../shared/perf/ref_bench.py
 reports for the official code: median / min / max, peak memory growth of a call, process CPU time,
-load average) is what `ctxseg bench`, the per-method scripts ctxseg/tools/bench_*.py and the
-side-by-side driver (python -m ctxseg.tools.side_by_side) all use; `timed()` is its bare loop (a
+load average) is what `ctxseg bench`, the per-method scripts benchmarks/bench_*.py and the
+side-by-side driver (python -m benchmarks.side_by_side) all use; `timed()` is its bare loop (a
 list of wall times), for callers that interleave two functions call by call (bench_cac's ABBA).
 """
 
