@@ -40,7 +40,7 @@ def _both(crit, logits, target, autocast=False):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             # the model's logits are bf16 under autocast (a conv's output)
             xin = x.to(torch.bfloat16) if autocast else x
-            loss = crit.ce(xin, target, ohem=True) if fused else crit.label_size_ce(xin, target, ohem=True)
+            loss = crit._fused_ce(xin, target, True) if fused else crit.label_size_ce(xin, target, ohem=True)
         (g,) = torch.autograd.grad(loss * 1.7, x)
         out.append((loss.detach(), g))
     return out
@@ -95,12 +95,12 @@ def test_out_of_range_label_raises_as_before():
     logits, target = _data(4, 1, 7, 5, 5, 20, 20)
     target[0, 3, 3] = 9
     with pytest.raises((IndexError, RuntimeError)):
-        crit.ce(logits, target)
+        crit._fused_ce(logits, target, False)
 
 
 def test_all_ignored_is_zero_with_zero_gradient():
     crit = _criterion(False, ohem=(0.7, 10))
     x = torch.randn(2, 7, 5, 5, requires_grad=True)
-    loss = crit.ce(x, torch.full((2, 20, 20), 255), ohem=True)
+    loss = crit._fused_ce(x, torch.full((2, 20, 20), 255), True)
     loss.backward()
     assert loss.item() == 0.0 and x.grad.abs().max().item() == 0.0

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # losses sit below the recipe layer (models import them)
 
 # the decode / auxiliary CE through the fused upsample + CE (False: always the label-size path; a
 # switch for A/B measurements and debugging)
-FUSED_CE = {"enabled": True}
+FUSED_CE = {"enabled": False}  # off: slower than the label-size path on the AVX2 EPYC (docs/benchmarks.md)
 
 
 def inverse_log_frequency(counts: list[int]) -> list[float]:
