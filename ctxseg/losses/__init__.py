@@ -73,7 +73,7 @@ class Criterion(nn.Module):
         if bool((valid & ((target < 0) | (target >= n))).any()):  # torch's own error from the label-size path
             return self.label_size_ce(logits, target, use_ohem)
         cw = self.class_weight
-        ohem = (self.cfg.ohem.thresh, self.cfg.ohem.min_kept) if use_ohem else None
+        ohem = (self.cfg.ohem.thresh, self.cfg.ohem.min_kept) if use_ohem and self.cfg.ohem is not None else None
         total, weight_sum = upsampled_ce_weighted(
             logits if logits.dtype in (torch.float32, torch.float64) else logits.float(),
             target,
