@@ -140,7 +140,7 @@ def test_ref_inputs_are_ref_bench_inputs():
     import pytest
     import torch
 
-    from ctxseg.tools import ref_inputs
+    from benchmarks import ref_inputs
     from tests.conftest import GOLDEN
 
     path = GOLDEN.parent / "perf" / "ref_bench.py"  # ../shared/perf next to ../shared/golden
@@ -160,7 +160,7 @@ def test_ref_inputs_are_ref_bench_inputs():
 def test_side_by_side_discovers_cases_and_writes_tables(tmp_path, monkeypatch):
     import json
 
-    from ctxseg.tools import side_by_side as sbs
+    from benchmarks import side_by_side as sbs
 
     known = sbs.discover()
     assert {"ocrnet_train_step", "ocrnet_whole_inference", "ocrnet_slide_inference"} <= set(known)
@@ -173,7 +173,7 @@ def test_side_by_side_discovers_cases_and_writes_tables(tmp_path, monkeypatch):
     )
 
     def fake_case(name, module, repeats, warmup, threads):
-        assert module == "ctxseg.tools.bench_ocr" and (repeats, warmup, threads) == (2, 0, 2)
+        assert module == "benchmarks.bench_ocr" and (repeats, warmup, threads) == (2, 0, 2)
         return {
             "median_s": 1.0,
             "min_s": 0.9,
@@ -214,7 +214,7 @@ def test_side_by_side_worker_runs_a_case_in_a_fresh_process(tmp_path, monkeypatc
     import json
     import sys
 
-    from ctxseg.tools import side_by_side as sbs
+    from benchmarks import side_by_side as sbs
     from tests.conftest import REPO
 
     pkg = tmp_path / "fakecases"

@@ -26,15 +26,15 @@ def _ref_bench():
 
 @pytest.mark.parametrize("name", ["bench_contrast", "bench_mcibi", "bench_cac", "bench_ocr", "side_by_side", "common"])
 def test_tools_do_nothing_on_import(name, capsys):
-    sys.modules.pop(f"ctxseg.tools.{name}", None)
-    mod = importlib.import_module(f"ctxseg.tools.{name}")
+    sys.modules.pop(f"benchmarks.{name}", None)
+    mod = importlib.import_module(f"benchmarks.{name}")
     assert capsys.readouterr().out == ""
     assert callable(mod.main if name != "common" else mod.run_cases_cli)
     assert name in ("side_by_side", "common") or mod.CASES
 
 
 def test_generators_reproduce_ref_bench():
-    from ctxseg.tools import ref_inputs
+    from benchmarks import ref_inputs
 
     rb = _ref_bench()
     for seed, args in ((1, (2, 40, 56, 7, 19, -1, 0.2)), (2, (1, 33, 20, 16, 150, -100, 0.08))):
@@ -58,7 +58,7 @@ def test_measure_returns_the_side_by_side_record():
 
 
 # ------------------------------------------------------------------------------------------------
-# one command line for every bench script (ctxseg.tools.common)
+# one command line for every bench script (benchmarks.common)
 
 BENCH_MODULES = ["bench_contrast", "bench_mcibi", "bench_cac", "bench_ocr"]
 
@@ -82,7 +82,7 @@ def test_every_bench_script_uses_the_shared_command_line(name, tmp_path, monkeyp
     """--case (comma lists), --repeats / --warmup into RUNS, --threads, --json {machine, argv, results}."""
     import json
 
-    mod = importlib.import_module(f"ctxseg.tools.{name}")
+    mod = importlib.import_module(f"benchmarks.{name}")
     calls: list = []
     monkeypatch.setattr(mod, "RUNS", dict(mod.RUNS))  # main() hands the script's RUNS to the runner
     monkeypatch.setattr(mod, "CASES", {k: _fake_case(calls, mod.RUNS) for k in "abc"})
@@ -103,7 +103,7 @@ def test_every_bench_script_uses_the_shared_command_line(name, tmp_path, monkeyp
 
 @pytest.mark.parametrize("name", BENCH_MODULES)
 def test_unknown_case_is_a_usage_error(name, capsys):
-    mod = importlib.import_module(f"ctxseg.tools.{name}")
+    mod = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(SystemExit) as e:
         mod.main(["--case", "no_such_case"])
     assert e.value.code == 2
@@ -120,7 +120,7 @@ def test_tool_commands_from_the_docs(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, env=env, timeout=300)  # noqa: E731
-    listed = run("ctxseg.tools.side_by_side", "--list")
+    listed = run("benchmarks.side_by_side", "--list")
     assert listed.returncode == 0
     for case, module in (
         ("ocrnet_whole_inference", "bench_ocr"),
@@ -128,9 +128,7 @@ def test_tool_commands_from_the_docs(tmp_path):
         ("mcibi_update", "bench_mcibi"),
         ("cac_forward_test", "bench_cac"),
     ):
-        assert any(line.split() == [case, f"ctxseg.tools.{module}"] for line in listed.stdout.splitlines()), (
-            listed.stdout
-        )
-    bad = run("ctxseg.tools.bench_ocr", "--case", "nope", "--json", str(tmp_path / "x.json"))
+        assert any(line.split() == [case, f"benchmarks.{module}"] for line in listed.stdout.splitlines()), listed.stdout
+    bad = run("benchmarks.bench_ocr", "--case", "nope", "--json", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.json").exists()

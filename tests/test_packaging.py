@@ -13,6 +13,10 @@ def test_every_subpackage_is_listed():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ctxseg").rglob("*.py")}
     assert found <= listed, f"add to pyproject [tool.setuptools] packages: {sorted(found - listed)}"
+    # the side-by-side tools against the official code are development scripts, not product (issue 23 §5)
+    assert not any(p == "benchmarks" or p.startswith("benchmarks.") for p in listed)
+    assert not (REPO / "ctxseg" / "tools" / "side_by_side.py").exists()
+    assert not (REPO / "ctxseg" / "tools" / "ref_inputs.py").exists()
 
 
 def test_wheel_contains_recipes(tmp_path: Path):
@@ -42,6 +46,7 @@ def test_wheel_contains_recipes(tmp_path: Path):
     shipped = {n.split("/")[-1] for n in names if n.startswith("ctxseg/recipes/") and n.endswith(".toml")}
     expected = {p.name for p in (REPO / "recipes").rglob("*.toml")}
     assert expected <= shipped
+    assert not any(n.startswith("benchmarks/") or n.endswith(("side_by_side.py", "ref_inputs.py")) for n in names)
     assert "ctxseg/cli/__init__.py" in names and "ctxseg/recipes/_base/synthetic.toml" in names
     # the Apache-2.0 text and the NOTICE crediting ContrastiveSeg (MIT) and sssegmentation ship in the wheel
     meta = [n for n in names if ".dist-info/" in n]

@@ -22,8 +22,8 @@ high-water mark that only grows; `memory_kind` says which one the figures are.
 
 This module is the project's one timing helper: `measure()` (the figures ../shared/perf/ref_bench.py
 reports for the official code: median / min / max, peak memory growth of a call, process CPU time,
-load average) is what `ctxseg bench`, the per-method scripts ctxseg/tools/bench_*.py and the
-side-by-side driver (python -m ctxseg.tools.side_by_side) all use; `timed()` is its bare loop (a
+load average) is what `ctxseg bench`, the per-method scripts benchmarks/bench_*.py and the
+side-by-side driver (python -m benchmarks.side_by_side) all use; `timed()` is its bare loop (a
 list of wall times), for callers that interleave two functions call by call (bench_cac's ABBA).
 """
 
@@ -262,6 +262,10 @@ def bench_train(
     # mid-schedule step: losses gated by a warm-up (pixel contrast) are active, as for most of training
     step = max((recipe.train.iters or 2) // 2, 1)
     lr = optimizer.param_groups[0]["lr"]
+    if compile:
+        from ctxseg.engine import compile_cache
+
+        compile_cache.configure()  # compiled code persists across runs (issue 23 §4)
     forward = torch.compile(model) if compile else model
 
     def train_step():
@@ -428,6 +432,13 @@ def _run_phase(phase: str, recipe: Recipe, cfg: dict, device: torch.device, rese
     return res
 
 
+def _compile_cache_dir() -> str | None:
+    from ctxseg.engine import compile_cache
+
+    d = compile_cache.configure()
+    return None if d is None else str(d)
+
+
 def run_bench(
     recipe: Recipe,
     height: int,
@@ -482,6 +493,7 @@ def run_bench(
         if device.type == "cuda"
         else ("cpu_peak_rss_per_phase" if resettable else "cpu_peak_rss_process_high_water_mark"),
         "compile": compile,
+        "compile_cache": _compile_cache_dir() if compile else None,
         "loadavg_start": load_average(),
     }
     set_compile(compile)

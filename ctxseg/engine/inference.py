@@ -97,6 +97,9 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     if fast._ctxseg_channels_last:
         _to_channels_last(fast)
     if _FAST["compile"]:
+        from ctxseg.engine import compile_cache
+
+        compile_cache.configure()  # compiled code persists across runs (issue 23 §4)
         fast = torch.compile(fast)
     _PREPARED[model] = (key, fast)
     return fast

@@ -9,10 +9,16 @@ import torch
 from torch import nn
 
 from ctxseg.losses.cross_entropy import cross_entropy, ohem_weights, seg_ce_term
+from ctxseg.losses.upsampled_ce import upsampled_ce_weighted
 from ctxseg.models.layers import resize
 
 if TYPE_CHECKING:  # losses sit below the recipe layer (models import them)
     from ctxseg.config import Recipe
+
+
+# the decode / auxiliary CE through the fused upsample + CE (False: always the label-size path; a
+# switch for A/B measurements and debugging)
+FUSED_CE = {"enabled": False}  # off: slower than the label-size path on the AVX2 EPYC (docs/benchmarks.md)
 
 
 def inverse_log_frequency(counts: list[int]) -> list[float]:
@@ -50,6 +56,40 @@ class Criterion(nn.Module):
         )
 
     def ce(self, logits: torch.Tensor, target: torch.Tensor, ohem: bool = False) -> torch.Tensor:
+        """CE of `logits` resized to the label size. Feature-resolution logits take the fused path
+        (ctxseg.losses.upsampled_ce: no label-size logit map, same values up to float rounding);
+        labels already at the logits' size, FUSED_CE off, or labels out of range (torch's error)
+        the label-size path."""
+        use_ohem = ohem and self.cfg.ohem is not None
+        if FUSED_CE["enabled"] and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]) and not torch.jit.is_tracing():
+            return self._fused_ce(logits, target, use_ohem)
+        return self.label_size_ce(logits, target, ohem)
+
+    def _fused_ce(self, logits: torch.Tensor, target: torch.Tensor, use_ohem: bool) -> torch.Tensor | None:
+        if target.dim() == 4:
+            target = target.squeeze(1)
+        valid = target != self.ignore_index
+        n = logits.shape[1]
+        if bool((valid & ((target < 0) | (target >= n))).any()):  # torch's own error from the label-size path
+            return self.label_size_ce(logits, target, use_ohem)
+        cw = self.class_weight
+        ohem = (self.cfg.ohem.thresh, self.cfg.ohem.min_kept) if use_ohem and self.cfg.ohem is not None else None
+        total, weight_sum = upsampled_ce_weighted(
+            logits if logits.dtype in (torch.float32, torch.float64) else logits.float(),
+            target,
+            self.align_corners,
+            self.ignore_index,
+            cw,
+            ohem,
+        )
+        if cw is not None and self.cfg.class_weight_norm == "weights":
+            return total / weight_sum.clamp(min=1e-12)
+        if self.cfg.avg_non_ignore:
+            return total / valid.sum().clamp(min=1)
+        return total / target.numel()
+
+    def label_size_ce(self, logits: torch.Tensor, target: torch.Tensor, ohem: bool = False) -> torch.Tensor:
+        """The straightforward CE: logits upsampled to the label size, then mmseg's CrossEntropyLoss."""
         logits = resize(logits, target.shape[-2:], self.align_corners).float()
         pw = None
         if ohem and self.cfg.ohem is not None:

@@ -72,14 +72,18 @@ class _UpsampledCESum(torch.autograd.Function):
     """Sum of the per-pixel CE over the valid label pixels; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, align_corners: bool, ignore_index: int):
+    def forward(ctx, logits, target, align_corners, ignore_index, class_weight=None, ohem=None):
         # float32 throughout, also under autocast (bf16 / fp16 training): autocast would run the
         # interpolation matmuls in low precision and leave xw in bf16 for the backward's scatter
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return _UpsampledCESum._forward(ctx, logits, target, align_corners, ignore_index)
+            total, weight_sum = _UpsampledCESum._forward(
+                ctx, logits, target, align_corners, ignore_index, class_weight, ohem
+            )
+        ctx.mark_non_differentiable(weight_sum)
+        return total, weight_sum
 
     @staticmethod
-    def _forward(ctx, logits: torch.Tensor, target: torch.Tensor, align_corners: bool, ignore_index: int):
+    def _forward(ctx, logits, target, align_corners, ignore_index, class_weight, ohem):
         b, n, h, w = logits.shape
         height, width = target.shape[-2:]
         x = logits.detach().float()
@@ -112,32 +116,47 @@ class _UpsampledCESum(torch.autograd.Function):
                 j0, j1 = int(k0[r]), int(k1[r]) + 1
                 u = (ry[r : r + 1, j0:j1] @ xw[j0:j1]).view(1, b, n, width)
                 lse[r : r + 1] = torch.logsumexp(u, dim=2)
-        total = ((lse - picked) * valid).sum()
-        # backward: softmax = exp(u - lse) on valid pixels, 0 (exp(-inf)) on the others
-        ctx.save_for_backward(xw, ry, rx, lse.masked_fill_(~valid, float("inf")), idx0, idx1, w0, w1, valid)
+        ce = lse - picked  # per-pixel CE, H, B, W
+        pw = valid.to(x.dtype)  # per-pixel weight: 0 on ignored pixels
+        if ohem is not None:  # mmseg's OHEMPixelSampler on the true-class probability exp(-ce)
+            pw = pw * _ohem_keep(ce, valid, b, *ohem)
+        if class_weight is not None:
+            pw = pw * class_weight.to(x.dtype)[cls]
+        total = (ce * pw).sum() if (ohem is not None or class_weight is not None) else (ce * valid).sum()
+        weight_sum = pw.sum()
+        # backward: pw x softmax = exp(u - (lse - log pw)); 0 (exp(-inf)) where pw = 0 (ignored, dropped)
+        scale = None
+        if class_weight is None and ohem is None:
+            lse = lse.masked_fill_(~valid, float("inf"))
+        elif bool((pw >= 0).all()):
+            lse = torch.where(pw > 0, lse - pw.log(), torch.full_like(lse, float("inf")))
+        else:  # negative class weights: multiply instead
+            scale = pw
+        ctx.save_for_backward(xw, ry, rx, lse, idx0, idx1, w0, w1, pw, scale)
         ctx.meta = (b, n, h, w, logits.dtype, rows)
-        return total
+        return total, weight_sum
 
     @staticmethod
-    def backward(ctx, grad_total: torch.Tensor):
+    def backward(ctx, grad_total: torch.Tensor, _grad_weight_sum=None):
         with torch.autocast(device_type=grad_total.device.type, enabled=False):
-            return _UpsampledCESum._backward(ctx, grad_total)
+            return _UpsampledCESum._backward(ctx, grad_total) + (None, None)
 
     @staticmethod
     def _backward(ctx, grad_total: torch.Tensor):
-        xw, ry, rx, lse, idx0, idx1, w0, w1, valid = ctx.saved_tensors
+        xw, ry, rx, lse, idx0, idx1, w0, w1, v, scale = ctx.saved_tensors
         b, n, h, w, dtype, rows = ctx.meta
         width = lse.shape[2]
         # Ry^T . (softmax - onehot): the one-hot part is a scatter of the two row taps
         acc = torch.zeros_like(xw)
         flat = acc.view(-1)
-        v = valid.to(xw.dtype)
         flat.scatter_add_(0, idx0.reshape(-1), (v * -w0.view(-1, 1, 1)).reshape(-1))  # ignored pixels add 0
         flat.scatter_add_(0, idx1.reshape(-1), (v * -w1.view(-1, 1, 1)).reshape(-1))
         k0, k1, _, _ = _taps(ry)
         for r0, r1, j0, j1 in _row_blocks(k0, k1, rows):
             u = (ry[r0:r1, j0:j1] @ xw[j0:j1]).view(r1 - r0, b, n, width)
             u.sub_(lse[r0:r1].unsqueeze(2)).exp_()
+            if scale is not None:
+                u.mul_(scale[r0:r1].unsqueeze(2))
             acc[j0:j1].addmm_(ry[r0:r1, j0:j1].t(), u.view(r1 - r0, -1))
         grad = (acc.view(-1, width) @ rx).view(h, b, n, w).permute(1, 2, 0, 3)
         grad = grad * grad_total.to(grad.dtype)
@@ -152,4 +171,39 @@ def upsampled_ce_sum(
     count as ignored (torch would raise)."""
     if target.dim() == 4:
         target = target.squeeze(1)
-    return _UpsampledCESum.apply(logits, target.long(), bool(align_corners), int(ignore_index))
+    return _UpsampledCESum.apply(logits, target.long(), bool(align_corners), int(ignore_index))[0]
+
+
+def upsampled_ce_weighted(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    align_corners: bool = False,
+    ignore_index: int = 255,
+    class_weight: torch.Tensor | None = None,
+    ohem: tuple[float, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, weight sum) over the label pixels of w_pixel x CE of `logits` bilinearly resized to the
+    label size, w_pixel = class_weight[label] (1 without) x the OHEM keep mask (1 without), 0 on
+    ignored pixels. ohem = (thresh, min_kept): mmseg's OHEMPixelSampler on the upsampled logits'
+    true-class probability, as ctxseg.losses.cross_entropy.ohem_weights. The weight sum (no
+    gradient) is the denominator of a weighted mean."""
+    if target.dim() == 4:
+        target = target.squeeze(1)
+    cw = None if class_weight is None else class_weight.detach()
+    return _UpsampledCESum.apply(
+        logits, target.long(), bool(align_corners), int(ignore_index), cw, None if ohem is None else tuple(ohem)
+    )
+
+
+def _ohem_keep(ce: torch.Tensor, valid: torch.Tensor, batch: int, thresh: float, min_kept: int) -> torch.Tensor:
+    """ohem_weights' keep mask from the per-pixel CE (true-class probability exp(-ce)), any layout."""
+    keep = torch.zeros_like(ce)
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        return keep
+    p = torch.exp(-ce)
+    k = min(int(min_kept) * batch, num_valid - 1)
+    kth = p[valid].kthvalue(k + 1).values  # sorted(p)[k]
+    threshold = max(float(kth), float(thresh))
+    keep[valid & (p < threshold)] = 1.0
+    return keep

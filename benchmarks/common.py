@@ -1,4 +1,4 @@
-"""The command line every `python -m ctxseg.tools.bench_*` script and the side-by-side driver share.
+"""The command line every `python -m benchmarks.bench_*` script and the side-by-side driver share.
 
 A bench script defines `CASES` (case name -> () -> ctxseg.engine.bench.measure()'s dict) and `RUNS`
 (its default repeats / warm-up; the case functions read them) and ends with

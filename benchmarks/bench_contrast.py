@@ -1,8 +1,8 @@
 """ctxseg's side of ref_bench's 'contrast' group: the pixel contrast loss on exactly its inputs.
 
-    python -m ctxseg.tools.bench_contrast [--case NAME ...] [--threads 2] [--repeats N] [--warmup N] [--json out.json]
+    python -m benchmarks.bench_contrast [--case NAME ...] [--threads 2] [--repeats N] [--warmup N] [--json out.json]
 
-Cases (names as ref_bench's; inputs from ctxseg.tools.ref_inputs, settings of the official
+Cases (names as ref_bench's; inputs from benchmarks.ref_inputs, settings of the official
 configs H_48_D_4.json / H_48_D_4_MEM.json):
   contrast_nomem       pixel_contrast_loss forward under no_grad (labels at 512x1024, embed 128x256)
   contrast_nomem_fwbw  forward + backward to the embedding (a leaf; its .grad is dropped before a call)
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.common import run_cases_cli
+from benchmarks.ref_inputs import CONTRAST_IGNORE, CONTRAST_SETTINGS, contrast_inputs
 from ctxseg.engine.bench import measure
 from ctxseg.losses.contrast import pixel_contrast_loss
-from ctxseg.tools.common import run_cases_cli
-from ctxseg.tools.ref_inputs import CONTRAST_IGNORE, CONTRAST_SETTINGS, contrast_inputs
 
 # (warm-up, repeats) per case, as ref_bench's defaults
 DEFAULT_RUNS = {
@@ -27,7 +27,7 @@ DEFAULT_RUNS = {
     "contrast_mem": (2, 7),
     "contrast_mem_fwbw": (1, 5),
 }
-RUNS: dict = {"repeats": None, "warmup": None}  # set by ctxseg.tools.side_by_side; None: DEFAULT_RUNS
+RUNS: dict = {"repeats": None, "warmup": None}  # set by benchmarks.side_by_side; None: DEFAULT_RUNS
 
 
 def _loss(data: dict, embed: torch.Tensor, with_queue: bool) -> torch.Tensor:
@@ -77,7 +77,7 @@ def run_cases(names, repeats: int | None = None, warmup: int | None = None) -> d
     return results
 
 
-# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+# the side-by-side convention (benchmarks.side_by_side): case name -> () -> measurement
 CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in DEFAULT_RUNS}
 
 

@@ -1,9 +1,9 @@
 """ctxseg's side of ref_bench's 'cac' group: CAC's overhead over the plain FCN head, same inputs.
 
-    python -m ctxseg.tools.bench_cac [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
+    python -m benchmarks.bench_cac [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
 
 Head: FCN (in 2048, 512 channels, 2 convs + concat_input, dropout 0.1, 150 classes, BN), inputs
-relu(randn) [4, 2048, 64, 64], labels [4, 512, 512] (ctxseg.tools.ref_inputs, as ref_bench).
+relu(randn) [4, 2048, 64, 64], labels [4, 512, 512] (benchmarks.ref_inputs, as ref_bench).
 Cases (ref_bench times the forward passes only; the training cases here add the backward):
   cac_train_fwbw / plain_train_fwbw   train mode: head (+ CAC plug-in) forward, every loss (the
                                       main CE on the logits at label size; with CAC also
@@ -22,20 +22,20 @@ import statistics
 import torch
 from torch import nn
 
+from benchmarks.common import run_cases_cli
+from benchmarks.ref_inputs import MM_IGNORE, cac_inputs
 from ctxseg.engine.bench import measure, timed
 from ctxseg.losses.cross_entropy import seg_ce_term
 from ctxseg.models.context.cac import ContextAwareClassifier
 from ctxseg.models.heads.fcn import FCNHead
 from ctxseg.models.segmentor import Segmentor
-from ctxseg.tools.common import run_cases_cli
-from ctxseg.tools.ref_inputs import MM_IGNORE, cac_inputs
 
 PAIRS = {
     "cac_train_fwbw": "plain_train_fwbw",
     "cac_forward_train": "plain_forward_train",
     "cac_forward_test": "plain_forward",
 }
-RUNS: dict = {"repeats": 5, "warmup": 1}  # set by ctxseg.tools.side_by_side
+RUNS: dict = {"repeats": 5, "warmup": 1}  # set by benchmarks.side_by_side
 NUM_CLASSES = 150
 
 
@@ -109,7 +109,7 @@ def run_pair(name: str, repeats: int, warmup: int) -> dict:
     return res
 
 
-# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+# the side-by-side convention (benchmarks.side_by_side): case name -> () -> measurement
 CASES: dict = {name: (lambda n=name: run_pair(n, RUNS["repeats"], RUNS["warmup"])) for name in PAIRS}
 
 

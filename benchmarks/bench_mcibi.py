@@ -1,8 +1,8 @@
 """ctxseg's side of ref_bench's 'mcibi' group: the MCIBI memory update on exactly its inputs.
 
-    python -m ctxseg.tools.bench_mcibi [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
+    python -m benchmarks.bench_mcibi [--case NAME ...] [--threads 2] [--repeats 5] [--warmup 1] [--json out.json]
 
-Cases (names as ref_bench's; inputs from ctxseg.tools.ref_inputs; cosine_similarity strategy,
+Cases (names as ref_bench's; inputs from benchmarks.ref_inputs; cosine_similarity strategy,
 150 classes, 1 slot, momentum 0.9 / 0.01 x lr 0.005, ignore -100; the memory is reset to the
 same all-initialised state before every call, as ref_bench does outside its timing):
   mcibi_update                update_memory with features given at label size [2, 512, 512, 512]
@@ -14,13 +14,13 @@ same all-initialised state before every call, as ref_bench does outside its timi
 
 from __future__ import annotations
 
+from benchmarks.common import default_summary, run_cases_cli
+from benchmarks.ref_inputs import MCIBI_MOMENTUM, SSSEG_IGNORE, mcibi_inputs
 from ctxseg.engine.bench import measure
 from ctxseg.models.context.memory import update_memory
-from ctxseg.tools.common import default_summary, run_cases_cli
-from ctxseg.tools.ref_inputs import MCIBI_MOMENTUM, SSSEG_IGNORE, mcibi_inputs
 
 CASE_NAMES = ("mcibi_update", "mcibi_update_with_upsample")
-RUNS: dict = {"repeats": 5, "warmup": 1}  # set by ctxseg.tools.side_by_side
+RUNS: dict = {"repeats": 5, "warmup": 1}  # set by benchmarks.side_by_side
 
 
 def case_update(data: dict, key: str, repeats: int, warmup: int) -> dict:
@@ -41,7 +41,7 @@ def run_cases(names, repeats: int = 5, warmup: int = 1) -> dict:
     return {name: case_update(data, keys[name], repeats, warmup) for name in names}
 
 
-# the side-by-side convention (ctxseg.tools.side_by_side): case name -> () -> measurement
+# the side-by-side convention (benchmarks.side_by_side): case name -> () -> measurement
 CASES: dict = {name: (lambda n=name: run_cases([n], RUNS["repeats"], RUNS["warmup"])[n]) for name in CASE_NAMES}
 
 

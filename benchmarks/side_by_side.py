@@ -1,10 +1,10 @@
-"""Official code vs ctxseg, side by side on the same inputs: `python -m ctxseg.tools.side_by_side`.
+"""Official code vs ctxseg, side by side on the same inputs: `python -m benchmarks.side_by_side`.
 
-    python -m ctxseg.tools.side_by_side --case mmseg --rounds 1 \\
+    python -m benchmarks.side_by_side --case mmseg --rounds 1 \\
         --ref-bench ../shared/perf/ref_bench.py --ref-python /work/refenv/venv/bin/python \\
         --out docs/benchmarks/side_by_side.json --markdown docs/benchmarks/side_by_side.md
 
-Cases are discovered by convention: every module ctxseg/tools/bench_*.py that defines
+Cases are discovered by convention: every module benchmarks/bench_*.py that defines
 `CASES: dict[str, Callable[[], dict]]` contributes its cases; a case's name is the ref_bench.py
 case it mirrors, and its function runs ctxseg's side on ref_bench's inputs and returns
 ctxseg.engine.bench.measure()'s dict (median_s, min_s, max_s, peak_mb, loadavg...). `--case`
@@ -45,8 +45,8 @@ GROUPS = {
 
 
 def discover() -> dict[str, str]:
-    """case name -> module defining it (ctxseg.tools.bench_*: modules with a CASES dict)."""
-    import ctxseg.tools as tools
+    """case name -> module defining it (benchmarks.bench_*: modules with a CASES dict)."""
+    import benchmarks as tools
 
     found: dict[str, str] = {}
     for info in pkgutil.iter_modules(tools.__path__):
@@ -57,9 +57,9 @@ def discover() -> dict[str, str]:
             with open(path, encoding="utf-8") as f:
                 if "CASES" not in f.read():
                     continue
-            mod = importlib.import_module(f"ctxseg.tools.{info.name}")
+            mod = importlib.import_module(f"benchmarks.{info.name}")
         except (Exception, SystemExit) as e:  # noqa: BLE001 - one broken script must not hide the others
-            print(f"[side_by_side] skipped ctxseg.tools.{info.name}: {e!r}", file=sys.stderr)
+            print(f"[side_by_side] skipped benchmarks.{info.name}: {e!r}", file=sys.stderr)
             continue
         cases = getattr(mod, "CASES", None)
         if isinstance(cases, dict):
@@ -70,7 +70,7 @@ def discover() -> dict[str, str]:
 
 
 def resolve(tokens: list[str], known: dict[str, str]) -> list[str]:
-    from ctxseg.tools.common import case_names
+    from benchmarks.common import case_names
 
     names: list[str] = []
     for tok in case_names(tokens):
@@ -98,7 +98,7 @@ def run_ctxseg_case(name: str, module: str, repeats: int, warmup: int, threads: 
     cmd = [
         sys.executable,
         "-m",
-        "ctxseg.tools.side_by_side",
+        "benchmarks.side_by_side",
         "--worker",
         name,
         "--worker-module",
@@ -113,7 +113,11 @@ def run_ctxseg_case(name: str, module: str, repeats: int, warmup: int, threads: 
         str(threads),
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # the worker imports `benchmarks` (the repository root, not an installed package)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pp = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + pp if pp else "")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             return {"error": (proc.stderr or proc.stdout)[-2000:]}, shlex.join(cmd)
         with open(path) as f:
@@ -240,7 +244,7 @@ def _machine() -> str:
 
 
 def worker(args) -> None:
-    from ctxseg.tools.common import apply_runs
+    from benchmarks.common import apply_runs
 
     mod = importlib.import_module(args.worker_module)
     apply_runs(
@@ -253,7 +257,7 @@ def worker(args) -> None:
 
 
 def main(argv=None) -> dict | None:
-    from ctxseg.tools.common import add_timing_options
+    from benchmarks.common import add_timing_options
 
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter

@@ -1,6 +1,6 @@
 """ctxseg's side of ref_bench.py's `mmseg` group: OCRNet HRNetV2p-W18 on exactly its inputs.
 
-    python -m ctxseg.tools.bench_ocr [--case NAME ...] [--threads 2] [--repeats 3] [--warmup 1] [--json out.json]
+    python -m benchmarks.bench_ocr [--case NAME ...] [--threads 2] [--repeats 3] [--warmup 1] [--json out.json]
 
 Cases (names as in ref_bench.py; `CASES` maps each to a function returning engine.bench.measure's dict):
   ocrnet_train_step        recipe ocrnet-hr18-cityscapes-80k, random init, batch 2, 512x1024: forward,
@@ -8,7 +8,7 @@ Cases (names as in ref_bench.py; `CASES` maps each to a function returning engin
   ocrnet_whole_inference   1 image 512x1024: normalise + infer(mode="whole") + argmax
   ocrnet_slide_inference   1 image 1024x2048: normalise + infer(mode="slide", crop 512x1024,
                            stride 341x341: 3x5 = 15 windows, as ref_bench sets mmseg's test_cfg) + argmax
-Inputs: ctxseg.tools.ref_inputs (ref_bench's generators and seeds: 2024 for the train batch, 2025 for
+Inputs: benchmarks.ref_inputs (ref_bench's generators and seeds: 2024 for the train batch, 2025 for
 the inference images, the 512x1024 one drawn first). mmseg's test_step includes its preprocessing
 and the argmax, so ctxseg's side includes normalisation and argmax too. Threads: 2 (as ref_bench).
 """
@@ -39,10 +39,10 @@ def _model(train: bool):
 
 
 def ocrnet_train_step() -> dict[str, Any]:
+    from benchmarks.ref_inputs import mmseg_normalize, seg_batch
     from ctxseg.engine.bench import measure
     from ctxseg.engine.trainer import build_optimizer, to_training_layout
     from ctxseg.losses import Criterion
-    from ctxseg.tools.ref_inputs import mmseg_normalize, seg_batch
 
     recipe = _recipe()
     model = to_training_layout(_model(True), torch.device("cpu"))  # as the trainer lays it out
@@ -65,10 +65,10 @@ def ocrnet_train_step() -> dict[str, Any]:
 
 
 def _inference(height: int, width: int, mode: str) -> dict[str, Any]:
+    from benchmarks.ref_inputs import mmseg_normalize, seg_batch
     from ctxseg.engine.bench import measure
     from ctxseg.engine.inference import infer
     from ctxseg.engine.settings import InferenceSettings
-    from ctxseg.tools.ref_inputs import mmseg_normalize, seg_batch
 
     model = _model(False)
     gen = torch.Generator().manual_seed(2025)
@@ -110,7 +110,7 @@ CASES: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(argv=None) -> dict:
-    from ctxseg.tools.common import run_cases_cli
+    from benchmarks.common import run_cases_cli
 
     return run_cases_cli(__doc__, CASES, RUNS, argv)
 
