@@ -41,7 +41,7 @@ def zoo():
 @pytest.fixture
 def env(tmp_path, monkeypatch, zoo):
     """CTXSEG_HOME in tmp_path, the zoo as mirror, fast retries; `env.registry(rows)` writes a user registry."""
-    for key, value in zoo.env(tmp_path / "home").items():
+    for key, value in zoo.env(tmp_path / "home", seed_layout=False).items():
         monkeypatch.setenv(key, value)
 
     class Env:
@@ -495,3 +495,49 @@ def test_cli_add_verifies_the_hash(env, zoo, tmp_path, capsys):
     path = Path(out.strip().splitlines()[-1])
     assert code == 0 and path == env.home / "weights" / "raw" / "blob" / "blob.bin" and path.read_bytes() == good
     assert zoo.log == []
+
+
+# --------------------------------------------------------------------------------------------
+# the built-in table: optional
+
+
+def test_missing_or_present_builtin_table(env, tmp_path, monkeypatch, capsys):
+    from ctxseg.weights import find, list_entries, registry
+
+    monkeypatch.delenv("CTXSEG_WEIGHTS_REGISTRY", raising=False)
+    monkeypatch.setattr(registry, "builtin_path", lambda: None)  # a tree without recipes/provenance/weights.toml
+    assert list_entries() == []
+    code, out, _ = _cli(capsys, "weights", "list")
+    assert code == 0 and "0 entries" in out
+    code, out, _ = _cli(capsys, "weights", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+    with pytest.raises(UserError, match=r"registries read: none \(no built-in table"):
+        find("ocrnet-hr18-cityscapes-80k")
+    code, out, _ = _cli(capsys, "recipes", "show", "ocrnet-hr18-cityscapes-80k", "--provenance")
+    assert code == 0 and "miou_ms" in out
+    # a built-in table is read first; a user row of the same name replaces its row
+    builtin = write_registry(tmp_path / "weights.toml", {"ocr": env.serve("a.pth", b"a", layout="mmseg")})
+    monkeypatch.setattr(registry, "builtin_path", lambda: builtin)
+    assert [e.origin for e in list_entries()] == [str(builtin)]
+    env.registry({"ocr": env.serve("b.pth", b"b", layout="mmseg"), "mine": env.serve("c.pth", b"c")})
+    assert [(e.name, e.file) for e in list_entries()] == [("ocr", "b.pth"), ("mine", "c.pth")]
+    code, out, _ = _cli(capsys, "weights", "list", "demo")
+    assert code == 0 and "ocr" in out and "mine" in out
+
+
+def test_a_recipe_file_is_found_by_its_name_key(env, tmp_path, capsys):
+    """A row's recipe file that sets `name` (tests/recipes/owndata_tiny.toml: "owndata-tiny") is found
+    by that name, as `ctxseg train --init official` asks for it, and by the file's stem."""
+    from ctxseg.weights import find
+
+    recipe = str(REPO / "tests" / "recipes" / "owndata_tiny.toml")
+    env.registry(
+        {
+            "tiny-released": env.serve("t.safetensors", b"t", recipe=recipe),
+            "tiny-init": env.serve("i.pth", b"i", kind="init", layout="mmcls", recipe=recipe),
+        }
+    )
+    for name in ("owndata-tiny", "owndata_tiny", recipe):
+        assert find(name).name == "tiny-released" and find(name, init=True).name == "tiny-init"
+    code, out, _ = _cli(capsys, "weights", "list", "owndata-tiny")
+    assert code == 0 and "tiny-released" in out and "tiny-init" in out

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -69,8 +71,15 @@ class Zoo:
             row["recipe" if kind == "released" else "recipes"] = recipe if kind == "released" else [recipe]
         return row
 
-    def env(self, home: Path, registry: Path | None = None) -> dict[str, str]:
-        """Environment variables for a process that uses this zoo: its own cache, fast retries."""
+    def env(self, home: Path, registry: Path | None = None, *, seed_layout: bool = True) -> dict[str, str]:
+        """Environment variables for a process that uses this zoo: its own cache `home`, fast retries.
+        `seed_layout`: `home` starts with the suite's measured memory-layout verdict (conftest's shared
+        CTXSEG_HOME), so a command run there does not time convolutions again (ctxseg.engine.layout)."""
+        if seed_layout:
+            shared = Path(os.environ.get("CTXSEG_HOME", "")) / "layout.json"
+            if shared.is_file() and not (home / "layout.json").exists():
+                home.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shared, home / "layout.json")
         out = {
             "CTXSEG_HOME": str(home),
             "CTXSEG_WEIGHTS_MIRROR": self.mirror,
