@@ -539,5 +539,5 @@ def test_a_recipe_file_is_found_by_its_name_key(env, tmp_path, capsys):
     )
     for name in ("owndata-tiny", "owndata_tiny", recipe):
         assert find(name).name == "tiny-released" and find(name, init=True).name == "tiny-init"
-    code, out, _ = _cli(capsys, "weights", "list", "owndata-tiny")
-    assert code == 0 and "tiny-released" in out and "tiny-init" in out
+    code, out, _ = _cli(capsys, "weights", "list", "owndata-tiny", "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["tiny-released", "tiny-init"]

@@ -61,8 +61,8 @@ def list_cmd(
 
     table = Table(title=f"weights registry ({len(entries)} entries)")
     for col, kw in (
-        ("name", {}),
-        ("recipe", {}),
+        ("name", {"overflow": "fold"}),  # names are typed back: folded, never cut to "…"
+        ("recipe", {"overflow": "fold"}),
         ("kind", {}),
         ("file", {"overflow": "fold"}),
         ("size", {"justify": "right"}),
