@@ -381,7 +381,12 @@ def load(
                 f"weights='official' needs a recipe name (whose released model to load), got the checkpoint "
                 f"{recipe_or_checkpoint}; load a checkpoint with ctxseg.load(PATH)"
             )
-        ckpt = _official_checkpoint(_recipe_name(recipe_or_checkpoint))
+        name = _recipe_name(recipe_or_checkpoint)
+        ckpt = _official_checkpoint(name)
+        # the registry row's published numbers (SegModel.published), the caller's overrides after them
+        from ctxseg.weights import published_overrides
+
+        overrides = [*published_overrides(name), *(overrides or [])]
     else:
         ckpt = _resolve_checkpoint(weights)
     model, recipe, _ = load_model(ckpt, list(overrides or []))

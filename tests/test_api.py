@@ -2,15 +2,15 @@
 onnx (§3).
 
 One small demo checkpoint (random weights with randomised BatchNorm statistics, so predictions vary
-over the image) on the small synthetic dataset feeds every test. `ctxseg.weights.get` is replaced
-in-process by a stub that returns that checkpoint: these tests check what the API and the commands
-do with the checkpoint the registry hands them; downloading, verifying and converting are the
-registry's own tests (tests/test_weights*.py).
+over the image) on the small synthetic dataset feeds every test. `--weights official` goes through
+the real `ctxseg.weights`: a user registry (CTXSEG_WEIGHTS_REGISTRY) lists the checkpoint, served by
+a loopback zoo (tests/weights_zoo.py) behind CTXSEG_WEIGHTS_MIRROR, into a cache in a temp folder.
+Downloading faults, verifying and converting other layouts are the registry's own tests
+(tests/test_weights.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -28,7 +28,8 @@ import ctxseg.cli as cli
 from ctxseg.engine import runs as runs_mod
 from ctxseg.errors import UserError
 from ctxseg.viz import sources
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
+from tests.weights_zoo import Zoo, write_registry
 
 PUBLISHED = [
     "published.paper='Test paper'",
@@ -96,24 +97,36 @@ def demo(tmp_path_factory, synthetic_small):
         )
 
 
+@pytest.fixture(scope="module")
+def registry(demo):
+    """The demo checkpoint as the released model of recipe "demo" (entry "demo-official", published
+    miou 12.5) in a user registry, served by a loopback zoo, CTXSEG_HOME in a temp folder; fetched
+    once here, so the tests after it read the cache."""
+    from ctxseg import weights
+
+    with Zoo.running() as zoo, pytest.MonkeyPatch.context() as mp:
+        row = zoo.serve("demo.safetensors", demo.ckpt.read_bytes(), recipe="demo", published={"miou": 12.5})
+        path = write_registry(demo.tmp / "lab.toml", {"demo-official": row})
+        for key, value in zoo.env(demo.tmp / "home", path).items():
+            mp.setenv(key, value)
+        cached = weights.get("demo-official", progress=False)
+        assert cached.read_bytes() == demo.ckpt.read_bytes() and len(zoo.log) == 1
+        yield types.SimpleNamespace(zoo=zoo, ckpt=cached)
+
+
 @pytest.fixture
-def official(monkeypatch, demo):
-    """`ctxseg.weights.get` (and list_entries) stubbed in-process: every name resolves to the demo
-    checkpoint; returns the list of names asked for. Works before and after ctxseg.weights exists."""
-    try:
-        mod = importlib.import_module("ctxseg.weights")
-    except ImportError:  # the registry package is not merged yet: a stand-in module
-        mod = types.ModuleType("ctxseg.weights")
-        monkeypatch.setitem(sys.modules, "ctxseg.weights", mod)
-        monkeypatch.setattr(ctxseg, "weights", mod, raising=False)
+def official(monkeypatch, registry):
+    """The real `ctxseg.weights.get`, spied on: returns the list of names asked for."""
+    from ctxseg import weights
+
     asked: list[str] = []
+    real = weights.get
 
-    def get(name, *, init=False, progress=True):
+    def get(name, **kw):
         asked.append(name)
-        return demo.ckpt
+        return real(name, **kw)
 
-    monkeypatch.setattr(mod, "get", get, raising=False)
-    monkeypatch.setattr(mod, "list_entries", lambda: [types.SimpleNamespace(name="demo-entry")], raising=False)
+    monkeypatch.setattr(weights, "get", get)
     return asked
 
 
@@ -259,11 +272,11 @@ def test_properties_and_random_init(demo, no_network):
         ctxseg.load("no-such-recipe")
 
 
-def test_load_official_and_weights_path(demo, official, no_network):
-    model = ctxseg.load("demo", weights="official", device="cpu")
-    assert official == ["demo"] and model.checkpoint == demo.ckpt
+def test_load_official_and_weights_path(demo, registry, official, no_network):
+    model = ctxseg.load("demo", weights="official", device="cpu")  # cached by the fixture: no network
+    assert official == ["demo"] and model.checkpoint == registry.ckpt
     np.testing.assert_array_equal(model.predict(demo.images[0]), ctxseg.load(demo.ckpt).predict(demo.images[0]))
-    assert [e.name for e in ctxseg.list_weights()] == ["demo-entry"]
+    assert "demo-official" in [e.name for e in ctxseg.list_weights()]
     # weights=PATH: the checkpoint, cross-checked against the recipe named first
     assert ctxseg.load("demo", weights=demo.ckpt).checkpoint == demo.ckpt
     assert ctxseg.load(None, weights=demo.ckpt).recipe.name == "demo"
@@ -277,16 +290,17 @@ def test_load_official_and_weights_path(demo, official, no_network):
 # --weights official on the commands
 
 
-def test_eval_weights_official_prints_published(demo, official):
+def test_eval_weights_official_prints_published(demo, registry, official):
     text = invoke("eval", "--weights", "official", "--recipe", "demo", "--limit", "2", "--no-save-preds")
     assert official == ["demo"]
     assert "published 12.50 (single scale; Test paper Table 1)" in " ".join(text.split())
     metrics = json.loads((demo.tmp / "runs" / "official-demo" / "eval" / "metrics.json").read_text())
-    assert metrics["checkpoint"] == str(demo.ckpt) and metrics["published_mIoU"] == 12.5
+    assert metrics["checkpoint"] == str(registry.ckpt) and metrics["published_mIoU"] == 12.5
     assert metrics["protocol"] == "ss"
     text = invoke("eval", "--weights", "official", "-r", "demo", "--limit", "1", "--ms-flip", "--no-save-preds")
     assert "published 23.25 (multi-scale + flip" in " ".join(text.split())
-    assert not (demo.ckpt.parent / "eval").exists()  # nothing written into the weights cache
+    assert not (registry.ckpt.parent / "eval").exists()  # nothing written into the weights cache
+    assert len(registry.zoo.log) == 1  # the fixture's download only
 
 
 def test_predict_viz_onnx_weights_official(demo, official):
@@ -335,10 +349,46 @@ def test_weights_official_usage_errors(demo, official, args, message):
     assert official == []  # refused before anything is fetched
 
 
-@pytest.mark.skip(reason="end-to-end through a user registry + loopback server: added when ctxseg.weights lands")
-def test_weights_official_end_to_end_through_a_registry():
-    """INTEGRATOR: serve demo.ckpt (layout "ctxseg") from a loopback http.server behind
-    CTXSEG_WEIGHTS_MIRROR, list it in a CTXSEG_WEIGHTS_REGISTRY file (recipe = "demo",
-    published = {miou = 12.5}), CTXSEG_HOME in tmp; then `run_cli("eval", "--weights", "official",
-    "--recipe", <entry>)` prints "published 12.50" and a second call needs no server; and
-    `ctxseg.load(<entry>, weights="official").predict(img)` equals the `-c` run."""
+def test_weights_official_end_to_end_through_a_registry(demo, tmp_path, monkeypatch):
+    """A checkpoint with no published numbers of its own, listed in a user registry that publishes
+    miou 12.5, served by a loopback zoo behind CTXSEG_WEIGHTS_MIRROR into an empty CTXSEG_HOME: the
+    real `ctxseg eval --weights official` downloads and verifies it once, prints the registry's number
+    beside the measured one, and a second call runs with the server gone; `ctxseg.load(entry,
+    weights="official")` predicts what `ctxseg predict -c PATH` writes."""
+    from ctxseg.config import load_recipe
+    from ctxseg.engine.checkpoint import save_weights
+
+    plain = load_recipe("demo", [f"data.root='{demo.data}'"])
+    assert plain.published.miou is None
+    ckpt = save_weights(tmp_path / "lab" / "mine.safetensors", demo.model.torch_model, plain)
+    home, registry_file = tmp_path / "home", tmp_path / "lab.toml"
+    with Zoo.running() as zoo:
+        row = zoo.serve("mine.safetensors", ckpt.read_bytes(), recipe="demo", published={"miou": 12.5})
+        write_registry(registry_file, {"lab-demo": row})
+        env = zoo.env(home, registry_file)
+        first = run_cli(
+            "eval", "--weights", "official", "--recipe", "lab-demo", "--limit", "2", "--no-save-preds",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert [r["status"] for r in zoo.log] == [200]
+    cached = home / "weights" / "raw" / "lab-demo" / "mine.safetensors"
+    assert cached.read_bytes() == ckpt.read_bytes()
+    text = " ".join(first.stdout.split())
+    assert "published 12.50 (single scale)" in text, first.stdout
+    metrics = json.loads((tmp_path / "runs" / "official-demo" / "eval" / "metrics.json").read_text())
+    assert metrics["published_mIoU"] == 12.5 and metrics["checkpoint"] == str(cached)
+    assert f"mIoU {100 * metrics['mIoU']:.2f} (single scale)" in text
+    # the server is gone: the cache answers (by recipe name this time)
+    again = run_cli(
+        "eval", "--weights", "official", "-r", "demo", "--limit", "2", "--no-save-preds", cwd=tmp_path, env=env
+    )
+    assert "published 12.50 (single scale)" in " ".join(again.stdout.split())
+    # the Python API through the same registry and cache, against `ctxseg predict -c PATH`
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    model = ctxseg.load("lab-demo", weights="official", device="cpu")
+    assert model.checkpoint == cached and model.published.miou == 12.5
+    out_dir = tmp_path / "preds"
+    invoke("predict", str(demo.folder), "-c", str(ckpt), "-o", str(out_dir))
+    for got, expected in zip(model.predict(demo.images), _cli_labels(out_dir, demo.images)):
+        np.testing.assert_array_equal(got, expected)

@@ -1,11 +1,12 @@
 """Your own data (issue 21 §2-3): a recipe adapted to a custom-class prepared dataset (`train --data`,
 `recipes show --data`), fine-tuning with `--init` onto another class count, and eval / predict / viz
-with the dataset's class names and palette."""
+with the dataset's class names and palette. The chain starts from a `ctxseg prepare folder` export and
+`--init official` goes through the real weights registry (a user registry and a loopback zoo,
+tests/weights_zoo.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.weights_zoo import Zoo, write_registry
 
 _registered = False
 
@@ -68,28 +70,49 @@ FAST = [
 ]
 
 
+def _samples(classes: list[str], palette: list[list[int]], size_hw: tuple[int, int], n: int, rng):
+    """Images whose regions have their class's palette colour plus noise (RGB), and labels with the
+    class ids and a band of ignore (255) pixels."""
+    h, w = size_hw
+    for _ in range(n):
+        cut_y, cut_x = int(rng.integers(h // 4, 3 * h // 4)), int(rng.integers(w // 4, 3 * w // 4))
+        ids = rng.permutation(len(classes))[:3] if len(classes) >= 3 else [0, 1, 0]
+        label = np.full((h, w), ids[0], np.uint8)
+        label[cut_y:, :cut_x] = ids[1]
+        label[:, cut_x:] = ids[2 % len(ids)]
+        label[cut_y - 1 : cut_y + 1] = 255
+        color = np.asarray(palette, np.float32)[np.minimum(label, len(classes) - 1)]
+        yield np.clip(color + rng.normal(0, 12, color.shape), 0, 255).astype(np.uint8), label
+
+
+def make_export(
+    root: Path, classes: list[str], palette: list[list[int]], size_hw: tuple[int, int], train: int = 6, val: int = 3
+) -> Path:
+    """A plain export as an annotation tool writes it (`ctxseg prepare folder` input): images/<split>/*.png,
+    class-index masks/<split>/*.png (255: not labelled) and classes.txt."""
+    rng = np.random.default_rng(len(classes))
+    for split, n in (("train", train), ("val", val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(_samples(classes, palette, size_hw, n, rng)):
+            assert cv2.imwrite(str(root / "images" / split / f"{split}_{i:02d}.png"), image[..., ::-1])
+            assert cv2.imwrite(str(root / "masks" / split / f"{split}_{i:02d}.png"), label)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
 def make_dataset(
     root: Path, classes: list[str], palette: list[list[int]], size_hw: tuple[int, int], train: int = 6, val: int = 3
 ) -> Path:
-    """A prepared index written by hand (the format of ctxseg.data.index): images whose regions have their
-    class's palette colour plus noise, labels with the class ids and a band of ignore (255) pixels."""
+    """A prepared index written by hand (the format of ctxseg.data.index), the samples of `_samples`."""
     rng = np.random.default_rng(len(classes))
-    h, w = size_hw
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(exist_ok=True)
     (root / "splits").mkdir(exist_ok=True)
     counts = np.zeros(len(classes), np.int64)
     for split, n in (("train", train), ("val", val)):
         lines = []
-        for i in range(n):
-            cut_y, cut_x = int(rng.integers(h // 4, 3 * h // 4)), int(rng.integers(w // 4, 3 * w // 4))
-            ids = rng.permutation(len(classes))[:3] if len(classes) >= 3 else [0, 1, 0]
-            label = np.full((h, w), ids[0], np.uint8)
-            label[cut_y:, :cut_x] = ids[1]
-            label[:, cut_x:] = ids[2 % len(ids)]
-            label[cut_y - 1 : cut_y + 1] = 255
-            color = np.asarray(palette, np.float32)[np.minimum(label, len(classes) - 1)]
-            image = np.clip(color + rng.normal(0, 12, color.shape), 0, 255).astype(np.uint8)
+        for i, (image, label) in enumerate(_samples(classes, palette, size_hw, n, rng)):
             name = f"{split}_{i:02d}"
             cv2.imwrite(str(root / "images" / f"{name}.png"), image[..., ::-1])
             cv2.imwrite(str(root / "labels" / f"{name}.png"), label)
@@ -114,25 +137,19 @@ def make_dataset(
     return root
 
 
-def fake_registry(folder: Path, checkpoint: Path) -> dict:
-    """Environment for a subprocess whose `ctxseg.weights.get(name)` returns `checkpoint` (and notes the name)."""
-    site = folder / "fake_site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(
-        "import sys, types\n"
-        "fake = types.ModuleType('ctxseg.weights')\n"
-        f"def get(name, **kw):\n    open({str(folder / 'asked.txt')!r}, 'w').write(name)\n"
-        f"    return {str(checkpoint)!r}\n"
-        "fake.get = get\n"
-        "sys.modules['ctxseg.weights'] = fake\n"
-    )
-    return {"PYTHONPATH": f"{REPO}{os.pathsep}{site}"}
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
+    """data/fruit: a plain export (3 classes, 40x56) through `ctxseg prepare folder`; data/tools: a
+    prepared index written by hand (5 classes, 48x64)."""
     wd = tmp_path_factory.mktemp("owndata")
-    make_dataset(wd / "data" / "fruit", *FRUIT, size_hw=(40, 56))
+    export = make_export(wd / "exports" / "fruit", *FRUIT, size_hw=(40, 56))
+    out = invoke(
+        "prepare", "folder", "--root", str(export), "--out", str(wd / "data" / "fruit"), "--workers", "1",
+        "--classes", str(export / "classes.txt"),
+    )  # fmt: skip
+    assert "3 classes; train 6, val 3" in " ".join(out.split())
+    meta = json.loads((wd / "data" / "fruit" / "meta.json").read_text())
+    assert meta["classes"] == FRUIT[0] and meta["splits"]["train"] == 6 and meta["splits"]["val"] == 3
     make_dataset(wd / "data" / "tools", *TOOLS, size_hw=(48, 64))
     return wd
 
@@ -248,7 +265,7 @@ def test_recipes_show_data_round_trip(in_workdir: Path):
 
 def test_train_eval_predict_then_finetune(in_workdir: Path):
     workdir = in_workdir
-    # train a context-plug-in model (MCIBI + CAC) on the 3-class dataset
+    # train a context-plug-in model (MCIBI + CAC) on the 3-class `prepare folder` export
     proc = run_cli("train", "--recipe", RECIPE, "--data", "data/fruit", "--set", "train.iters=2", *FAST, cwd=workdir)
     assert "adapted owndata-tiny to data/fruit" in proc.stdout
     assert "data.num_classes: 7 -> 3" in proc.stdout and "data.crop_size: [128, 128] -> [40, 56]" in proc.stdout
@@ -271,31 +288,38 @@ def test_train_eval_predict_then_finetune(in_workdir: Path):
     assert scored["mIoU"] == pytest.approx(metrics["mIoU"])
 
     # predict --color: colours from the dataset's palette, and a legend with its names
-    invoke("predict", "-c", str(source), "data/fruit/images", "--out", "preds", "--color")
+    invoke("predict", "-c", str(source), "data/fruit/images/val", "--out", "preds", "--color")
     pred = cv2.imread(str(workdir / "preds" / "val_00.png"), cv2.IMREAD_UNCHANGED)
     colour = cv2.imread(str(workdir / "preds" / "val_00_color.png"))[..., ::-1]
     assert pred.max() < 3
-    expected = np.asarray(FRUIT[1], np.uint8)[pred]
-    assert np.array_equal(colour, expected)
+    palette = json.loads((workdir / "data" / "fruit" / "meta.json").read_text())["palette"]  # prepare's colours
+    assert len(palette) == 3 and len({tuple(c) for c in palette}) == 3
+    assert np.array_equal(colour, np.asarray(palette, np.uint8)[pred])
     assert (workdir / "preds" / "legend.png").is_file()
     legend = json.loads((workdir / "preds" / "legend.json").read_text())
-    assert legend == {"classes": FRUIT[0], "palette": FRUIT[1], "ignore_index": 255}
+    assert legend == {"classes": FRUIT[0], "palette": palette, "ignore_index": 255}
 
     # viz overlay: the HTML gallery carries a legend with the class names and colours
     invoke("viz", "overlay", "--predictions", "preds", "--out", "overlays")
     page = (workdir / "overlays" / "index.html").read_text()
-    assert "apple" in page and "rgb(90,40,160)" in page
+    assert "apple" in page and "rgb({},{},{})".format(*palette[2]) in page
 
     # fine-tune onto the 5-class dataset: class-dependent tensors re-initialised, the rest loaded. At lr 0 the
     # parameters stay where --init put them (buffers - BatchNorm statistics, the memory - still move)
-    # `--init official` asks the weights registry for the recipe's released model; a stand-in registry
-    # (sitecustomize in the subprocess) hands out the checkpoint just trained
+    # `--init official` asks the real weights registry for the recipe's released model: a user registry
+    # lists the checkpoint just trained (recipe: the recipe file, whose name is owndata-tiny), served by a
+    # loopback zoo; it is downloaded and verified (its published sha256 prefix) into an empty cache
     frozen = ["--set", "train.optimizer.lr=0.0", "--set", "train.schedule.policy='constant'"]
-    proc = run_cli(
-        "train", "--recipe", RECIPE, "--data", "data/tools", "--init", "official", "--set", "train.iters=2",
-        "--set", "train.checkpoint_interval=1", *frozen, *FAST, cwd=workdir, env=fake_registry(workdir, source),
-    )  # fmt: skip
-    assert (workdir / "asked.txt").read_text() == "owndata-tiny"
+    with Zoo.running() as zoo:
+        row = zoo.serve("owndata_tiny_fruit.safetensors", source.read_bytes(), recipe=RECIPE, prefix=True)
+        env = zoo.env(workdir / "home", write_registry(workdir / "lab.toml", {"fruit-released": row}))
+        proc = run_cli(
+            "train", "--recipe", RECIPE, "--data", "data/tools", "--init", "official", "--set", "train.iters=2",
+            "--set", "train.checkpoint_interval=1", *frozen, *FAST, cwd=workdir, env=env,
+        )  # fmt: skip
+        assert [r["status"] for r in zoo.log] == [200]
+    cached = workdir / "home" / "weights" / "raw" / "fruit-released" / "owndata_tiny_fruit.safetensors"
+    assert cached.read_bytes() == source.read_bytes()
     assert "--init official" in proc.stdout and "3 -> 5 classes" in proc.stdout
     assert "re-initialised" in proc.stdout and "loaded" in proc.stdout
     tuned = Path(proc.stdout.split("run folder ")[-1].strip().split()[0])

@@ -12,10 +12,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import OrderedDict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,120 +23,36 @@ from safetensors.torch import load_file
 from ctxseg.config import load_recipe, to_toml
 from ctxseg.errors import UserError
 from tests.conftest import REPO, golden, run_cli
+from tests.weights_zoo import Zoo, write_registry
 
 OCR_TINY = str(REPO / "tests" / "recipes" / "mmseg_ocrnet_hrnet.toml")
 
 
 # --------------------------------------------------------------------------------------------
-# a loopback model zoo with faults
-
-
-class Zoo:
-    """Files served under /zoo/<name>; per-file faults: `drops[name]` = byte counts after which the
-    next requests close the connection; `ignore_range` names files served whole (200) always."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.drops: dict[str, list[int]] = {}
-        self.ignore_range: set[str] = set()
-        self.delay = 0.0
-        self.log: list[dict] = []
-        self.lock = threading.Lock()
-
-    def requests(self, name: str) -> list[dict]:
-        return [r for r in self.log if r["name"] == name]
-
-
-def _handler(zoo: Zoo):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # quiet
-            pass
-
-        def do_GET(self):  # noqa: N802 - http.server's name
-            name = self.path.rsplit("/", 1)[-1]  # the mirror prefix and the published path are kept
-            rng = self.headers.get("Range")
-            entry = {"name": name, "range": rng, "sent": 0, "status": 404}
-            with zoo.lock:
-                zoo.log.append(entry)
-                drop = zoo.drops.get(name, []).pop(0) if zoo.drops.get(name) else None
-            data = zoo.files.get(name)
-            if data is None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            start = 0
-            if rng and name not in zoo.ignore_range:
-                start = int(rng.removeprefix("bytes=").split("-")[0])
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            entry["status"] = 206 if start else 200
-            body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if drop is not None:
-                body = body[:drop]
-                self.close_connection = True
-            step = 1 << 16
-            for i in range(0, len(body), step):
-                self.wfile.write(body[i : i + step])
-                entry["sent"] += len(body[i : i + step])
-                if zoo.delay:
-                    time.sleep(zoo.delay)
-            self.wfile.flush()
-
-    return Handler
+# a loopback model zoo with faults (tests/weights_zoo.py)
 
 
 @pytest.fixture
 def zoo():
-    z = Zoo()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(z))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    z.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield z
-    server.shutdown()
-    server.server_close()
+    with Zoo.running() as z:
+        yield z
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, zoo):
     """CTXSEG_HOME in tmp_path, the zoo as mirror, fast retries; `env.registry(rows)` writes a user registry."""
-    monkeypatch.setenv("CTXSEG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CTXSEG_WEIGHTS_MIRROR", f"{zoo.url}/zoo")
-    monkeypatch.setenv("CTXSEG_WEIGHTS_BACKOFF", "0")
-    monkeypatch.setenv("CTXSEG_WEIGHTS_RETRIES", "2")
-    monkeypatch.setenv("CTXSEG_WEIGHTS_TIMEOUT", "10")
+    for key, value in zoo.env(tmp_path / "home", seed_layout=False).items():
+        monkeypatch.setenv(key, value)
 
     class Env:
         home = tmp_path / "home"
 
         def registry(self, rows: dict[str, dict], file: str = "lab.toml") -> Path:
-            path = tmp_path / file
-            lines = []
-            for name, row in rows.items():
-                lines.append(f"[weights.{name}]")
-                lines += [f"{k} = {json.dumps(v)}" for k, v in row.items()]
-                lines.append("")
-            path.write_text("\n".join(lines))
+            path = write_registry(tmp_path / file, rows)
             monkeypatch.setenv("CTXSEG_WEIGHTS_REGISTRY", str(path))
             return path
 
-        def serve(self, name: str, data: bytes, *, kind="released", layout="ctxseg", recipe="demo", prefix=False, **kw):
-            """Put `data` in the zoo as `name` and return its registry row."""
-            zoo.files[name] = data
-            digest = hashlib.sha256(data).hexdigest()
-            row = {"kind": kind, "url": f"https://example.org/zoo/{name}", "sha256": digest[:8] if prefix else digest}
-            row.update(layout=layout, size=len(data), source="test", **kw)
-            if recipe is not None:
-                row["recipe" if kind == "released" else "recipes"] = recipe if kind == "released" else [recipe]
-            return row
+        serve = staticmethod(zoo.serve)
 
     return Env()
 
@@ -581,3 +495,49 @@ def test_cli_add_verifies_the_hash(env, zoo, tmp_path, capsys):
     path = Path(out.strip().splitlines()[-1])
     assert code == 0 and path == env.home / "weights" / "raw" / "blob" / "blob.bin" and path.read_bytes() == good
     assert zoo.log == []
+
+
+# --------------------------------------------------------------------------------------------
+# the built-in table: optional
+
+
+def test_missing_or_present_builtin_table(env, tmp_path, monkeypatch, capsys):
+    from ctxseg.weights import find, list_entries, registry
+
+    monkeypatch.delenv("CTXSEG_WEIGHTS_REGISTRY", raising=False)
+    monkeypatch.setattr(registry, "builtin_path", lambda: None)  # a tree without recipes/provenance/weights.toml
+    assert list_entries() == []
+    code, out, _ = _cli(capsys, "weights", "list")
+    assert code == 0 and "0 entries" in out
+    code, out, _ = _cli(capsys, "weights", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+    with pytest.raises(UserError, match=r"registries read: none \(no built-in table"):
+        find("ocrnet-hr18-cityscapes-80k")
+    code, out, _ = _cli(capsys, "recipes", "show", "ocrnet-hr18-cityscapes-80k", "--provenance")
+    assert code == 0 and "miou_ms" in out
+    # a built-in table is read first; a user row of the same name replaces its row
+    builtin = write_registry(tmp_path / "weights.toml", {"ocr": env.serve("a.pth", b"a", layout="mmseg")})
+    monkeypatch.setattr(registry, "builtin_path", lambda: builtin)
+    assert [e.origin for e in list_entries()] == [str(builtin)]
+    env.registry({"ocr": env.serve("b.pth", b"b", layout="mmseg"), "mine": env.serve("c.pth", b"c")})
+    assert [(e.name, e.file) for e in list_entries()] == [("ocr", "b.pth"), ("mine", "c.pth")]
+    code, out, _ = _cli(capsys, "weights", "list", "demo")
+    assert code == 0 and "ocr" in out and "mine" in out
+
+
+def test_a_recipe_file_is_found_by_its_name_key(env, tmp_path, capsys):
+    """A row's recipe file that sets `name` (tests/recipes/owndata_tiny.toml: "owndata-tiny") is found
+    by that name, as `ctxseg train --init official` asks for it, and by the file's stem."""
+    from ctxseg.weights import find
+
+    recipe = str(REPO / "tests" / "recipes" / "owndata_tiny.toml")
+    env.registry(
+        {
+            "tiny-released": env.serve("t.safetensors", b"t", recipe=recipe),
+            "tiny-init": env.serve("i.pth", b"i", kind="init", layout="mmcls", recipe=recipe),
+        }
+    )
+    for name in ("owndata-tiny", "owndata_tiny", recipe):
+        assert find(name).name == "tiny-released" and find(name, init=True).name == "tiny-init"
+    code, out, _ = _cli(capsys, "weights", "list", "owndata-tiny", "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["tiny-released", "tiny-init"]

@@ -58,6 +58,16 @@ def official_checkpoint(weights: str | None, recipe: str | None, *given: str | N
     return str(weights_mod.get(_registry_name(recipe)))
 
 
+def official_published(weights: str | None, recipe: str | None) -> list[str]:
+    """With `--weights official --recipe R`: overrides carrying the published numbers of R's registry
+    row into the checkpoint's recipe (printed beside the measured ones); [] otherwise."""
+    if weights != "official" or not recipe:
+        return []
+    import importlib
+
+    return importlib.import_module("ctxseg.weights").published_overrides(_registry_name(recipe))
+
+
 def _registry_name(recipe: str) -> str:
     """A recipe file's name (what the registry's rows refer to); a bundled recipe's name as given."""
     from pathlib import Path

@@ -10,6 +10,7 @@ from ctxseg.cli.common import (
     SetOption,
     metrics_table,
     official_checkpoint,
+    official_published,
     out,
     weights_option,
     weights_recipe_option,
@@ -96,7 +97,7 @@ def eval_cmd(
         raise UserError("--format is only used with --predictions")
     official = official_checkpoint(weights, recipe_name, checkpoint, run)
     ckpt_path = resolve_checkpoint(official or checkpoint, run)
-    overrides = list(set or [])
+    overrides = [*official_published(weights, recipe_name), *(set or [])]  # the user's --set last: it wins
     if data_root:
         overrides.append(f"data.root='{data_root}'")
     if mode:
@@ -168,7 +169,8 @@ def eval_cmd(
     pub = recipe.published
     line = f"mIoU [bold]{100 * summary['mIoU']:.2f}[/] ({PROTOCOL_NAMES[protocol]})"
     if ref is not None:
-        line += f"   published {ref:.2f} ({PROTOCOL_NAMES[protocol]}; {pub.paper} {pub.table})".rstrip()
+        where = " ".join(x for x in (pub.paper, pub.table) if x)  # a registry row may name no paper
+        line += f"   published {ref:.2f} ({PROTOCOL_NAMES[protocol]}{f'; {where}' if where else ''})"
     elif any(v is not None for v in (pub.miou, pub.miou_flip, pub.miou_ms)):
         known = ", ".join(
             f"{PROTOCOL_NAMES[p]} {getattr(pub, f):.2f}"

@@ -45,12 +45,12 @@ def list_cmd(
     Example: [cyan]ctxseg weights list ocrnet-hr18-cityscapes-80k[/]
     """
     from ctxseg.weights import list_entries
-    from ctxseg.weights.registry import _recipe_key
+    from ctxseg.weights.registry import _recipe_key, _recipe_keys
 
     entries = list_entries()
     if recipe is not None:
-        key = _recipe_key(recipe)
-        entries = [e for e in entries if key in {_recipe_key(r) for r in e.all_recipes()} or e.name == recipe]
+        keys = _recipe_keys(recipe)
+        entries = [e for e in entries if any(keys & _recipe_keys(r) for r in e.all_recipes()) or e.name == recipe]
         if not entries:
             raise UserError(f"No weights entry for recipe '{recipe}' (see `ctxseg weights list`)")
     if as_json:
@@ -61,8 +61,8 @@ def list_cmd(
 
     table = Table(title=f"weights registry ({len(entries)} entries)")
     for col, kw in (
-        ("name", {}),
-        ("recipe", {}),
+        ("name", {"overflow": "fold"}),  # names are typed back: folded, never cut to "…"
+        ("recipe", {"overflow": "fold"}),
         ("kind", {}),
         ("file", {"overflow": "fold"}),
         ("size", {"justify": "right"}),

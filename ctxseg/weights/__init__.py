@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ctxseg.weights.registry import Entry, find, list_entries
 
-__all__ = ["Entry", "add", "fetch", "find", "get", "list_entries"]
+__all__ = ["Entry", "add", "fetch", "find", "get", "list_entries", "published_overrides"]
 
 
 def get(name: str, *, init: bool = False, progress: bool = True) -> Path:
@@ -40,3 +40,18 @@ def add(file: str | Path, name: str, *, init: bool = False) -> Path:
     from ctxseg.weights import cache
 
     return cache.add(find(name, init=init), Path(file))
+
+
+# the [published] keys of a recipe a registry row's `published` table may set
+PUBLISHED_KEYS = ("paper", "table", "miou", "miou_flip", "miou_ms", "checkpoint", "notes")
+
+
+def published_overrides(name: str) -> list[str]:
+    """Recipe overrides (`--set` spelling) that put the published numbers of the released entry
+    `name` (an entry or a recipe name) into the recipe of its checkpoint: the registry row describes
+    the released file, so its numbers replace the embedded recipe's (a converted or user checkpoint
+    often carries none). Keys other than PUBLISHED_KEYS are not recipe fields and are left out."""
+    import json
+
+    entry = find(name)
+    return [f"published.{k}={json.dumps(v)}" for k, v in entry.published.items() if k in PUBLISHED_KEYS]

@@ -11,6 +11,7 @@ is kept and appended to the prefix). Nothing here imports torch or touches the n
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tomllib
@@ -246,8 +247,31 @@ def list_entries() -> list[Entry]:
 
 
 def _recipe_key(recipe: str) -> str:
-    """A recipe reference compared by name: a bundled name, or a recipe file's stem."""
-    return Path(recipe).stem if recipe.endswith(".toml") else recipe
+    """A recipe reference compared by name: a bundled name, or a recipe file's name (its `name` key,
+    as `load_recipe` gives it; the file's stem when it sets none or cannot be read)."""
+    if not recipe.endswith(".toml"):
+        return recipe
+    path = Path(recipe)
+    try:
+        return _file_recipe_name(str(path.resolve()), path.stat().st_mtime_ns)
+    except OSError:
+        return path.stem
+
+
+def _recipe_keys(recipe: str) -> set[str]:
+    """Every name a recipe reference answers to: its name, and a recipe file's stem."""
+    return {_recipe_key(recipe), Path(recipe).stem if recipe.endswith(".toml") else recipe}
+
+
+@functools.lru_cache(maxsize=64)
+def _file_recipe_name(path: str, mtime_ns: int) -> str:
+    from ctxseg.config import load_raw
+
+    try:
+        name = load_raw(Path(path)).get("name")
+    except UserError:
+        name = None
+    return name if isinstance(name, str) and name else Path(path).stem
 
 
 def find(name: str, *, init: bool = False) -> Entry:
@@ -256,11 +280,13 @@ def find(name: str, *, init: bool = False) -> Entry:
     entries = load_registry()
     if name in entries:
         return entries[name]
-    key = _recipe_key(name)
+    keys = _recipe_keys(name)
     if init:
-        found = [e for e in entries.values() if e.kind == "init" and key in {_recipe_key(r) for r in e.all_recipes()}]
+        found = [
+            e for e in entries.values() if e.kind == "init" and any(keys & _recipe_keys(r) for r in e.all_recipes())
+        ]
     else:
-        found = [e for e in entries.values() if e.kind == "released" and e.recipe and _recipe_key(e.recipe) == key]
+        found = [e for e in entries.values() if e.kind == "released" and e.recipe and keys & _recipe_keys(e.recipe)]
     if found:
         return found[-1]  # a user registry's row (read last) wins
     what = "an initialisation" if init else "a released model"
