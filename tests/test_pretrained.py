@@ -317,9 +317,11 @@ def _mmcls_mobilenetv2_checkpoint() -> dict:
 
 
 def test_cac_mobilenetv2_recipes_name_the_mmcls_weights_and_plain_bn():
-    for name, entry in (
-        ("fcn-cac-mv2-ade20k-160k", "init-cac-mobilenet-v2"),
-        ("fcn-mv2-ade20k-160k", "init-mmcls-mobilenet-v2"),
+    # the CAC fork's backbone has plain BN (its config replaces the backbone dict without a norm_cfg);
+    # mmseg 1.2.2's fcn-mv2 backbone gets the model's SyncBN (norm = "model")
+    for name, entry, norm in (
+        ("fcn-cac-mv2-ade20k-160k", "init-cac-mobilenet-v2", "BN"),
+        ("fcn-mv2-ade20k-160k", "init-mmcls-mobilenet-v2", "model"),
     ):
         recipe = load_recipe(name)
         bb = recipe.model.backbone
@@ -328,7 +330,7 @@ def test_cac_mobilenetv2_recipes_name_the_mmcls_weights_and_plain_bn():
             "https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/"
             "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth"
         )
-        assert bb["norm"] == "BN" and recipe.model.norm == "SyncBN"
+        assert bb["norm"] == norm and recipe.model.norm == "SyncBN"
 
 
 def test_mmcls_mobilenetv2_checkpoint_loads_strictly(tmp_path, no_downloads, capsys):

@@ -125,8 +125,11 @@ def test_registry_rows_are_checked(env, tmp_path):
     path = env.registry({"x": {"kind": "released", "url": "https://h/x.pth", "sha256": "ab12cd34", "layut": "mmseg"}})
     with pytest.raises(UserError, match=r"lab.toml: \[weights.x\]: unknown key 'layut' \(did you mean 'layout'\?\)"):
         list_entries()
-    path.write_text('[weights.x]\nkind = "released"\nurl = "https://h/x.pth"\nlayout = "mmseg"\nrecipe = "demo"\n')
-    with pytest.raises(UserError, match=r"\[weights.x\]: 'sha256' is missing"):
+    path.write_text('[weights.x]\nkind = "released"\nsha256 = "ab12cd34"\nlayout = "mmseg"\nrecipe = "demo"\n')
+    with pytest.raises(UserError, match=r"\[weights.x\]: 'url' is missing"):
+        list_entries()
+    path.write_text('[weights.x]\nkind = "released"\nfetchable = false\nlayout = "mmseg"\nrecipe = "demo"\n')
+    with pytest.raises(UserError, match=r"\[weights.x\]: a file that is not fetchable needs 'page'"):
         list_entries()
     path.write_text('[weights.x]\nurl = "https://h/x.pth"\nsha256 = "zz"\nlayout = "mmseg"\nrecipe = "demo"\n')
     with pytest.raises(UserError, match="sha256 must be 6 to 64 hex digits"):
@@ -478,6 +481,38 @@ def test_two_processes_download_once(env, zoo, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # `ctxseg weights add`
+
+
+def test_unpublished_hash_is_recorded_at_first_download_and_checked_after(env, zoo, tmp_path, capsys):
+    """ssseg's and openseg's GitHub release assets come without a published hash: the digest seen
+    first is recorded beside the file and named in the report; a later import must match it."""
+    from ctxseg import weights
+    from ctxseg.weights import cache
+
+    data = _blob(seed=3)
+    row = env.serve("blob.bin", data)
+    del row["sha256"]
+    env.registry({"blob": row})
+    entry = weights.find("blob")
+    assert entry.sha256 == "" and "not published" in entry.hash_text
+    path = weights.fetch("blob", progress=False)
+    digest = hashlib.sha256(data).hexdigest()
+    assert path.read_bytes() == data and cache.recorded_digest_path(entry).read_text().strip() == digest
+    assert "publishes no hash" in capsys.readouterr().err and cache.file_digest(entry) == digest
+    # importing another file under that name is refused against the recorded digest
+    other = tmp_path / "blob.bin"
+    other.write_bytes(_blob(seed=4))
+    (env.home / "weights" / "raw" / "blob" / "blob.bin").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="differs from the one recorded at the first import"):
+        cache.add(entry, other)
+    # `weights add FILE` with neither --recipe nor --name: told by its file name (no hash to match)
+    good = tmp_path / "good" / "blob.bin"
+    good.parent.mkdir()
+    good.write_bytes(data)
+    code, out, err = _cli(capsys, "weights", "add", str(good))
+    assert code == 0 and out.strip().endswith("blob.bin") and "no hash published" in err
+    code, _, err = _cli(capsys, "weights", "add", str(tmp_path / "good" / "nope.pth"))
+    assert code == 2 and "No such file" in err
 
 
 def test_cli_add_verifies_the_hash(env, zoo, tmp_path, capsys):

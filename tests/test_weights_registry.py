@@ -193,9 +193,9 @@ def test_check_recipe_pretrained_accepts_official_without_fetching(no_network):
     assert "init-hrnetv2-w48" in line and "hrnetv2_w48-d2186c55.pth" in line
     line = check_recipe_pretrained(dict(bb, pretrained="official"), recipe_name="ocrnet-hr48-cityscapes-80k")
     assert "init-hrnetv2-w48" in line
-    with pytest.raises(UserError, match="not an init entry"):
+    with pytest.raises(UserError, match="is a released model, not an initialisation"):
         check_recipe_pretrained(dict(bb, pretrained="official:ocrnet-hr48-cityscapes-80k"))
-    with pytest.raises(UserError, match="no init entry"):
+    with pytest.raises(UserError, match="lists no initialisation for recipe 'demo'"):
         check_recipe_pretrained(dict(bb, pretrained="official"), recipe_name="demo")
 
 

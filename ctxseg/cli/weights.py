@@ -108,12 +108,36 @@ def add_cmd(
     """
     from ctxseg.weights import cache, find
 
-    if (recipe is None) == (name is None):
-        raise UserError("Give exactly one of --recipe R or --name NAME")
-    entry = find(name or recipe, init=init)
+    if recipe is not None and name is not None:
+        raise UserError("Give one of --recipe R or --name NAME, not both")
+    entry = find(name or recipe, init=init) if (name or recipe) else _entry_of_file(file)
     dest = cache.add(entry, file)
-    typer.echo(f"imported {file} as '{entry.name}' (sha256 verified)", err=True)
+    how = "sha256 verified" if entry.sha256 else "no hash published; its sha256 is recorded"
+    typer.echo(f"imported {file} as '{entry.name}' ({how})", err=True)
     typer.echo(str(dest))
+
+
+def _entry_of_file(file: Path):
+    """The registry entry a file belongs to, told by its published hash, else by its file name."""
+    from ctxseg.weights import list_entries
+    from ctxseg.weights.download import hash_matches, sha256_of
+
+    if not Path(file).is_file():
+        raise UserError(f"No such file: {file}")
+    entries = list_entries()
+    digest = sha256_of(Path(file))
+    found = [e for e in entries if e.sha256 and hash_matches(digest, e.sha256)]
+    if not found:
+        found = [e for e in entries if not e.sha256 and e.file == Path(file).name]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(e.name for e in found)
+        raise UserError(f"{file} could be the file of several entries ({names}); say which with --name NAME")
+    raise UserError(
+        f"{file} (sha256 {digest}) matches no registry entry by hash or file name; "
+        "say which it is with --recipe R or --name NAME (`ctxseg weights list` shows them)"
+    )
 
 
 def register(app: typer.Typer) -> None:

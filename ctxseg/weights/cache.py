@@ -65,7 +65,7 @@ def _failure_message(entry: Entry, dest: Path):
         return (
             f"Cannot download weights '{entry.name}': {what} ({detail}).\n"
             f"  URL: {entry.download_url}{mirror}\n"
-            f"  expected sha256: {entry.sha256}{f' ({entry.size} bytes)' if entry.size else ''}\n"
+            f"  expected sha256: {entry.hash_text}{f' ({entry.size} bytes)' if entry.size else ''}\n"
             f"  cache path: {dest}{kept}\n"
             f"  Fetch the file another way and import it: {add_command(entry)}"
         )
@@ -81,10 +81,10 @@ def fetch(entry: Entry, *, progress: bool = True) -> Path:
     if not entry.fetchable:
         raise UserError(
             f"Weights '{entry.name}' are published only behind a page a program cannot fetch"
-            f"{f': {entry.page}' if entry.page else ''}.\n  Download {entry.file} there (expected sha256 "
-            f"{entry.sha256}) and import it: {add_command(entry)}\n  cache path: {dest}"
+            f"{f': {entry.page or entry.url}' if entry.page or entry.url else ''}.\n  Download {entry.file} there "
+            f"(expected sha256 {entry.hash_text}) and import it: {add_command(entry)}\n  cache path: {dest}"
         )
-    return download(
+    path = download(
         entry.download_url,
         dest,
         entry.sha256,
@@ -92,6 +92,37 @@ def fetch(entry: Entry, *, progress: bool = True) -> Path:
         progress=progress,
         label=entry.file,
         on_failure=_failure_message(entry, dest),
+    )
+    if not entry.sha256:
+        _record_first_digest(entry, path)
+    return path
+
+
+def recorded_digest_path(entry: Entry) -> Path:
+    """Where the digest of a file whose official code base publishes no hash is kept (first seen)."""
+    raw = raw_path(entry)
+    return raw.with_name(raw.name + ".sha256")
+
+
+def file_digest(entry: Entry) -> str:
+    """The hash the cached file was accepted under: the published one, else the one recorded."""
+    if entry.sha256:
+        return entry.sha256
+    recorded = recorded_digest_path(entry)
+    return recorded.read_text().strip() if recorded.is_file() else ""
+
+
+def _record_first_digest(entry: Entry, path: Path, digest: str | None = None) -> None:
+    from ctxseg.io import write_text
+
+    recorded = recorded_digest_path(entry)
+    if recorded.is_file():
+        return
+    digest = digest or sha256_of(path)
+    write_text(recorded, digest + "\n")
+    _console(None).print(
+        f"[yellow]note[/]: the official code base publishes no hash for '{entry.name}'; "
+        f"accepted sha256 {digest} (recorded in {recorded}; re-imports must match it)"
     )
 
 
@@ -101,10 +132,13 @@ def add(entry: Entry, file: Path) -> Path:
     if not file.is_file():
         raise UserError(f"No such file: {file}")
     digest = sha256_of(file)
-    if not hash_matches(digest, entry.sha256):
+    expected = file_digest(entry)
+    if expected and not hash_matches(digest, expected):
+        recorded = recorded_digest_path(entry)
+        source = "the registry's" if entry.sha256 else f"the one recorded at the first import ({recorded})"
         raise UserError(
-            f"{file} is not the file of weights '{entry.name}': its sha256 differs; nothing was imported.\n"
-            f"  expected: {entry.sha256}\n  got:      {digest}"
+            f"{file} is not the file of weights '{entry.name}': its sha256 differs from {source}; "
+            f"nothing was imported.\n  expected: {expected}\n  got:      {digest}"
         )
     dest = raw_path(entry)
     lock = dest.parent / f".{dest.name}.lock"
@@ -121,6 +155,8 @@ def add(entry: Entry, file: Path) -> Path:
             raise write_fault(dest, e) from None
         finally:
             tmp.unlink(missing_ok=True)
+    if not entry.sha256:
+        _record_first_digest(entry, dest, digest)
     return dest
 
 
@@ -159,7 +195,8 @@ def _write_reports(entry: Entry, raw: Path, data: dict, text: str) -> None:
         "kind": entry.kind,
         "layout": entry.layout,
         "url": entry.url,
-        "sha256": entry.sha256,
+        "sha256": file_digest(entry),
+        "sha256_published": bool(entry.sha256),
         "raw_file": str(raw),
         "registry": entry.origin,
         **data,

@@ -57,8 +57,10 @@ class Entry:
     Args:
         name: the entry's name (the TOML table name under [weights]).
         kind: "released" (a whole segmentation model) or "init" (the backbone initialisation).
-        url: where the file is published (before `CTXSEG_WEIGHTS_MIRROR` is applied).
-        sha256: the full hex digest, or the published prefix (checked as torch.hub's check_hash).
+        url: where the file is published (before `CTXSEG_WEIGHTS_MIRROR` is applied); "" for a
+            file that is not fetchable and has only a `page`.
+        sha256: the full hex digest, or the published prefix (checked as torch.hub's check_hash);
+            "" where none is published (the digest seen first is recorded and checked after).
         size: file size in bytes, when known.
         layout: released: mmseg | ssseg | openseg | cac | ctxseg; init: the file's layout tag.
         recipe: released: the recipe (bundled name, or a recipe file path, made absolute).
@@ -92,6 +94,11 @@ class Entry:
     def download_url(self) -> str:
         """The URL actually requested (`CTXSEG_WEIGHTS_MIRROR` applied)."""
         return mirrored(self.url)
+
+    @property
+    def hash_text(self) -> str:
+        """The expected hash as messages print it."""
+        return self.sha256 or "not published (the digest is recorded at the first download or import)"
 
     @property
     def cached(self) -> bool:
@@ -129,7 +136,7 @@ class Entry:
 def mirrored(url: str) -> str:
     """`url` with scheme and host replaced by `CTXSEG_WEIGHTS_MIRROR` (its path appended to the mirror's)."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if not mirror:
+    if not mirror or not url:
         return url
     parts = urlsplit(url)
     tail = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -174,14 +181,21 @@ def _check_row(name: str, row: Any, where: Path) -> Entry:
     kind = row.get("kind", "released")
     if kind not in KINDS:
         raise UserError(f"{at}: kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    for key in ("url", "sha256", "layout"):
+    fetchable = row.get("fetchable", True)
+    # A file behind a page a program cannot fetch may have no file URL at all (only `page`); and
+    # where the official code base publishes no hash, `sha256` is left out: the digest is then
+    # recorded at the first download or import and checked from then on (trust on first use).
+    required = ("url", "layout") if fetchable else ("layout",)
+    for key in required:
         if not row.get(key):
             raise UserError(f"{at}: '{key}' is missing ({_FIELDS[key][1]})")
-    url = row["url"]
-    if not url.startswith(("http://", "https://")):
+    if not fetchable and not (row.get("url") or row.get("page")):
+        raise UserError(f"{at}: a file that is not fetchable needs 'page' (where a person downloads it) or 'url'")
+    url = row.get("url", "")
+    if url and not url.startswith(("http://", "https://")):
         raise UserError(f"{at}: url must start with http:// or https://, got '{url}'")
-    sha = row["sha256"].lower()
-    if not _HEX.fullmatch(sha):
+    sha = row.get("sha256", "").lower()
+    if "sha256" in row and not _HEX.fullmatch(sha):
         raise UserError(f"{at}: sha256 must be 6 to 64 hex digits (a digest or its published prefix), got '{sha}'")
     layout = row["layout"]
     if kind == "released" and layout not in RELEASED_LAYOUTS:
@@ -194,7 +208,7 @@ def _check_row(name: str, row: Any, where: Path) -> Entry:
         raise UserError(f"{at}: a released model needs 'recipe' (the recipe that describes it)")
     if recipe and recipe.endswith(".toml") and not Path(recipe).is_absolute():
         recipe = str((where.parent / recipe).resolve())  # a recipe file relative to its registry file
-    file = row.get("file") or Path(urlsplit(url).path).name
+    file = row.get("file") or (Path(urlsplit(url).path).name if fetchable else "") or f"{name}.pth"
     if not file or "/" in file or file.startswith("."):
         raise UserError(f"{at}: cannot take a file name from url '{url}'; give file = \"NAME\"")
     return Entry(
@@ -209,7 +223,7 @@ def _check_row(name: str, row: Any, where: Path) -> Entry:
         official_name=row.get("official_name"),
         source=row.get("source", ""),
         published=dict(row.get("published", {})),
-        fetchable=row.get("fetchable", True),
+        fetchable=fetchable,
         page=row.get("page"),
         file=file,
         origin=str(where),
@@ -278,8 +292,8 @@ def find(name: str, *, init: bool = False) -> Entry:
     """An entry by its name, or by a recipe's name: that recipe's released model (init=True: its
     initialisation). UserError when nothing matches."""
     entries = load_registry()
-    if name in entries:
-        return entries[name]
+    if name in entries and not (init and entries[name].kind == "released"):
+        return entries[name]  # (a released model's entry is named after its recipe: `--init` means the recipe)
     keys = _recipe_keys(name)
     if init:
         found = [

@@ -250,11 +250,12 @@ def resolve_official(spec: str, recipe_name: str | None) -> str:
 def official_entry(spec: str):
     """The registry's init entry an `official:NAME` spec names (UserError when unknown or not an init)."""
     from ctxseg.weights import find
+    from ctxseg.weights.registry import load_registry
 
     name = spec.split(":", 1)[1] if ":" in spec else ""
     if not name:
         raise UserError('pretrained = "official" was not resolved to an entry; write "official:<entry>"')
-    entry = find(name, init=True)
+    entry = load_registry().get(name) or find(name, init=True)  # an entry's name, else a recipe's
     if entry.kind != "init":
         raise UserError(
             f"pretrained = '{spec}': entry '{entry.name}' is a released model, not an initialisation "
@@ -418,42 +419,21 @@ def check_recipe_pretrained(backbone_cfg: dict, recipe_name: str = "") -> str:
 
 
 def _check_official(spec: str, recipe_name: str) -> str:
-    """`official` / `official:ENTRY`: the registry row, looked up without any network access."""
-    from ctxseg.provenance import load_weights, official_entry_name
-
-    rows = dict(load_weights())
-    cached = None
-    try:  # user registries (CTXSEG_WEIGHTS_REGISTRY) and the cache state, when ctxseg.weights is there
-        from ctxseg import weights as registry
-
-        for e in registry.list_entries():
-            rows.setdefault(e.name, {"kind": e.kind, "url": e.url, "official_name": e.official_name, "page": e.page})
-            rows[e.name]["fetchable"] = e.fetchable
-        cached = {e.name: e.cached for e in registry.list_entries()}
-    except ImportError:
-        pass
-    name = official_entry_name(spec, recipe_name, rows)
-    if not name:
-        raise UserError(
-            f"Pretrained source '{spec}': no init entry of the weights registry lists recipe '{recipe_name}'; "
-            f"name one as official:ENTRY (see `ctxseg weights list`)"
-        )
-    row = rows.get(name)
-    if row is None or row.get("kind") != "init":
-        inits = sorted(n for n, r in rows.items() if r.get("kind") == "init")
-        raise UserError(
-            f"Pretrained source '{spec}': '{name}' is not an init entry of the weights registry "
-            f"(init entries: {', '.join(inits)})"
-        )
-    what = f"{name} ({row.get('official_name', '')})"
-    if row.get("fetchable", True) is False and not (cached or {}).get(name):
-        where = row.get("page") or row.get("url") or "(no link published)"
+    """`official` / `official:ENTRY`: the registry row (built-in and user registries), looked up
+    without any network access; a file only behind a page (cloud drive) must already be cached."""
+    entry = official_entry(resolve_official(spec, recipe_name))
+    what = f"{entry.name} ({entry.official_name or entry.file})"
+    if entry.cached:
+        return f"backbone: official initialisation {what}; cached"
+    if not entry.fetchable:
+        where = entry.page or entry.url or "(no link published)"
         raise UserError(
             f"Pretrained weights {what} are published only behind a page a program cannot fetch: {where}\n"
-            f"  Download the file yourself, then: ctxseg weights add FILE  (or --set model.backbone.pretrained=PATH)"
-            + "".join(known_file_hint(w) for w in str(row.get("official_name", "")).split() if w in KNOWN_FILES)
+            f"  Download the file yourself, then: ctxseg weights add FILE --name {entry.name}"
+            "  (or --set model.backbone.pretrained=PATH)"
+            + "".join(known_file_hint(w) for w in str(entry.official_name or "").split() if w in KNOWN_FILES)
         )
-    return f"backbone: official initialisation {what} from {row.get('url', '')}"
+    return f"backbone: official initialisation {what}; to download from {entry.download_url}"
 
 
 # ---------------------------------------------------------------------------------------------
