@@ -8,7 +8,9 @@ the case's fixed batches. Compared: the lr of every parameter at every iteration
 loss term and the global gradient norm per iteration, and at the end every parameter, buffer and the
 optimizer state, within the tolerances of the case's README.md: |ours - ref| <= atol + rtol * |ref| +
 spread_factor * spread, where spread is how far the official loop itself moves under float32-rounding-sized
-perturbations of its initial weights (stored with the case; per iteration its running max).
+perturbations of its initial weights (stored with the case; per iteration its running max); and for the
+final tensors of each kind (parameters, buffers, optimizer state) the median of |ours - ref| / spread
+must stay <= MEDIAN_SPREAD_RATIO.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from tests.golden_cases import mmseg_recipe_from
 ROOT = Path(os.environ.get("CTXSEG_TRAIN_GOLDEN", Path(__file__).parent / "golden_train" / "cases"))
 FOLDERS = sorted(p.parent for p in ROOT.glob("*/config.json"))
 LR_RTOL = 1e-12
+# the final tensors of a kind, taken together: the median of |ours - ref| / spread. The spread is a
+# max over two perturbed official runs, so single tensors may sit at several times it (the per-tensor
+# bound of the case README); a systematic difference moves the median
+MEDIAN_SPREAD_RATIO = 3.0
 # settings of the test run that do not change what is computed
 RUN_OVERRIDES = ["train.tensorboard=false", "train.check_labels=false", "train.mixed_precision='no'"]
 
@@ -168,6 +174,7 @@ def test_final_parameters_buffers_and_optimizer_state(run):
     assert report.ok, report.problems()
     spread_of = {_rename(keymap, k[len("state.") :]): v for k, v in spread.items() if k.startswith("state.")}
     worst: dict[str, float] = {}
+    ratios: dict[str, list[float]] = {"param": [], "buffer": [], "optim": []}
     for key, ref in converted.items():
         mine = ours[key]
         if not ref.is_floating_point():  # num_batches_tracked
@@ -179,6 +186,7 @@ def test_final_parameters_buffers_and_optimizer_state(run):
         scale = ref.abs().max().item()
         worst[kind] = max(worst.get(kind, 0.0), err / max(scale, 1e-30))
         limit = atol + rtol * scale + s * spread_of[key]
+        ratios[kind].append(err / max(spread_of[key], 1e-30))
         assert err <= limit, f"{key}: max abs diff {err:.3g} > {limit:.3g} (max |ref| {scale:.3g})"
     optim_ref = [k for k in final if k.startswith("optim.")]
     assert optim_ref, "the case stores no optimizer state"
@@ -192,5 +200,9 @@ def test_final_parameters_buffers_and_optimizer_state(run):
         scale = ref.abs().max().item()
         worst["optim"] = max(worst.get("optim", 0.0), err / max(scale, 1e-30))
         limit = atol + rtol * scale + s * spread[k]
+        ratios["optim"].append(err / max(spread[k], 1e-30))
         assert err <= limit, f"{k}: max abs diff {err:.3g} > {limit:.3g} (max |ref| {scale:.3g})"
+    for kind, values in ratios.items():
+        median = torch.tensor(values).median().item()
+        assert median <= MEDIAN_SPREAD_RATIO, f"{kind}: median |ours - ref| / spread {median:.2f}"
     print(f"{folder.name}: max (abs diff / max |ref|) " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
