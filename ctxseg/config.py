@@ -160,8 +160,13 @@ class ScheduleConfig(_Section):
         warmup_ratio: the warm-up starts at warmup_ratio x lr and rises linearly to lr.
         form: how the official code computes it (ctxseg.engine.schedule): "mmengine" (mmsegmentation 1.x:
             chainable LinearLR warm-up, then PolyLR from the end of the warm-up to the last iteration) or
-            "mmcv" (mmcv 1.x hooks, as in the CAC fork; the same closed form as sssegmentation's and
-            ContrastiveSeg's poly: decay over the whole budget, warm-up factor on top).
+            "mmcv" (mmcv 1.x hooks, as in the CAC fork; the same closed form as ContrastiveSeg's poly:
+            decay over the whole budget, warm-up factor on top, min_lr absolute) or "ssseg"
+            (sssegmentation's PolyScheduler: the mmcv curve of the base lr, times each group's lr
+            multiplier, min_lr included).
+        decay_end: the iteration where the poly decay ends, the lr staying at min_lr after it (an
+            official config's PolyLR `end` shorter than its run: ocrnet_r101-d8_8xb2-80k decays over
+            40000 of its 80000 iterations); 0: the last iteration of the run.
     """
 
     policy: Literal["poly", "constant"] = "poly"
@@ -169,7 +174,8 @@ class ScheduleConfig(_Section):
     min_lr: float = 1e-4
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
-    form: Literal["mmengine", "mmcv"] = "mmengine"
+    form: Literal["mmengine", "mmcv", "ssseg"] = "mmengine"
+    decay_end: NonNegativeInt = 0
 
 
 class OhemConfig(_Section):

@@ -13,11 +13,13 @@ where the decay starts after a warm-up:
   then PolyLR(eta_min=min_lr, power, begin=warmup_iters, end=total), both in mmengine's chainable
   form (each step multiplies the previous lr), so the decay runs over total - warmup_iters iterations
   and reaches min_lr at the last iteration.
-* "mmcv" (mmcv 1.x hooks: the CAC fork; the same closed form as sssegmentation's PolyScheduler and
-  ContrastiveSeg's lambda_poly): lr = (lr0 - min_lr) * (1 - step / total) ** power + min_lr, times
-  the linear warm-up factor 1 - (1 - step / warmup_iters) * (1 - warmup_ratio) while step < warmup_iters.
-
-In both, `min_lr` is absolute (not scaled by a group's lr multiplier), as in the official schedulers.
+* "mmcv" (mmcv 1.x hooks: the CAC fork; the same closed form as ContrastiveSeg's lambda_poly):
+  lr = (lr0 - min_lr) * (1 - step / total) ** power + min_lr, times the linear warm-up factor
+  1 - (1 - step / warmup_iters) * (1 - warmup_ratio) while step < warmup_iters. `min_lr` is absolute:
+  a group with lr multiplier 0.1 still ends at min_lr.
+* "ssseg" (sssegmentation's PolyScheduler.updatelr): the "mmcv" curve of the *base* lr, then each
+  group's lr = its lr_multiplier x that value, so a x0.1 group ends at 0.1 x min_lr (e.g. MCIBI ViT-L's
+  backbone: 1e-5, not 1e-4). Equal to "mmcv" for a run whose groups all have multiplier 1.
 """
 
 from __future__ import annotations
@@ -128,14 +130,16 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 @lru_cache(maxsize=64)
 def _mmengine_curve(
-    lr0: float, total: int, policy: str, power: float, min_lr: float, warmup: int, ratio: float
+    lr0: float, total: int, policy: str, power: float, min_lr: float, warmup: int, ratio: float, decay_end: int = 0
 ) -> tuple[float, ...]:
-    """mmengine's chainable LinearLR + PolyLR, stepped once per iteration (ParamSchedulerHook)."""
+    """mmengine's chainable LinearLR + PolyLR, stepped once per iteration (ParamSchedulerHook);
+    PolyLR ends at `decay_end` (0: the run's end), the lr staying where it got after that."""
     scheds = []  # (kind, begin, end)
     if warmup > 0:
         scheds.append(("linear", 0, min(warmup, total)))
-    if policy == "poly" and warmup < total:
-        scheds.append(("poly", warmup, total))
+    end = decay_end or total
+    if policy == "poly" and warmup < end:
+        scheds.append(("poly", warmup, end))
     out, lr = [], lr0
     for g in range(total):
         for kind, begin, end in scheds:
@@ -178,13 +182,18 @@ class LrSchedule:
         s = self.recipe.train.schedule
         lr0 = self.base if lr0 is None else lr0
         if s.form == "mmengine":
-            curve = _mmengine_curve(lr0, self.total, s.policy, s.power, s.min_lr, s.warmup_iters, s.warmup_ratio)
+            curve = _mmengine_curve(
+                lr0, self.total, s.policy, s.power, s.min_lr, s.warmup_iters, s.warmup_ratio, s.decay_end
+            )
             return curve[min(step, self.total - 1)]
-        lr = lr0 if s.policy == "constant" else (lr0 - s.min_lr) * (1 - step / self.total) ** s.power + s.min_lr
+        start = self.base if s.form == "ssseg" else lr0
+        end = s.decay_end or self.total
+        decay = (1 - min(step, end) / end) ** s.power
+        lr = start if s.policy == "constant" else (start - s.min_lr) * decay + s.min_lr
         if s.warmup_iters and step < s.warmup_iters:
             k = (1 - step / s.warmup_iters) * (1 - s.warmup_ratio)
             lr = lr * (1 - k)
-        return lr
+        return lr * (lr0 / self.base) if s.form == "ssseg" and lr0 != self.base else lr
 
     def group_lrs(self, step: int) -> list[float]:
         """The lr of each param group at `step`.

@@ -454,7 +454,15 @@ def gen_ssseg(names, rows, out, args):
         small = BuildOptimizer(holder, {**copy.deepcopy(opt_cfg), "params_rules": {}})
         small.param_groups.clear()
         for lr0, wd0 in keys:
-            small.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr0, "weight_decay": wd0})
+            group = {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr0, "weight_decay": wd0}
+            # PolyScheduler.updatelr sets lr = group['lr_multiplier'] x target: the replay group must carry
+            # the multiplier the real group got from params_rules (without it every group runs at x1)
+            real = next(
+                g for g in optimizer.param_groups if (g.get("lr", base_lr), g.get("weight_decay", 0.0)) == (lr0, wd0)
+            )
+            if "lr_multiplier" in real:
+                group["lr_multiplier"] = real["lr_multiplier"]
+            small.add_param_group(group)
         sch_cfg = copy.deepcopy(cfg["scheduler"])
         sch_cfg.update(
             {"lr": opt_cfg["lr"], "iters_per_epoch": iters_per_epoch, "params_rules": opt_cfg["params_rules"]}
