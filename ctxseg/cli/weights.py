@@ -110,15 +110,19 @@ def add_cmd(
 
     if recipe is not None and name is not None:
         raise UserError("Give one of --recipe R or --name NAME, not both")
-    entry = find(name or recipe, init=init) if (name or recipe) else _entry_of_file(file)
-    dest = cache.add(entry, file)
+    if name or recipe:
+        entry, digest = find(name or recipe, init=init), None
+    else:
+        entry, digest = _entry_of_file(file)
+    dest = cache.add(entry, file, digest)
     how = "sha256 verified" if entry.sha256 else "no hash published; its sha256 is recorded"
     typer.echo(f"imported {file} as '{entry.name}' ({how})", err=True)
     typer.echo(str(dest))
 
 
 def _entry_of_file(file: Path):
-    """The registry entry a file belongs to, told by its published hash, else by its file name."""
+    """(The registry entry a file belongs to, told by its published hash, else by its file name;
+    the file's sha256)."""
     from ctxseg.weights import list_entries
     from ctxseg.weights.download import hash_matches, sha256_of
 
@@ -130,7 +134,7 @@ def _entry_of_file(file: Path):
     if not found:
         found = [e for e in entries if not e.sha256 and e.file == Path(file).name]
     if len(found) == 1:
-        return found[0]
+        return found[0], digest
     if found:
         names = ", ".join(e.name for e in found)
         raise UserError(f"{file} could be the file of several entries ({names}); say which with --name NAME")

@@ -193,7 +193,7 @@ class LrSchedule:
         if s.warmup_iters and step < s.warmup_iters:
             k = (1 - step / s.warmup_iters) * (1 - s.warmup_ratio)
             lr = lr * (1 - k)
-        return lr * (lr0 / self.base) if s.form == "ssseg" and lr0 != self.base else lr
+        return lr * (lr0 / self.base) if s.form == "ssseg" and self.base else lr  # the group's multiplier
 
     def group_lrs(self, step: int) -> list[float]:
         """The lr of each param group at `step`.

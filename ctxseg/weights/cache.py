@@ -126,12 +126,13 @@ def _record_first_digest(entry: Entry, path: Path, digest: str | None = None) ->
     )
 
 
-def add(entry: Entry, file: Path) -> Path:
-    """Import a file the user fetched: verified against the entry's hash, then copied into the cache."""
+def add(entry: Entry, file: Path, digest: str | None = None) -> Path:
+    """Import a file the user fetched: verified against the entry's hash, then copied into the cache.
+    `digest`: the file's sha256 when the caller has computed it already (a large file is read once)."""
     file = Path(file)
     if not file.is_file():
         raise UserError(f"No such file: {file}")
-    digest = sha256_of(file)
+    digest = digest or sha256_of(file)
     expected = file_digest(entry)
     if expected and not hash_matches(digest, expected):
         recorded = recorded_digest_path(entry)
