@@ -54,11 +54,20 @@ def tolerances(folder: Path) -> dict[str, tuple[float, float, float]]:
     return tol
 
 
+def _tiny_from_mmseg(cfg: dict) -> dict:
+    return mmseg_recipe_from(cfg, cfg["case"])
+
+
+# config.json's ctxseg.model_from -> the tiny ctxseg recipe (dict with model/data) the case's official
+# model translates to; one entry per official code base (the translators live in tests/golden_cases.py)
+TINY_MODEL = {"mmseg_model_cfg": _tiny_from_mmseg}
+
+
 def _recipe(cfg: dict):
     c = cfg["ctxseg"]
     raw = load_raw(find_recipe(c["recipe"]))
-    assert c["model_from"] == "mmseg_model_cfg", f"no translation for model_from={c['model_from']}"
-    tiny = mmseg_recipe_from(cfg, cfg["case"])
+    assert c["model_from"] in TINY_MODEL, f"no translation for model_from={c['model_from']}"
+    tiny = TINY_MODEL[c["model_from"]](cfg)
     raw["model"] = deep_merge(raw["model"], {k: v for k, v in tiny["model"].items() if k != "backbone"})
     raw["model"]["backbone"] = tiny["model"]["backbone"]  # the tiny stages replace the preset (no pretrained)
     raw["data"] = deep_merge(raw["data"], tiny["data"])
@@ -66,12 +75,20 @@ def _recipe(cfg: dict):
     return validate_recipe(raw)
 
 
-def _keymap(cfg: dict, recipe, src: dict):
-    if cfg["ctxseg"]["weights"] == "mmseg":
-        from ctxseg.convert.mmseg import keymap_for
+def _mmseg_keymap(recipe, src: dict):
+    from ctxseg.convert.mmseg import keymap_for
 
-        return keymap_for(recipe, src)
-    raise AssertionError(f"no converter for weights={cfg['ctxseg']['weights']}")
+    return keymap_for(recipe, src)
+
+
+# config.json's ctxseg.weights -> keymap_for(recipe, official state_dict): the converter of that layout
+KEYMAPS = {"mmseg": _mmseg_keymap}
+
+
+def _keymap(cfg: dict, recipe, src: dict):
+    layout = cfg["ctxseg"]["weights"]
+    assert layout in KEYMAPS, f"no converter for weights={layout}"
+    return KEYMAPS[layout](recipe, src)
 
 
 def _rename(keymap, key: str) -> str:

@@ -296,22 +296,26 @@ def _train_mmseg(case: dict, images, labels, seed: int, perturb: int | None):
     return init, records, final, groups, names
 
 
-def run_mmseg(name: str, seed: int, iters: int, out: Path, spread_runs: int = 2) -> None:
+def run_case(name: str, case: dict, train, reference: dict, extra: dict, seed: int, out: Path,
+             spread_runs: int = 2) -> None:
+    """Run one case with `train(case, images, labels, seed, perturb) -> (init, records, final, groups,
+    names)` (the official loop of one code base: perturb=None is the golden run, perturb=j the same run
+    from initial weights x (1 + 1e-7 N(0,1)), seed j), measure the reference's own spread and write the
+    case folder. `reference` describes the official code (code, version, config, loop); `extra` is
+    merged into config.json (what the ctxseg side needs to rebuild the tiny model)."""
     import torch
     from safetensors.torch import save_file
 
-    mmseg = _mmseg()
-    case = CASES[name](iters)
-    case["iters"] = range(iters)
+    iters = len(case["iters"])
     shp = case["shape"]
     images, labels = make_batches(seed, shp["pool"], shp["batch"], shp["height"], shp["width"], shp["num_classes"])
-    init, records, final, groups, names = _train_mmseg(case, images, labels, seed, None)
+    init, records, final, groups, names = train(case, images, labels, seed, None)
     group_of = {n: i for i, g in enumerate(groups) for n in g}
 
     # the reference's own spread under float32-rounding-sized perturbations of the initial weights
     spread_final: dict[str, float] = {}
     for j in range(spread_runs):
-        _, rec_j, fin_j, _, _ = _train_mmseg(case, images, labels, seed, j)
+        _, rec_j, fin_j, _, _ = train(case, images, labels, seed, j)
         for r, rj in zip(records, rec_j):
             sp = r.setdefault("spread", {"losses": {}, "grad_norm": 0.0})
             for k, v in r["losses"].items():
@@ -336,21 +340,10 @@ def run_mmseg(name: str, seed: int, iters: int, out: Path, spread_runs: int = 2)
         "case": name,
         "seed": seed,
         "iters": iters,
-        "reference": {
-            "code": "mmsegmentation",
-            "version": mmseg.__version__,
-            "torch": torch.__version__,
-            "config": case["official_config"],
-            "loop": "model.train_step(data, optim_wrapper); scheduler.step() for every param_scheduler",
-            "spread_runs": spread_runs,
-        },
+        "reference": {**reference, "torch": torch.__version__, "spread_runs": spread_runs},
         "changes": case["changes"],
-        "mmseg_model_cfg": case["model"],
-        "data_preprocessor": case["model"]["data_preprocessor"],
-        "align_corners": case["model"]["decode_head"][-1]["align_corners"],
+        **extra,
         "num_classes": shp["num_classes"],
-        "optim_wrapper": case["optim_wrapper"],
-        "param_scheduler": case["param_scheduler"],
         "batches": {**shp, "iteration_uses": "batch iter % pool"},
         "param_groups": {n: group_of[n] for n in names.values()},
         "ctxseg": case["ctxseg"],
@@ -358,6 +351,26 @@ def run_mmseg(name: str, seed: int, iters: int, out: Path, spread_runs: int = 2)
     (d / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     (d / "README.md").write_text(_readme(name, case, config))
     print(f"wrote {d}", file=sys.stderr)
+
+
+def run_mmseg(name: str, seed: int, iters: int, out: Path) -> None:
+    mmseg = _mmseg()
+    case = CASES[name](iters)
+    case["iters"] = range(iters)
+    reference = {
+        "code": "mmsegmentation",
+        "version": mmseg.__version__,
+        "config": case["official_config"],
+        "loop": "model.train_step(data, optim_wrapper); scheduler.step() for every param_scheduler",
+    }
+    extra = {
+        "mmseg_model_cfg": case["model"],
+        "data_preprocessor": case["model"]["data_preprocessor"],
+        "align_corners": case["model"]["decode_head"][-1]["align_corners"],
+        "optim_wrapper": case["optim_wrapper"],
+        "param_scheduler": case["param_scheduler"],
+    }
+    run_case(name, case, _train_mmseg, reference, extra, seed, out)
 
 
 def _readme(name: str, case: dict, config: dict) -> str:
@@ -373,19 +386,21 @@ def _readme(name: str, case: dict, config: dict) -> str:
         ]
     )
     changes = "\n".join(f"- {c}" for c in case["changes"])
+    how = case.get("reference_text") or (
+        f"its optim_wrapper and\nparam_scheduler are built by mmengine's own builders and stepped as IterBasedTrainLoop +\n"
+        f"ParamSchedulerHook do (`{config['reference']['loop']}`), {config['iters']} iterations, seed {config['seed']}.\n"
+        "Initial weights: mmseg's own `init_weights()` after `torch.manual_seed(seed)`."
+    )
     return f"""# {name}
 
 Reference: {config["reference"]["code"]} {config["reference"]["version"]} (torch {config["reference"]["torch"]}, CPU,
-float32, one thread), official config `{config["reference"]["config"]}`; its optim_wrapper and
-param_scheduler are built by mmengine's own builders and stepped as IterBasedTrainLoop +
-ParamSchedulerHook do (`{config["reference"]["loop"]}`), {config["iters"]} iterations, seed {config["seed"]}.
-Initial weights: mmseg's own `init_weights()` after `torch.manual_seed(seed)`.
+float32, one thread), official config `{config["reference"]["config"]}`; {how}
 
 Changes from the official config (tiny width, same structure):
 
 {changes}
 
-ctxseg side: recipe `{case["ctxseg"]["recipe"]}` with the tiny model of `mmseg_model_cfg` and the overrides
+ctxseg side: recipe `{case["ctxseg"]["recipe"]}` with the tiny model of `{case["ctxseg"]["model_from"]}` and the overrides
 {case["ctxseg"]["overrides"]}; the Trainer's own optimizer, param groups, lr schedule, loss and step.
 
 ## Tolerances
@@ -401,6 +416,19 @@ ctxseg side: recipe `{case["ctxseg"]["recipe"]}` with the tiny model of `mmseg_m
 """
 
 
+def runners() -> dict:
+    """case name -> run(name, seed, iters, out). The mmseg cases are here; each other official code base
+    has its own module beside this file (`ref_<code>.py` with `CASES` and `run`), imported on use."""
+    out = {name: run_mmseg for name in CASES}
+    here = Path(__file__).resolve().parent
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    for path in sorted(here.glob("ref_*.py")):
+        mod = importlib.import_module(path.stem)
+        out.update({name: mod.run for name in mod.CASES})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="print the case names")
@@ -409,13 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("cases"))
     args = ap.parse_args(argv)
+    cases = runners()
     if args.list:
-        print("\n".join(CASES))
+        print("\n".join(cases))
         return 0
-    for name in args.case or list(CASES):
-        if name not in CASES:
+    for name in args.case or list(cases):
+        if name not in cases:
             ap.error(f"unknown case {name!r}; --list prints the cases")
-        run_mmseg(name, args.seed, args.iters, args.out)
+        cases[name](name, args.seed, args.iters, args.out)
     return 0
 
 
