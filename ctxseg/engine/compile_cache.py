@@ -15,17 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def ctxseg_home() -> Path:
-    """$CTXSEG_HOME, default ~/.cache/ctxseg (the cache directory of weights and compiled code)."""
-    home = os.environ.get("CTXSEG_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "ctxseg"
+from ctxseg.paths import home
 
 
 def cache_dir() -> Path:
     """Where inductor's caches go: $TORCHINDUCTOR_CACHE_DIR if set, else $CTXSEG_HOME/compile/inductor."""
     env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    return Path(env) if env else ctxseg_home() / "compile" / "inductor"
+    return Path(env) if env else home() / "compile" / "inductor"
 
 
 def configure() -> Path | None:

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ctxseg.paths import home
+
 ENV = "CTXSEG_LAYOUT"
 MARGIN = 0.03  # channels-last must be at least 3% faster to be chosen (run-to-run noise is ~1-3%)
 ROUNDS = 5
@@ -72,7 +74,7 @@ def cpu_signature() -> dict:
 
 
 def _cache_path() -> Path:
-    return Path(os.environ.get("CTXSEG_HOME") or Path.home() / ".cache" / "ctxseg") / "layout.json"
+    return home() / "layout.json"
 
 
 def _cache_key(sig: dict, phase: str) -> str:

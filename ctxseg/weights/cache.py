@@ -19,14 +19,9 @@ import shutil
 from pathlib import Path
 
 from ctxseg.errors import UserError
+from ctxseg.paths import home
 from ctxseg.weights.download import download, file_lock, hash_matches, sha256_of, write_fault
 from ctxseg.weights.registry import Entry
-
-HOME_ENV = "CTXSEG_HOME"
-
-
-def home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "ctxseg").expanduser()
 
 
 def weights_dir() -> Path:
