@@ -296,8 +296,9 @@ def _train_mmseg(case: dict, images, labels, seed: int, perturb: int | None):
     return init, records, final, groups, names
 
 
-def run_case(name: str, case: dict, train, reference: dict, extra: dict, seed: int, out: Path,
-             spread_runs: int = 2) -> None:
+def run_case(
+    name: str, case: dict, train, reference: dict, extra: dict, seed: int, out: Path, spread_runs: int = 2
+) -> None:
     """Run one case with `train(case, images, labels, seed, perturb) -> (init, records, final, groups,
     names)` (the official loop of one code base: perturb=None is the golden run, perturb=j the same run
     from initial weights x (1 + 1e-7 N(0,1)), seed j), measure the reference's own spread and write the
@@ -387,8 +388,9 @@ def _readme(name: str, case: dict, config: dict) -> str:
     )
     changes = "\n".join(f"- {c}" for c in case["changes"])
     how = case.get("reference_text") or (
-        f"its optim_wrapper and\nparam_scheduler are built by mmengine's own builders and stepped as IterBasedTrainLoop +\n"
-        f"ParamSchedulerHook do (`{config['reference']['loop']}`), {config['iters']} iterations, seed {config['seed']}.\n"
+        "its optim_wrapper and\nparam_scheduler are built by mmengine's own builders and stepped as\n"
+        f"IterBasedTrainLoop + ParamSchedulerHook do (`{config['reference']['loop']}`),\n"
+        f"{config['iters']} iterations, seed {config['seed']}.\n"
         "Initial weights: mmseg's own `init_weights()` after `torch.manual_seed(seed)`."
     )
     return f"""# {name}
@@ -400,8 +402,8 @@ Changes from the official config (tiny width, same structure):
 
 {changes}
 
-ctxseg side: recipe `{case["ctxseg"]["recipe"]}` with the tiny model of `{case["ctxseg"]["model_from"]}` and the overrides
-{case["ctxseg"]["overrides"]}; the Trainer's own optimizer, param groups, lr schedule, loss and step.
+ctxseg side: recipe `{case["ctxseg"]["recipe"]}` with the tiny model of `{case["ctxseg"]["model_from"]}` and the
+overrides {case["ctxseg"]["overrides"]}; the Trainer's own optimizer, param groups, lr schedule, loss and step.
 
 ## Tolerances
 
