@@ -147,8 +147,11 @@ def mmseg_recipe_from(c: dict, case: str) -> dict:
 
 def ssseg_mcibi_recipe(case: str) -> dict:
     """A ctxseg recipe dict for an ssseg MCIBI golden case (DeepLabV3 + MCIBI, ResNet-D8 v1c stem)."""
-    c = config(case)
-    seg = c["segmentor_cfg"]
+    return ssseg_mcibi_recipe_from(config(case)["segmentor_cfg"], case)
+
+
+def ssseg_mcibi_recipe_from(seg: dict, case: str) -> dict:
+    """The ctxseg recipe dict of an ssseg MCIBI SEGMENTOR_CFG (model part): DeepLabV3 + MCIBI on ResNet-D8."""
     bb, head, aux = seg["backbone"], seg["head"], seg["auxiliary"]
     assert seg["type"] == "MCIBI" and bb["type"] == "ResNet" and bb["use_conv3x3_stem"] and bb["outstride"] == 8, seg
     ctx = head["context_within_image"]

@@ -60,6 +60,16 @@ def _global_grad_norm(parameters) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
+def _plugin_state(core: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of the context plug-ins after a step (a copy): every buffer a plug-in names in
+    `synchronised_buffers` (MCIBI's memory bank), by state-dict key (`plugins.<name>.<buffer>`)."""
+    out = {}
+    for name, plugin in getattr(core, "plugins", {}).items():
+        for buf in getattr(plugin, "synchronised_buffers", ()):
+            out[f"plugins.{name}.{buf}"] = getattr(plugin, buf).detach().float().cpu().clone()
+    return out
+
+
 def batch_notice(recipe: Recipe, world: int) -> str | None:
     """A note when a paper recipe runs at another global batch than its paper: data.batch_size is per
     process, train.processes the paper's process count (None for the project's own recipes)."""
@@ -205,7 +215,8 @@ class Trainer:
             is opened or checked, periodic and final evaluation are skipped, and an epoch is
             len(batches) iterations. None: the recipe's data.
         record_steps: keep one record per iteration in `self.step_records` (the lr of every param
-            group, every loss term, the global gradient norm before clipping).
+            group, every loss term, the global gradient norm before clipping, and the plug-ins' state
+            after the step: `plugin_state`, e.g. MCIBI's memory bank).
     """
 
     def __init__(
@@ -682,6 +693,7 @@ class Trainer:
                             "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
                             "terms": dict(terms_sum),
                             "grad_norm": grad_norm,
+                            "plugin_state": _plugin_state(core),
                         }
                     )
                 self.step += 1

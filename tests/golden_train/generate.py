@@ -26,6 +26,9 @@ the case folder `<out>/<case>/`:
     final_spread.json   the same spread for every final tensor (max abs difference)
     final.safetensors   after the last iteration: every parameter and buffer (`state.<key>`) and the
                         optimizer state (`optim.<param name>.<state key>`, e.g. momentum_buffer)
+    plugin_steps.safetensors  (cases with stateful plug-ins: MCIBI's memory) the plug-in state after every
+                        iteration, official key -> [iters, ...]; its spread per iteration is
+                        records.json's `spread.plugin`
     README.md           what the case is and the tolerances the test uses
 
 Official code locations: mmsegmentation / mmengine / mmcv(-lite) are the installed packages of the
@@ -296,13 +299,25 @@ def _train_mmseg(case: dict, images, labels, seed: int, perturb: int | None):
     return init, records, final, groups, names
 
 
+def _plugin_steps(records: list[dict]) -> dict:
+    """Pop the per-iteration plug-in state (`record["plugin"]`: official key -> tensor after the step)
+    from the records; returns official key -> [iters, ...] (empty when the loop records none)."""
+    import torch
+
+    steps = [r.pop("plugin", None) for r in records]
+    if not any(steps):
+        return {}
+    return {k: torch.stack([s[k] for s in steps]).contiguous() for k in steps[0]}
+
+
 def run_case(
     name: str, case: dict, train, reference: dict, extra: dict, seed: int, out: Path, spread_runs: int = 2
 ) -> None:
     """Run one case with `train(case, images, labels, seed, perturb) -> (init, records, final, groups,
     names)` (the official loop of one code base: perturb=None is the golden run, perturb=j the same run
-    from initial weights x (1 + 1e-7 N(0,1)), seed j), measure the reference's own spread and write the
-    case folder. `reference` describes the official code (code, version, config, loop); `extra` is
+    from initial weights x (1 + 1e-7 N(0,1)), seed j, and perturb="channels_last" for each entry of the
+    case's `spread_layouts`: the golden run in that memory layout), measure the reference's own spread
+    and write the case folder. `reference` describes the official code (code, version, config, loop); `extra` is
     merged into config.json (what the ctxseg side needs to rebuild the tiny model)."""
     import torch
     from safetensors.torch import save_file
@@ -311,17 +326,24 @@ def run_case(
     shp = case["shape"]
     images, labels = make_batches(seed, shp["pool"], shp["batch"], shp["height"], shp["width"], shp["num_classes"])
     init, records, final, groups, names = train(case, images, labels, seed, None)
+    plugin_steps = _plugin_steps(records)
     group_of = {n: i for i, g in enumerate(groups) for n in g}
 
-    # the reference's own spread under float32-rounding-sized perturbations of the initial weights
+    # the reference's own spread under float32-rounding-sized perturbations of the initial weights, and
+    # (cases listing `spread_layouts`) under another summation order: the same run in another memory layout
     spread_final: dict[str, float] = {}
-    for j in range(spread_runs):
+    perturbations = [*range(spread_runs), *case.get("spread_layouts", [])]
+    for j in perturbations:
         _, rec_j, fin_j, _, _ = train(case, images, labels, seed, j)
-        for r, rj in zip(records, rec_j):
+        steps_j = _plugin_steps(rec_j)
+        for i, (r, rj) in enumerate(zip(records, rec_j)):
             sp = r.setdefault("spread", {"losses": {}, "grad_norm": 0.0})
             for k, v in r["losses"].items():
                 sp["losses"][k] = max(sp["losses"].get(k, 0.0), abs(rj["losses"][k] - v))
             sp["grad_norm"] = max(sp["grad_norm"], abs(rj["grad_norm"] - r["grad_norm"]))
+            for k, v in plugin_steps.items():
+                diff = float((steps_j[k][i].double() - v[i].double()).abs().max())
+                sp.setdefault("plugin", {})[k] = max(sp.get("plugin", {}).get(k, 0.0), diff)
         for k, v in final.items():
             if v.is_floating_point():
                 diff = float((fin_j[k].double() - v.double()).abs().max())
@@ -335,13 +357,15 @@ def run_case(
     )
     save_file(init, str(d / "init.safetensors"), meta)
     save_file(final, str(d / "final.safetensors"), meta)
+    if plugin_steps:
+        save_file(plugin_steps, str(d / "plugin_steps.safetensors"), meta)
     (d / "records.json").write_text(json.dumps(records, indent=1) + "\n")
     (d / "final_spread.json").write_text(json.dumps(spread_final, indent=1, sort_keys=True) + "\n")
     config = {
         "case": name,
         "seed": seed,
         "iters": iters,
-        "reference": {**reference, "torch": torch.__version__, "spread_runs": spread_runs},
+        "reference": {**reference, "torch": torch.__version__, "spread_runs": perturbations},
         "changes": case["changes"],
         **extra,
         "num_classes": shp["num_classes"],
@@ -384,6 +408,7 @@ def _readme(name: str, case: dict, config: dict) -> str:
             ("param", "every final parameter (max abs diff per tensor; rtol x max |ref| of the tensor)"),
             ("buffer", "every final float buffer (BN running stats); num_batches_tracked exact"),
             ("optim", "every optimizer state tensor (SGD momentum_buffer)"),
+            *[(k, what) for k, what in case.get("tolerance_what", {}).items()],
         ]
     )
     changes = "\n".join(f"- {c}" for c in case["changes"])

@@ -399,6 +399,27 @@ def gen_cac(names, rows, out, args):
 
 # ---------------------------------------------------------------------------------------------
 # sssegmentation 1.7.0 (official configs of the pinned commit)
+def ssseg_environment():
+    """Import sssegmentation 1.7.0 with the two defects of its wheel that stop some official configs from
+    building patched (HRModule.use_checkpoint default, ViT-L drop_rate assert; no effect on names or on
+    the models that build without them). Also used by ref_ssseg.py (the step-by-step golden)."""
+    import ssseg
+    from ssseg.modules.models.backbones import hrnet as ssseg_hrnet
+    from ssseg.modules.models.backbones import vit as ssseg_vit
+
+    ssseg_hrnet.HRModule.use_checkpoint = False
+    ssseg_vit.AUTO_ASSERT_STRUCTURE_TYPES["jx_vit_large_p16_384"]["drop_rate"] = 0.0
+    return ssseg
+
+
+def configs_on_path(git_dir: str, rev: str = SSSEG_REV) -> Path:
+    """Export the official repository at `rev` and put its `ssseg/` folder on sys.path, so that
+    `importlib.import_module("configs.<group>.<name>")` reads the official config files."""
+    cfg_dir = Path(export_tree(git_dir, rev)) / "ssseg"
+    sys.path.insert(0, str(cfg_dir))
+    return cfg_dir
+
+
 def gen_ssseg(names, rows, out, args):
     import torch
     import torch.distributed as dist
@@ -406,18 +427,11 @@ def gen_ssseg(names, rows, out, args):
     warnings.filterwarnings("ignore")
     if not args.ssseg_repo:
         raise SystemExit("--ssseg-repo (or $CTXSEG_SSSEG_REPO) is required for the sssegmentation recipes")
-    import ssseg
+    ssseg = ssseg_environment()
     from ssseg.modules import BuildOptimizer, BuildScheduler, BuildSegmentor
-    from ssseg.modules.models.backbones import hrnet as ssseg_hrnet
-    from ssseg.modules.models.backbones import vit as ssseg_vit
     from ssseg.modules.parallel.dataloader import BuildDistributedDataloader
 
-    # two defects of the 1.7.0 wheel that stop some official configs from building (no effect on names)
-    ssseg_hrnet.HRModule.use_checkpoint = False
-    ssseg_vit.AUTO_ASSERT_STRUCTURE_TYPES["jx_vit_large_p16_384"]["drop_rate"] = 0.0
-    src = export_tree(args.ssseg_repo, args.ssseg_rev)
-    cfg_dir = Path(src) / "ssseg"
-    sys.path.insert(0, str(cfg_dir))
+    configs_on_path(args.ssseg_repo, args.ssseg_rev)
     for name in names:
         mod = rows[name]["path"][len("ssseg/configs/") :].removesuffix(".py").replace("/", ".")
         cfg = copy.deepcopy(importlib.import_module(f"configs.{mod}").SEGMENTOR_CFG)
