@@ -29,6 +29,8 @@ the case folder `<out>/<case>/`:
     plugin_steps.safetensors  (cases with stateful plug-ins: MCIBI's memory) the plug-in state after every
                         iteration, official key -> [iters, ...]; its spread per iteration is
                         records.json's `spread.plugin`
+    (cases whose spread_layouts list "float64") records.json's `float64` per iteration and
+    plugin_steps_float64.safetensors: the same official run in float64
     README.md           what the case is and the tolerances the test uses
 
 Official code locations: mmsegmentation / mmengine / mmcv(-lite) are the installed packages of the
@@ -333,9 +335,14 @@ def run_case(
     # (cases listing `spread_layouts`) under another summation order: the same run in another memory layout
     spread_final: dict[str, float] = {}
     perturbations = [*range(spread_runs), *case.get("spread_layouts", [])]
+    steps64: dict = {}
     for j in perturbations:
         _, rec_j, fin_j, _, _ = train(case, images, labels, seed, j)
         steps_j = _plugin_steps(rec_j)
+        if j == "float64":  # the same run in float64: kept as a reference of its own (records' `float64`)
+            steps64 = {k: v.double().contiguous() for k, v in steps_j.items()}
+            for r, rj in zip(records, rec_j):
+                r["float64"] = {"losses": rj["losses"], "grad_norm": rj["grad_norm"], "lr": rj["lr"]}
         for i, (r, rj) in enumerate(zip(records, rec_j)):
             sp = r.setdefault("spread", {"losses": {}, "grad_norm": 0.0})
             for k, v in r["losses"].items():
@@ -359,6 +366,8 @@ def run_case(
     save_file(final, str(d / "final.safetensors"), meta)
     if plugin_steps:
         save_file(plugin_steps, str(d / "plugin_steps.safetensors"), meta)
+    if steps64:
+        save_file(steps64, str(d / "plugin_steps_float64.safetensors"), meta)
     (d / "records.json").write_text(json.dumps(records, indent=1) + "\n")
     (d / "final_spread.json").write_text(json.dumps(spread_final, indent=1, sort_keys=True) + "\n")
     config = {
