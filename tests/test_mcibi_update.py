@@ -153,3 +153,29 @@ def test_update_at_feature_resolution_equals_loop_on_upsampled_map(strategy, slo
     same = memory.clone()  # the same features given at label resolution take the other route
     update_memory(same, full, labels, 0.3, strategy, ignore_index=-1, max_elements=97)
     torch.testing.assert_close(same, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["mean", "cosine_similarity"])
+def test_float64_memory_is_updated_in_float64(strategy):
+    """A float64 memory (a float64 reference run, tests/test_train_golden.py) is updated in float64: the
+    update agrees with the per-class loop in float64 to 1e-12, not to float32's 1e-7."""
+    memory, features, labels = random_case(3, 2, 8, 9, 11, 6, 1, zero_rows=(2,))
+    memory, features = memory.double(), features.double()
+    want = naive_update(memory, features, labels, 0.37, strategy, -1)
+    got = update_memory(memory.clone(), features, labels, 0.37, strategy, ignore_index=-1)
+    assert got.dtype == torch.float64
+    assert (got - want).abs().max().item() <= 1e-12 * want.abs().max().item()
+
+
+def test_losses_keep_float64_logits():
+    """The losses upcast half precision logits to float32 but keep float64 ones (no rounding to float32)."""
+    from ctxseg.losses.cross_entropy import at_least_float32, cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, 4, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 5, (2, 4, 4), generator=g)
+    assert at_least_float32(logits).dtype == torch.float64
+    assert at_least_float32(logits.half()).dtype == torch.float32
+    loss = cross_entropy(at_least_float32(logits), target, class_weight=torch.ones(5), avg_non_ignore=True)
+    assert loss.dtype == torch.float64
+    assert abs(loss.item() - F.cross_entropy(logits, target).item()) <= 1e-14

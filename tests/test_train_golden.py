@@ -194,7 +194,13 @@ def run(request, tmp_path_factory):
         records = json.loads((folder / "records.json").read_text())
         trainer64 = None
         if "float64" in records[0]:  # the case also holds the official run in float64: ctxseg's too
-            batches64 = [{"image": b["image"].double(), "label": b["label"]} for b in batches]
+            # the input normalised in float64, as the official float64 run (ref_ssseg.normalized64)
+            mean = torch.tensor(recipe.data.mean, dtype=torch.float64).view(1, 3, 1, 1)
+            std = torch.tensor(recipe.data.std, dtype=torch.float64).view(1, 3, 1, 1)
+            batches64 = [
+                {"image": (images.flip(1).double() - mean) / std, "label": labels.long()}
+                for images, labels in zip(data["image_bgr_uint8"], data["label"])
+            ]
             torch.manual_seed(0)
             trainer64 = Trainer(
                 recipe, tmp_path_factory.mktemp("runs64"), progress=False, batches=batches64, record_steps=True
@@ -308,7 +314,7 @@ def test_plugin_state_every_iteration(run):
         env = 0.0
         for ours, ref, r, mine in zip(trainer.step_records, ref_steps, records, own, strict=True):
             env = max(env, r["spread"]["plugin"][key] + mine.get(names[key], 0.0))
-            mine = ours["plugin_state"][names[key]]
+            mine = ours["plugin_state"][names[key]].float()
             err = (mine - ref.float()).abs().max().item()
             scale = ref.abs().max().item()
             worst = max(worst, err / max(scale, 1e-30))

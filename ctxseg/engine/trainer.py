@@ -66,7 +66,7 @@ def _plugin_state(core: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, plugin in getattr(core, "plugins", {}).items():
         for buf in getattr(plugin, "synchronised_buffers", ()):
-            out[f"plugins.{name}.{buf}"] = getattr(plugin, buf).detach().float().cpu().clone()
+            out[f"plugins.{name}.{buf}"] = getattr(plugin, buf).detach().cpu().clone()
     return out
 
 

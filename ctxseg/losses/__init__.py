@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ctxseg.losses.cross_entropy import cross_entropy, ohem_weights, seg_ce_term
+from ctxseg.losses.cross_entropy import at_least_float32, cross_entropy, ohem_weights, seg_ce_term
 from ctxseg.losses.upsampled_ce import upsampled_ce_weighted
 from ctxseg.models.layers import resize
 
@@ -90,7 +90,7 @@ class Criterion(nn.Module):
 
     def label_size_ce(self, logits: torch.Tensor, target: torch.Tensor, ohem: bool = False) -> torch.Tensor:
         """The straightforward CE: logits upsampled to the label size, then mmseg's CrossEntropyLoss."""
-        logits = resize(logits, target.shape[-2:], self.align_corners).float()
+        logits = at_least_float32(resize(logits, target.shape[-2:], self.align_corners))
         pw = None
         if ohem and self.cfg.ohem is not None:
             pw = ohem_weights(logits, target, self.cfg.ohem.thresh, self.cfg.ohem.min_kept, self.ignore_index)

@@ -8,6 +8,12 @@ import torch.nn.functional as F
 from ctxseg.models.layers import resize
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Loss inputs in float32 or better: half/bfloat16 logits (mixed precision) are upcast, float64 ones
+    (a float64 reference run) are kept, not rounded to float32."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -26,6 +32,8 @@ def cross_entropy(
     weight_norm="weights" with class weights: divide by the summed class weights of the counted
     pixels instead (torch's weighted mean, as openseg's CE).
     """
+    if class_weight is not None:
+        class_weight = class_weight.to(logits.dtype)
     loss = F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index, reduction="none")
     if pixel_weight is not None:
         loss = loss * pixel_weight

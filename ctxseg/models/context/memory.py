@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctxseg.errors import UserError
-from ctxseg.losses.cross_entropy import cross_entropy
+from ctxseg.losses.cross_entropy import at_least_float32, cross_entropy
 from ctxseg.models.context.base import ContextPlugin
 from ctxseg.models.context.memory_ops import class_statistics
 from ctxseg.models.heads.base import ClassifierSlot
@@ -128,7 +128,8 @@ def update_memory(
     Labels equal to `ignore_index` or outside [0, K) are skipped.
     """
     k, s, c = memory.shape
-    mem = memory.float()
+    work = torch.promote_types(memory.dtype, torch.float32)  # float32, or float64 for a float64 memory
+    mem = memory.to(work)
     cosine = strategy == "cosine_similarity"
     zero_slot = (mem == 0).all(dim=-1)  # K, S
     has_zero = zero_slot.any(dim=1)
@@ -143,13 +144,13 @@ def update_memory(
     new = mem.clone()
     if cosine:
         agg = torch.where(st.den[:, None] > 0, st.num / st.den.clamp_min(1e-30)[:, None], torch.zeros_like(st.num))
-        agg = agg.view(k, s, c).float()
+        agg = agg.view(k, s, c).to(work)
     else:
-        agg = (st.sums / st.count.clamp_min(1)[:, None]).float().unsqueeze(1).expand(k, s, c)
+        agg = (st.sums / st.count.clamp_min(1)[:, None]).to(work).unsqueeze(1).expand(k, s, c)
     new[update] = (1 - momentum) * mem[update] + momentum * agg[update]
     first_zero = zero_slot.float().argmax(dim=1)
     rows = init.nonzero().squeeze(1)
-    new[rows, first_zero[rows]] = (st.sums[rows] / st.count[rows, None]).float()
+    new[rows, first_zero[rows]] = (st.sums[rows] / st.count[rows, None]).to(work)
     memory.copy_(new.to(memory.dtype))
     return memory
 
@@ -365,12 +366,12 @@ class MCIBIMemory(ContextPlugin):
         k, s, c = self.memory.shape
         logits = self.decoder_stage2(self.memory.reshape(k * s, c, 1, 1)).reshape(k * s, -1)
         target = torch.arange(k, device=logits.device).repeat_interleave(s)
-        return F.cross_entropy(logits.float(), target)
+        return F.cross_entropy(at_least_float32(logits), target)
 
     def losses(self, outputs: dict, targets: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.stage1_weight > 0 and "stage1_logits" in outputs:
-            logits = resize(outputs["stage1_logits"], targets.shape[-2:], self.align_corners).float()
+            logits = at_least_float32(resize(outputs["stage1_logits"], targets.shape[-2:], self.align_corners))
             terms["loss_cls_stage1"] = self.stage1_weight * cross_entropy(
                 logits, targets, self.ignore_index, avg_non_ignore=True
             )

@@ -91,7 +91,9 @@ def class_statistics(
     dev = features.device
     b, _, h, w = features.shape
     H, W = labels.shape[-2:]
-    mem_rows = memory.reshape(k * s, c).float()
+    # float32 (the memory of a float32 or mixed-precision run), float64 for a float64 run
+    work = torch.promote_types(torch.promote_types(memory.dtype, features.dtype), torch.float32)
+    mem_rows = memory.reshape(k * s, c).to(work)
     mem_norm = mem_rows.norm(dim=1)
     if (h, w) == (H, W):
         if bool((weighted & summed).any()):
@@ -177,7 +179,8 @@ def _statistics_at_label_size(
     is_weighted, is_summed = torch.cat([weighted, no]), torch.cat([summed, no])
     any_weighted, any_summed = bool(weighted.any()), bool(summed.any())
     slots = torch.arange(s, device=dev)
-    squares = torch.empty(c, cols, device=dev) if any_weighted else None
+    work = mem_rows.dtype
+    squares = torch.empty(c, cols, dtype=work, device=dev) if any_weighted else None
     for i in range(b):
         g = features[i].reshape(c, n)
         y = labels[i].reshape(n).long()
@@ -197,7 +200,7 @@ def _statistics_at_label_size(
             if nc == 0:
                 continue
             a, e = j * cols, min(n, (j + 1) * cols)
-            gc = g[:, a:e].float()
+            gc = g[:, a:e].to(work)
             lc = local[a:e].clamp(0, nc - 1)
             r = slice(first * s, (first + nc) * s)
             if any_weighted:
@@ -210,7 +213,7 @@ def _statistics_at_label_size(
                     wgt = torch.where(pix_s[a:e], 1.0, wgt)
             else:
                 row, wgt = lc * s, pix_s[a:e].to(gc.dtype)
-            coef = torch.zeros(nc * s, e - a, device=dev).scatter_(0, row.view(1, -1), wgt.view(1, -1))
+            coef = torch.zeros(nc * s, e - a, dtype=work, device=dev).scatter_(0, row.view(1, -1), wgt.view(1, -1))
             accs.append(torch.mm(gc, coef.t()))  # [C, nc*S]
             wsums.append(coef.sum(1))
             first += nc
