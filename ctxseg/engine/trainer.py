@@ -306,9 +306,14 @@ class Trainer:
                     except UserError as e:
                         error = e
                 self._agree(error)
+        from ctxseg.engine.allocator import AllocatorChoice, keep_freed_memory
         from ctxseg.engine.layout import choose
 
         self.layout = choose(self.acc.device, "train")  # measured once per machine, cached
+        # CPU steps re-fault their freed activations otherwise (ctxseg.engine.allocator)
+        self.allocator = (
+            keep_freed_memory() if self.acc.device.type == "cpu" else AllocatorChoice("system", "not a CPU run")
+        )
         model = to_training_layout(model, self.acc.device)
         optimizer = build_optimizer(model, recipe)
         self.schedule = build_scheduler(optimizer, recipe, self.total)
@@ -328,6 +333,7 @@ class Trainer:
         return (
             f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
             f"mixed precision {self.acc.mixed_precision}, {self.layout.name} layout ({self.layout.reason}), "
+            f"allocator {self.allocator.name} ({self.allocator.reason}), "
             f"{self.total} iterations, run folder {self.run_dir}"
         )
 
