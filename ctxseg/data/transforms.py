@@ -273,7 +273,11 @@ class RecordedDraws:
     u * (high - low) + low (what mmcv's RandomResize and ssseg's Resize compute from
     random_sample(), and numpy's own uniform from its unit draw), `random()` a unit draw. A mismatch
     (another kind, other bounds, no draw left) raises AssertionError: the draws' order and count are
-    checked as well as their values. `done()` asserts that all draws were consumed."""
+    checked as well as their values. `done()` asserts that all draws were consumed.
+
+    Args:
+        draws: the recorded draws, in the order made: (kind, low, high, value) tuples.
+    """
 
     def __init__(self, draws):
         self.draws = [(str(k), float(lo), float(hi), float(v)) for k, lo, hi, v in draws]
