@@ -45,7 +45,10 @@ def _official_settings(meta: dict) -> dict:
         kind, c = (t["type"], t) if isinstance(t, dict) else t
         if kind == "RandomResize":
             out |= {"scale": tuple(c["scale"]), "ratio_range": tuple(c["ratio_range"]), "keep_ratio": c["keep_ratio"]}
-        elif kind == "Resize":
+        elif kind == "Resize" and "img_scale" in c:  # mmseg 0.x (the CAC fork); keep_ratio defaults to True
+            out |= {"scale": tuple(c["img_scale"]), "ratio_range": tuple(c["ratio_range"])}
+            out["keep_ratio"] = c.get("keep_ratio", True)
+        elif kind == "Resize":  # ssseg
             out |= {"scale": tuple(c["output_size"]), "ratio_range": tuple(c["scale_range"])}
             out["keep_ratio"] = c["keep_ratio"]
         elif kind == "RandomCrop":
@@ -60,7 +63,7 @@ def _official_settings(meta: dict) -> dict:
             out |= {"rotate_prob": c["prob"], "rotate_degree": c["angle_upper"]}
         elif kind == "PhotoMetricDistortion":
             out["photometric"] = True
-    out["pipeline"] = meta["code_base"]
+    out["pipeline"] = {"mmseg": "mmseg", "cac": "mmseg0", "ssseg": "ssseg"}[meta["code_base"]]
     return out
 
 

@@ -7,9 +7,10 @@ passed in, so a sample's augmentation is a function of (seed, epoch, index). `rn
 `integers(low, high)` methods: `RecordedDraws` replays the draws an official pipeline made, which
 is how tests/test_pipeline_golden.py checks every transform against mmseg's and ssseg's.
 
-Two flavours (`DataConfig.pipeline`, see `train_steps`): "mmseg" (mmsegmentation 1.2.2, the
-default) and "ssseg" (sssegmentation 1.7.0, the MCIBI recipes), which differ in the crop retries,
-the colour space of the photometric distortion, the normalisation arithmetic and the padding.
+Three flavours (`DataConfig.pipeline`, see `train_steps`): "mmseg" (mmsegmentation 1.2.2, the
+default), "mmseg0" (mmseg 0.x on mmcv 1.x, the CAC fork: mmseg's transforms, mmcv's normalisation)
+and "ssseg" (sssegmentation 1.7.0, the MCIBI recipes), which differ in the crop retries, the colour
+space of the photometric distortion, the normalisation arithmetic and the padding.
 """
 
 from __future__ import annotations
@@ -211,9 +212,9 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator, hsv_order:
 def normalize(img: np.ndarray, mean, std, reciprocal: bool = False) -> np.ndarray:
     """BGR uint8 HxWx3 -> RGB float32 CxHxW, (x - mean) / std (mean/std in RGB order), in float32.
 
-    reciprocal=True multiplies by float32(1 / std) instead of dividing (ssseg's Normalize, with
-    cv2.multiply; up to one float32 ulp, 2.4e-7, away from the division mmseg's SegDataPreProcessor
-    makes)."""
+    reciprocal=True multiplies by float32(1 / std) instead of dividing (mmcv 1.x's imnormalize and
+    ssseg's Normalize, with cv2.multiply; up to one float32 ulp, 2.4e-7, away from the division mmseg
+    1.x's SegDataPreProcessor makes)."""
     rgb = img[..., ::-1].astype(np.float32)
     rgb = rgb - np.asarray(mean, np.float32)
     if reciprocal:
@@ -312,14 +313,18 @@ def train_steps(cfg, flip_pairs=None):
     """The training pipeline of a DataConfig as named steps [(name, fn(img, label, rng) -> (img, label))]:
     resize, crop, flip, rotate (only with rotate_prob > 0), photometric (only if enabled),
     normalize_pad (uint8 HxWx3 BGR -> float32 CxHxW RGB, padded to crop_size). cfg.pipeline picks the
-    official flavour: "mmseg" (RandomCrop's 1 + 10 draws; BGR HSV; division by std; bottom/right
-    padding, as SegDataPreProcessor) or "ssseg" (10 draws, uncropped when the crop holds no label;
-    ssseg's RGB2HSV on BGR; multiplication by 1/std; centred, orientation-adaptive Padding)."""
+    official flavour: "mmseg" (mmseg 1.2.2: RandomCrop's 1 + 10 draws; BGR HSV; division by std;
+    bottom/right padding, as SegDataPreProcessor), "mmseg0" (mmseg 0.x on mmcv 1.x, the CAC fork: the
+    same, but mmcv's imnormalize multiplies by 1/std) or "ssseg" (sssegmentation 1.7.0: 10 draws,
+    uncropped when the crop holds no label; ssseg's RGB2HSV on BGR; multiplication by 1/std; centred,
+    orientation-adaptive Padding)."""
     c = cfg
     ssseg = c.pipeline == "ssseg"
+    reciprocal = c.pipeline in ("ssseg", "mmseg0")
+    retries = "ssseg" if ssseg else "mmseg"
 
     def normalize_pad(img, lab, rng):
-        image = normalize(np.ascontiguousarray(img), c.mean, c.std, reciprocal=ssseg)
+        image = normalize(np.ascontiguousarray(img), c.mean, c.std, reciprocal=reciprocal)
         pad = pad_center if ssseg else pad_to
         return pad(image, np.ascontiguousarray(lab), c.crop_size, c.ignore_index)
 
@@ -328,7 +333,7 @@ def train_steps(cfg, flip_pairs=None):
         (
             "crop",
             lambda img, lab, rng: random_crop(
-                img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng, retries=c.pipeline
+                img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng, retries=retries
             ),
         ),
         ("flip", lambda img, lab, rng: random_flip(img, lab, c.flip_prob, flip_pairs, rng)),

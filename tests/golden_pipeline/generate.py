@@ -1,17 +1,19 @@
 """Pipeline goldens (issue 22 §1 "Pipelines"): the official training transforms, their random draws and outputs.
 
 Run with the reference environment (mmsegmentation 1.2.2 + mmcv-lite 2.1.0 + mmengine, sssegmentation 1.7.0;
-see README.md), never in CI:
+for the CAC case the fork's git dir $CTXSEG_CAC_REPO and pure-python mmcv 1.7.2 in $CTXSEG_CAC_MMCV; see
+README.md), never in CI:
 
     python tests/golden_pipeline/generate.py --list
     python tests/golden_pipeline/generate.py --seed 0 --out tests/golden_pipeline/cases [--case NAME ...]
 
 Each case is one official training pipeline, built from the official config (mmseg: the installed package's
 configs, or $CTXSEG_REF_MMSEG_CONFIGS; ssseg: the dataset configs of commit eb1878c1 read from the git dir
-$CTXSEG_SSSEG_REPO) with its sizes (scale, crop) divided by the case's `shrink` factor so that the arrays stay
-small; everything else (ratio range, cat_max_ratio, flip probability, photometric ranges, interpolation, fill
-values) is the official config's. The file loading steps are replaced by in-memory random images and labels
-(several sizes; labels dominated by one class, with ignore regions, so that cat_max_ratio retries happen).
+$CTXSEG_SSSEG_REPO; CAC: the fork's configs) with its sizes (scale, crop) divided by the case's `shrink` factor
+so that the arrays stay small; everything else (ratio range, cat_max_ratio, flip probability, photometric
+ranges, interpolation, fill values) is the official config's. The file loading steps are replaced by in-memory
+random images and labels (several sizes; labels dominated by one class, with ignore regions, so that
+cat_max_ratio retries happen).
 
 Every call the official transforms make into numpy's global random generator is intercepted and recorded, in
 the order made, as (kind, low, high, value): "integers" (randint, high exclusive), "uniform" (uniform(low,
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import types
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,7 @@ CASES = {
         "ocrnet/ocrnet_hr18_4xb4-160k_ade20k-512x512.py",
         "ocrnet-hr18-ade20k-160k",
         16,
-        [(48, 64), (33, 47), (70, 52), (20, 27), (41, 41), (60, 45)],
+        [(48, 64), (33, 47), (70, 52), (20, 27), (41, 41)],
         150,
     ),
     "ssseg-ade20k": (
@@ -68,7 +71,7 @@ CASES = {
         "ade20k_512x512",
         "mcibi-deeplabv3-r50-ade20k",
         16,
-        [(48, 64), (33, 47), (70, 52), (20, 27), (41, 41), (60, 45)],
+        [(48, 64), (33, 47), (70, 52), (20, 27), (41, 41)],
         150,
     ),
     "ssseg-cityscapes": (
@@ -78,6 +81,14 @@ CASES = {
         32,
         [(32, 64), (25, 50), (19, 45), (40, 30), (12, 23), (32, 64)],
         19,
+    ),
+    "cac-ade20k": (
+        "cac",
+        "configs/ocrnet/ocrnet_hr18_512x512_160k_ade20k_cac.py",
+        "ocrnet-cac-hr18-ade20k-160k",
+        16,
+        [(48, 64), (33, 47), (70, 52), (20, 27), (41, 41)],
+        150,
     ),
     "ssseg-lip": (
         "ssseg",
@@ -107,7 +118,16 @@ SSSEG_STEPS = {
     "ToTensor": None,
     "Padding": "normalize_pad",
 }
-SSSEG_SKIPPED = {"EdgeExtractor"}  # LIP's edge target: no ctxseg model (nor MCIBI) uses it
+SSSEG_SKIPPED = {"EdgeExtractor"}
+CAC_STEPS = {  # the CAC fork: mmseg 0.x on mmcv 1.x
+    "Resize": "resize",
+    "RandomCrop": "crop",
+    "RandomFlip": "flip",
+    "PhotoMetricDistortion": "photometric",
+    "Normalize": None,  # merged into the DefaultFormatBundle step
+    "Pad": None,
+    "DefaultFormatBundle": "normalize_pad",
+}  # LIP's edge target: no ctxseg model (nor MCIBI) uses it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,6 +327,73 @@ def run_mmseg(steps, img, lab, rec: Recorder):
 
 
 # ------------------------------------------------------------------------------------------------
+# the CAC fork (mmseg 0.x on pure-python mmcv 1.7.2)
+
+
+def cac_pipeline(config: str, shrink: int):
+    warnings.filterwarnings("ignore")
+    repo, mmcv_dir = os.environ.get("CTXSEG_CAC_REPO"), os.environ.get("CTXSEG_CAC_MMCV")
+    if not repo or not mmcv_dir:
+        sys.exit("set CTXSEG_CAC_REPO (git dir of tianzhuotao/CAC) and CTXSEG_CAC_MMCV (folder holding mmcv 1.7.2)")
+    src = tempfile.mkdtemp(prefix="cac_")
+    archive = subprocess.run(["git", f"--git-dir={repo}", "archive", "HEAD"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "x", "-C", src], input=archive, check=True)
+    rev = subprocess.run(["git", f"--git-dir={repo}", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    sys.path[:0] = [os.path.abspath(mmcv_dir), src]
+    import mmcv
+
+    _ensure_mmcv_ops()
+    real, mmcv.__version__ = mmcv.__version__, "1.5.0"  # the fork's import-time mmcv<=1.5.0 check only
+    try:
+        import mmseg
+    finally:
+        mmcv.__version__ = real
+    assert mmseg.__file__.startswith(src), mmseg.__file__
+    import mmseg.datasets.pipelines  # noqa: F401 - registers the transforms
+    from mmcv.utils import build_from_cfg
+    from mmseg.datasets.builder import PIPELINES
+
+    cfg = mmcv.Config.fromfile(os.path.join(src, config))
+    settings = {
+        "official_config": f"tianzhuotao/CAC {rev.strip()[:10]} {config} (mmcv {real})",
+        "official_pipeline": [dict(t) for t in cfg.train_pipeline],
+    }
+    steps = []
+    for t in cfg.train_pipeline:
+        t = dict(t)
+        if t["type"] in ("LoadImageFromFile", "LoadAnnotations", "Collect"):
+            continue
+        if t["type"] == "Resize":
+            t["img_scale"] = _shrink(t["img_scale"], shrink)
+        if t["type"] in ("RandomCrop", "Pad"):
+            key = "crop_size" if t["type"] == "RandomCrop" else "size"
+            t[key] = _shrink(t[key], shrink)
+            if key == "crop_size":
+                settings["crop_size"] = t[key]
+        steps.append((t["type"], CAC_STEPS[t["type"]], build_from_cfg(t, PIPELINES)))
+    return steps, settings
+
+
+def run_cac(steps, img, lab, rec: Recorder):
+    results = {"img": img, "gt_semantic_seg": lab, "seg_fields": ["gt_semantic_seg"], "img_shape": img.shape}
+    results |= {"ori_shape": img.shape, "pad_shape": img.shape, "scale_factor": 1.0, "filename": None}
+    out, pending = [], []
+    for _, name, fn in steps:
+        results, draws = rec.step(fn, results)
+        if name is None:  # Normalize, Pad: checked with the DefaultFormatBundle step that follows them
+            pending += draws
+            continue
+        draws, pending = pending + draws, []
+        if name == "normalize_pad":
+            image = results["img"].data.numpy().astype(np.float32)
+            label = results["gt_semantic_seg"].data[0].numpy().astype(np.uint8)
+        else:
+            image, label = results["img"], results["gt_semantic_seg"]
+        out.append((name, np.ascontiguousarray(image), np.ascontiguousarray(label), draws))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # sssegmentation
 
 
@@ -434,9 +521,9 @@ def generate(name: str, seed: int, out_dir: Path):
     import cv2
 
     base, config, recipe, shrink, sizes, num_classes = CASES[name]
-    steps, settings = (mmseg_pipeline if base == "mmseg" else ssseg_pipeline)(config, shrink)
-    run = run_mmseg if base == "mmseg" else run_ssseg
-    rng = np.random.default_rng([seed, sorted(CASES).index(name)])
+    steps, settings = {"mmseg": mmseg_pipeline, "ssseg": ssseg_pipeline, "cac": cac_pipeline}[base](config, shrink)
+    run = {"mmseg": run_mmseg, "ssseg": run_ssseg, "cac": run_cac}[base]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     rec = Recorder()
     arrays, coverage = {}, []
     step_names = None
@@ -474,7 +561,7 @@ def generate(name: str, seed: int, out_dir: Path):
             "numpy": np.__version__,
             "opencv": cv2.__version__,
             "torch": torch.__version__,
-            base: MMSEG_VERSION if base == "mmseg" else SSSEG_VERSION,
+            base: {"mmseg": MMSEG_VERSION, "ssseg": SSSEG_VERSION, "cac": "mmseg 0.x fork, mmcv 1.7.2"}[base],
         },
         **settings,
     }
@@ -496,11 +583,16 @@ def main():
     if args.list:
         print("\n".join(CASES))
         return
+    names = args.case or list(CASES)
+    if len(names) > 1:  # one process per case: mmseg 1.2.2 and the CAC fork are both called `mmseg`
+        for name in names:
+            cmd = [sys.executable, __file__, "--case", name, "--seed", str(args.seed), "--out", str(args.out)]
+            subprocess.run(cmd, check=True)
+        return
     import torch
 
     torch.set_num_threads(1)
-    for name in args.case or list(CASES):
-        generate(name, args.seed, args.out)
+    generate(names[0], args.seed, args.out)
 
 
 if __name__ == "__main__":
