@@ -81,6 +81,11 @@ class DataConfig(_Section):
         rotate_prob: probability of ssseg's RandomRotation after the flip (LIP: 0.6); 0 switches it off.
         rotate_degree: maximum rotation angle, in degrees (both directions).
         photometric: apply mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue).
+        pipeline: which official implementation of these transforms to reproduce, draw for draw:
+            "mmseg" (mmsegmentation 1.2.2), "mmseg0" (mmseg 0.x on mmcv 1.x, the CAC recipes: normalised
+            by multiplying with 1/std) or "ssseg" (sssegmentation 1.7.0, the MCIBI recipes: 10 crop draws,
+            photometric HSV from the BGR image read as RGB, centred padding); see
+            `ctxseg.data.transforms.train_steps`.
         mean: per-channel mean subtracted, RGB order, on 0..255 pixel values.
         std: per-channel standard deviation divided by, RGB order, on 0..255 pixel values.
         batch_size: images per process per step (the global batch is processes x batch_size x grad_accum).
@@ -112,6 +117,7 @@ class DataConfig(_Section):
     rotate_prob: float = 0.0
     rotate_degree: int = 30
     photometric: bool = True
+    pipeline: Literal["mmseg", "mmseg0", "ssseg"] = "mmseg"  # whose transforms, draw for draw (see train_steps)
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     batch_size: PositiveInt = 2  # per process

@@ -42,6 +42,7 @@ KEYS: dict[str, str] = {
     "rotate_degree": "data.rotate_degree",
     "flip_prob": "data.flip_prob",
     "photometric": "data.photometric",
+    "pipeline": "data.pipeline",  # whose transforms, draw for draw: "mmseg" or "ssseg" (tests/test_pipeline_golden.py)
     "optimizer": "train.optimizer.type",
     "lr": "train.optimizer.lr",
     "momentum": "train.optimizer.momentum",
@@ -81,6 +82,7 @@ REQUIRED = tuple(
         "test_crop",
         "test_stride",
         "rotate_degree",
+        "pipeline",
         "momentum",
         "ms_mode",
         "ms_scales",

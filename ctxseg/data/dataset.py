@@ -117,16 +117,9 @@ class SegDataset(Dataset):
         c = self.cfg
         if lab is None:
             raise UserError("Training needs labels, but the training split has none")
-        img, lab = T.random_resize(img, lab, c.scale, c.ratio_range, rng, c.keep_ratio)
-        img, lab = T.random_crop(img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng)
-        img, lab = T.random_flip(img, lab, c.flip_prob, self.flip_pairs, rng)
-        if c.rotate_prob > 0:
-            img, lab = T.random_rotate(img, lab, c.rotate_prob, c.rotate_degree, c.ignore_index, rng)
-        if c.photometric:
-            img = T.photometric_distortion(np.ascontiguousarray(img), rng)
-        image = T.normalize(np.ascontiguousarray(img), c.mean, c.std)
-        image, lab = T.pad_to(image, np.ascontiguousarray(lab), c.crop_size, c.ignore_index)
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(lab.astype(np.int64))}
+        for _, step in T.train_steps(c, self.flip_pairs):
+            img, lab = step(img, lab, rng)
+        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.int64))}
 
 
 class TrainBatchSampler:
