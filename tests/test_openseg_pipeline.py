@@ -171,48 +171,80 @@ def test_bgr_normalisation_is_shared_by_training_and_evaluation():
     np.testing.assert_allclose(y[0], (img[..., 2] - 123.675) / 58.395, atol=1e-6)  # float32
 
 
-def test_a_contrastiveseg_recipe_trains_a_step_with_the_openseg_pipeline(tmp_path):
-    """contrast-hrnet48 (tiny HRNet, synthetic data) trains steps whose batches come from the openseg
-    pipeline: input size = data_transformer.input_size, padding labelled ignore."""
+def test_provenance_checks_the_openseg_settings():
+    from ctxseg.provenance import compare, load_table
+
+    table = load_table()
+    lines = {l.key: l for l in compare(load_recipe("contrast-hrnet48"), table)}
+    assert lines["pipeline"].status == "ok" and lines["pipeline"].recipe == "openseg"
+    assert lines["data.openseg.random_brightness.shift_value"].status == "ok"
+    assert lines["photometric"].recipe is None and lines["photometric"].status == "ok"  # inert
+    assert all(l.status == "ok" for l in lines.values()), [l for l in lines.values() if l.status != "ok"]
+    for over, key in [
+        ("data.openseg.random_brightness.shift_value=30", "data.openseg.random_brightness.shift_value"),
+        ("data.openseg.random_resize.aspect_range=[1.0, 1.0]", "data.openseg.random_resize.aspect_range"),
+        ("data.pipeline='mmseg'", "pipeline"),
+    ]:
+        changed = {l.key: l.status for l in compare(load_recipe("contrast-hrnet48", [over]), table)}
+        assert changed[key] == "MISMATCH", over
+    assert {l.key: l for l in compare(load_recipe("ocrnet-hr18-cityscapes-80k"), table)}["pipeline"].status == "ok"
+
+
+TINY_HRNET = [  # HRNet structure (stem, bottleneck stage 1, 2-3-4 branches), few channels
+    {"num_modules": 1, "num_blocks": [1], "num_channels": [8]},
+    {"num_modules": 1, "num_blocks": [1, 1], "num_channels": [4, 8]},
+    {"num_modules": 1, "num_blocks": [1, 1, 1], "num_channels": [4, 8, 8]},
+    {"num_modules": 1, "num_blocks": [1, 1, 1, 1], "num_channels": [4, 4, 8, 8]},
+]
+
+
+def test_a_contrastiveseg_recipe_trains_steps_with_the_openseg_pipeline(tmp_path, synthetic_small):
+    """contrast-hrnet48 (its structure at tiny width, synthetic data, one CPU process) trains steps on
+    batches from the openseg pipeline: items padded to data_transformer.input_size, padding ignored,
+    the same batch for the same seed; the contrast term is added once its warm-up is over."""
     import torch
 
+    from ctxseg.config import apply_overrides, find_recipe, load_raw, validate_recipe
     from ctxseg.data.dataset import SegDataset, TrainBatchSampler, collate
     from ctxseg.data.index import PreparedIndex
-    from tests.conftest import run_cli
+    from ctxseg.engine.trainer import Trainer
 
-    root = tmp_path / "synthetic"
-    run_cli("prepare", "synthetic", "--out", str(root), "--num-train", "4", "--num-val", "2")
-    sets = [
-        "data.root=" + str(root),
-        "data.dataset=synthetic",
-        "data.num_classes=7",
-        "data.crop_size=[64,64]",
-        "data.openseg.data_transformer.input_size=[64,64]",
-        "data.openseg.random_crop.crop_size=[64,64]",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "model.backbone.arch=w18_small",
-        "model.backbone.pretrained=none",
-        "model.norm=BN",
-        "train.loss.class_weight=none",
-        "model.plugins.pixel_contrast.warmup=0",
-        "model.plugins.pixel_contrast.max_views=4",
-        "model.plugins.pixel_contrast.max_samples=64",
-        "train.iters=2",
-        "train.processes=1",
-        "train.eval_interval=0",
-        "train.checkpoint_interval=0",
-    ]
-    recipe = load_recipe("contrast-hrnet48", sets)
+    raw = load_raw(find_recipe("contrast-hrnet48"))
+    raw["model"]["backbone"] = {"type": "hrnet", "fuse_upsample": "openseg", "stages": TINY_HRNET}
+    raw = apply_overrides(
+        raw,
+        [
+            f"data.root='{synthetic_small}'",
+            "data.dataset='synthetic'",
+            "data.num_classes=7",
+            "data.crop_size=[48, 64]",
+            "data.openseg.data_transformer.input_size=[64, 48]",
+            "data.openseg.random_crop.crop_size=[64, 48]",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "model.norm='BN'",
+            "train.loss.class_weight=[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]",
+            "model.plugins.pixel_contrast.warmup=1",
+            "model.plugins.pixel_contrast.max_views=4",
+            "model.plugins.pixel_contrast.max_samples=64",
+            "train.iters=2",
+            "train.processes=1",
+            "train.check_labels=false",
+            "train.eval_interval=100",
+            "train.checkpoint_interval=100",
+        ],
+    )
+    recipe = validate_recipe(raw)
     assert recipe.data.pipeline == "openseg"
-    ds = SegDataset(PreparedIndex(root), "train", recipe.data, train=True)
-    batch = collate([ds[k] for k in next(iter(TrainBatchSampler(len(ds), 2, seed=0)))])
-    assert batch["image"].shape == (2, 3, 64, 64) and batch["label"].dtype == torch.int64
-    again = collate([ds[k] for k in next(iter(TrainBatchSampler(len(ds), 2, seed=0)))])
+    ds = SegDataset(PreparedIndex(synthetic_small), "train", recipe.data, train=True)
+    keys = next(iter(TrainBatchSampler(len(ds), 2, seed=0)))
+    batch, again = collate([ds[k] for k in keys]), collate([ds[k] for k in keys])
+    assert batch["image"].shape == (2, 3, 48, 64) and batch["label"].shape == (2, 48, 64)
     assert torch.equal(batch["image"], again["image"]) and torch.equal(batch["label"], again["label"])
-    out = run_cli("train", "contrast-hrnet48", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "run"))
-    assert out.returncode == 0, out.stderr[-2000:]
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    losses = [e for e in log if "loss" in e]
-    assert len(losses) >= 2 and all(np.isfinite(e["loss"]) for e in losses)
-    assert any("contrast" in k for e in losses for k in e)
+    trainer = Trainer(recipe, tmp_path / "runs", progress=False, record_steps=True)
+    trainer.train()
+    records = trainer.step_records
+    assert [r["step"] for r in records] == [0, 1], records
+    assert all(np.isfinite(v) for r in records for v in r["terms"].values())
+    assert records[0]["terms"]["loss_contrast"] == 0.0  # warm-up (step < 1)
+    assert records[1]["terms"]["loss_contrast"] > 0.0 and records[1]["terms"]["stat_contrast_skipped"] == 0.0
