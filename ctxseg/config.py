@@ -62,7 +62,7 @@ class OpensegResize(_Section):
         scale_range: (min, max) of the uniformly drawn scale (method "random").
         aspect_range: (min, max) of the uniformly drawn aspect ratio a; width x sqrt(a), height / sqrt(a).
         resize_bound: (short, long) side bounds of method "bound".
-        max_side_bound: the scaled image's longer side is capped to this (method "random" only, as openseg); None: no cap.
+        max_side_bound: cap on the scaled image's longer side (method "random" only, as openseg); None: no cap.
     """
 
     ratio: float
@@ -210,7 +210,8 @@ class DataConfig(_Section):
 
     The training pipeline follows mmseg: RandomResize(scale, ratio_range, keep_ratio) ->
     RandomCrop(crop_size, cat_max_ratio) -> RandomFlip -> (RandomRotation) -> PhotoMetricDistortion
-    -> Normalize -> Pad to crop_size.
+    -> Normalize -> Pad to crop_size. With `pipeline = "openseg"` it is openseg's instead (ContrastiveSeg,
+    ctxseg/data/openseg_pipeline.py), set by the `[data.openseg]` table (OpensegConfig).
 
     Args:
         dataset: dataset name (as `ctxseg prepare` knows it), used in reports.

@@ -92,7 +92,16 @@ REQUIRED = tuple(
 META_KEYS = {"use", "config", "deviations", "published_source", "notes", "source"}
 # settings of the mmseg-style pipeline: inert (compared as unset) in a recipe with data.pipeline = "openseg",
 # whose augmentation is stated by the row's "data.openseg.*" keys
-MMSEG_PIPELINE_KEYS = ("scale", "keep_ratio", "ratio_range", "cat_max", "rotate_prob", "rotate_degree", "flip_prob", "photometric")
+MMSEG_PIPELINE_KEYS = (
+    "scale",
+    "keep_ratio",
+    "ratio_range",
+    "cat_max",
+    "rotate_prob",
+    "rotate_degree",
+    "flip_prob",
+    "photometric",
+)
 DEFAULT_PIPELINE = "mmseg"  # a row that states no `pipeline`: the mmseg-style one (mmseg, ssseg and CAC alike)
 
 

@@ -72,7 +72,9 @@ class ReplayDraws:
             raise AssertionError(f"draw {self.pos}: {name}{tuple(args)} requested, but the record has ended")
         rname, rargs, value = self.records[self.pos]
         if rname != name or not np.allclose(np.asarray(rargs, float), np.asarray(args, float), rtol=0, atol=1e-12):
-            raise AssertionError(f"draw {self.pos}: {name}{tuple(args)} requested, the record has {rname}{tuple(rargs)}")
+            raise AssertionError(
+                f"draw {self.pos}: {name}{tuple(args)} requested, the record has {rname}{tuple(rargs)}"
+            )
         self.pos += 1
         return value
 
@@ -186,7 +188,11 @@ def augment(img, label, cfg: OpensegConfig, draws: Draws, swap_pair=None):
     seq = list(cfg.shuffle_trans_seq)
     if seq:
         draws.shuffle(seq)
-    pairs = cfg.random_hflip.swap_pair if cfg.random_hflip is not None and cfg.random_hflip.swap_pair is not None else swap_pair
+    pairs = (
+        cfg.random_hflip.swap_pair
+        if cfg.random_hflip is not None and cfg.random_hflip.swap_pair is not None
+        else swap_pair
+    )
     for name in [*seq, *cfg.trans_seq]:
         if name == "random_resize":
             img, label = random_resize(img, label, cfg.random_resize, draws)

@@ -48,7 +48,12 @@ CASES = {
     "cityscapes-R_101_D_8": ("configs/cityscapes/R_101_D_8.json", 1 / 16, [(128, 64), (70, 30)], {}),
     "camvid-H_48_D_4": ("configs/camvid/H_48_D_4.json", 1 / 8, [(60, 45), (90, 60), (30, 20)], {}),
     "coco_stuff-H_48_D_4": ("configs/coco_stuff/H_48_D_4.json", 1 / 8, [(80, 60), (60, 90), (40, 25)], {}),
-    "pascal_context-H_48_D_4": ("configs/pascal_context/H_48_D_4.json", 1 / 8, [(100, 75), (75, 100), (65, 65), (193, 130)], {}),  # 193 x 65/130 = 96.5: round half to even
+    "pascal_context-H_48_D_4": (
+        "configs/pascal_context/H_48_D_4.json",
+        1 / 8,
+        [(100, 75), (75, 100), (65, 65), (193, 130)],
+        {},
+    ),  # 193 x 65/130 = 96.5: round half to even
     # options no recipe uses: shuffled order, RGB input, bound resize, grid crop, swap pairs, pad_border,
     # skip probabilities below 1
     "variant-shuffle-rgb-bound-grid": (
@@ -60,7 +65,12 @@ CASES = {
             "train_trans": {
                 "trans_seq": ["random_resize", "random_crop"],
                 "shuffle_trans_seq": ["random_hflip", "random_brightness"],
-                "random_resize": {"ratio": 0.6, "method": "bound", "resize_bound": [40, 90], "aspect_range": [0.8, 1.2]},
+                "random_resize": {
+                    "ratio": 0.6,
+                    "method": "bound",
+                    "resize_bound": [40, 90],
+                    "aspect_range": [0.8, 1.2],
+                },
                 "random_crop": {"ratio": 0.7, "crop_size": [64, 32], "method": "grid", "grid": [3, 2]},
                 "random_hflip": {"ratio": 0.5, "swap_pair": [[1, 2], [3, 4]]},
                 "random_brightness": {"ratio": 0.5, "shift_value": 40},
@@ -76,8 +86,13 @@ CASES = {
             "train_trans": {
                 "trans_seq": ["resize", "random_resize", "random_crop", "random_hflip", "random_brightness"],
                 "resize": {"target_size": [70, 50], "max_side_bound": 64},
-                "random_resize": {"ratio": 0.5, "method": "random", "scale_range": [0.5, 2.0],
-                                  "aspect_range": [0.9, 1.1], "max_side_bound": 90},
+                "random_resize": {
+                    "ratio": 0.5,
+                    "method": "random",
+                    "scale_range": [0.5, 2.0],
+                    "aspect_range": [0.9, 1.1],
+                    "max_side_bound": 90,
+                },
                 "random_crop": {"ratio": 1.0, "crop_size": [48, 48], "method": "center"},
             },
             "train": {"data_transformer": {"input_size": [64, 64], "pad_mode": "pad_center"}},
@@ -143,7 +158,9 @@ def scaled(cfg: dict, f: float) -> dict:
                 tt["resize"][k] = round(tt["resize"][k] * f)
         if tt["resize"].get("target_size") is not None:
             tt["resize"]["target_size"] = [round(v * f) for v in tt["resize"]["target_size"]]
-    cfg["train"]["data_transformer"]["input_size"] = [round(v * f) for v in cfg["train"]["data_transformer"]["input_size"]]
+    cfg["train"]["data_transformer"]["input_size"] = [
+        round(v * f) for v in cfg["train"]["data_transformer"]["input_size"]
+    ]
     return cfg
 
 
@@ -162,8 +179,6 @@ def make_pair(rng: np.random.Generator, w: int, h: int):
 
 
 def run_case(name: str, tree: str, seed: int) -> tuple[dict, dict]:
-    import torch
-
     import lib.datasets.tools.collate as collate_mod
     import lib.datasets.tools.cv2_aug_transforms as aug_mod
     import lib.datasets.tools.transforms as trans
@@ -174,8 +189,12 @@ def run_case(name: str, tree: str, seed: int) -> tuple[dict, dict]:
     with open(os.path.join(tree, json_path)) as f:
         official = json.load(f)
     ran = merge(scaled(official, factor), overrides)
-    ran["train_trans"] = {k: v for k, v in ran["train_trans"].items() if k in ("trans_seq", "shuffle_trans_seq")
-                          or k in ran["train_trans"]["trans_seq"] + ran["train_trans"].get("shuffle_trans_seq", [])}
+    ran["train_trans"] = {
+        k: v
+        for k, v in ran["train_trans"].items()
+        if k in ("trans_seq", "shuffle_trans_seq")
+        or k in ran["train_trans"]["trans_seq"] + ran["train_trans"].get("shuffle_trans_seq", [])
+    }
     norm = ran["normalize"]
     img_transform = trans.Compose(
         [trans.ToTensor(), trans.Normalize(div_value=norm["div_value"], mean=norm["mean"], std=norm["std"])]
@@ -213,20 +232,31 @@ def run_case(name: str, tree: str, seed: int) -> tuple[dict, dict]:
             arrays[f"{k}_out_label"] = out_lab
             if i == 0:  # the final float32 image of the first item; the others by their sha256
                 arrays[f"{k}_out_image"] = out_img
-            samples.append({"key": k, "size_wh": [w, h], "seed": s, "draws": rec.log,
-                            "out_image_shape": list(out_img.shape),
-                            "out_image_sha256": hashlib.sha256(np.ascontiguousarray(out_img).tobytes()).hexdigest()})
+            samples.append(
+                {
+                    "key": k,
+                    "size_wh": [w, h],
+                    "seed": s,
+                    "draws": rec.log,
+                    "out_image_shape": list(out_img.shape),
+                    "out_image_sha256": hashlib.sha256(np.ascontiguousarray(out_img).tobytes()).hexdigest(),
+                }
+            )
             i += 1
-    del torch
     config = {
         "case": name,
         "official_json": json_path,
         "commit": COMMIT,
         "official": {k: official[k] for k in ("train_trans", "normalize")}
-        | {"data": {"input_mode": official["data"]["input_mode"]},
-           "train": {"data_transformer": official["train"]["data_transformer"]}},
+        | {
+            "data": {"input_mode": official["data"]["input_mode"]},
+            "train": {"data_transformer": official["train"]["data_transformer"]},
+        },
         "ran": {k: ran[k] for k in ("train_trans", "normalize")}
-        | {"data": {"input_mode": ran["data"]["input_mode"]}, "train": {"data_transformer": ran["train"]["data_transformer"]}},
+        | {
+            "data": {"input_mode": ran["data"]["input_mode"]},
+            "train": {"data_transformer": ran["train"]["data_transformer"]},
+        },
         "scale_factor": factor,
         "overrides": overrides,
         "seed": seed,
@@ -269,8 +299,12 @@ def main(argv=None):
     cv2.setNumThreads(1)
     for name in args.case or list(CASES):
         config, arrays = run_case(name, tree, args.seed)
-        config["versions"] = {"opencv": cv2.__version__, "numpy": np.__version__, "torch": torch.__version__,
-                              "python": sys.version.split()[0]}
+        config["versions"] = {
+            "opencv": cv2.__version__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
         d = args.out / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps(config, indent=1) + "\n")
