@@ -248,3 +248,15 @@ def test_a_contrastiveseg_recipe_trains_steps_with_the_openseg_pipeline(tmp_path
     assert all(np.isfinite(v) for r in records for v in r["terms"].values())
     assert records[0]["terms"]["loss_contrast"] == 0.0  # warm-up (step < 1)
     assert records[1]["terms"]["loss_contrast"] > 0.0 and records[1]["terms"]["stat_contrast_skipped"] == 0.0
+
+
+def test_adapting_a_contrastiveseg_recipe_to_other_data_keeps_its_pipeline_consistent(synthetic_small):
+    """`--data` on own images clips the crop: openseg's crop and input size follow data.crop_size."""
+    from ctxseg.data.adapt import adapt_to_data
+
+    a = adapt_to_data(load_recipe("contrast-hrnet48"), synthetic_small, components=False)
+    d = a.recipe.data
+    assert d.pipeline == "openseg" and tuple(d.crop_size) != (512, 1024)
+    h, w = d.crop_size
+    assert tuple(d.openseg.random_crop.crop_size) == (w, h) == tuple(d.openseg.data_transformer.input_size)
+    assert any(n.startswith("data.crop_size") for n in a.notes)

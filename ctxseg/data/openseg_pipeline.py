@@ -122,7 +122,11 @@ def random_resize(img, label, s, draws: Draws):
 
 def fixed_resize(img, label, s):
     """Resize (no draws); `s`: OpensegFixedResize."""
-    h, w = img.shape[:2]
+    return _resize(img, label, fixed_size(img.shape[0], img.shape[1], s))
+
+
+def fixed_size(h: int, w: int, s) -> tuple[int, int]:
+    """(w, h) an h x w image is resized to by Resize `s` (OpensegFixedResize)."""
     if s.target_size is not None:
         size = list(s.target_size)
         fw, fh = size[0] / w, size[1] / h
@@ -134,7 +138,7 @@ def fixed_resize(img, label, s):
         d = s.max_side_bound / max(size)
         fw, fh = d * fw, d * fh
         size = [int(round(w * fw)), int(round(h * fh))]
-    return _resize(img, label, tuple(size))
+    return int(size[0]), int(size[1])
 
 
 def random_crop(img, label, s, draws: Draws):
