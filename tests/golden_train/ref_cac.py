@@ -20,6 +20,9 @@ cfg.optimizer)` (mmcv 1.x DefaultOptimizerConstructor), the lr hook from `cfg.lr
         runner.outputs = model.train_step(batch, optimizer)
         optimizer_hook.after_train_iter(runner)       # zero_grad, backward, step
 
+The reference's own spread (generate.run_case) is taken over `$CTXSEG_SPREAD_RUNS` (default 8)
+perturbed runs: this run is chaotic enough that 2 runs under-sample it (the case README says how much).
+
 The batches are what the fork's pipeline gives to `forward_train`: images normalised by mmcv's
 `imnormalize` with `cfg.img_norm_cfg` (BGR -> RGB, (x - mean) * (1 / std)), labels [N, 1, H, W] int64.
 The script contains no code of the official repository; it builds its classes from its config and
