@@ -141,6 +141,23 @@ def mmseg_recipe_from(c: dict, case: str) -> dict:
     }
 
 
+def cac_model_recipe_from(c: dict, case: str) -> dict:
+    """The tiny ctxseg recipe dict of a CAC-fork training case (config.json of
+    tests/golden_train/cases/cac-*: `cac_model_cfg` = the fork's mmseg 0.x model config, `img_norm_cfg`,
+    align_corners, num_classes). The fork's *CAC heads are the plain mmseg heads plus the CAC
+    classifier, which the case's recipe adds as [[model.plugins]] type = "cac"."""
+    m = json.loads(json.dumps(c["cac_model_cfg"]))
+    norm = c["img_norm_cfg"]
+    assert norm["to_rgb"], norm  # ctxseg normalises BGR images into RGB order
+    heads = m["decode_head"] if isinstance(m["decode_head"], list) else [m["decode_head"]]
+    cac = [h for h in heads if h["type"] in CAC_HEADS]
+    assert len(cac) == 1 and cac[0] is heads[-1], f"one CAC head, the last decode head: {heads}"
+    cac[0]["type"] = cac[0]["type"].removesuffix("CAC")  # OCRHeadCAC -> OCRHead, ...
+    assert cac[0]["type"] in _HEAD_KEYS, f"no ctxseg head for mmseg {cac[0]['type']}: extend tests/golden_cases.py"
+    pre = {"mean": norm["mean"], "std": norm["std"]}
+    return mmseg_recipe_from({**c, "mmseg_model_cfg": m, "data_preprocessor": pre}, case)
+
+
 # --------------------------------------------------------------------------------------------
 # sssegmentation MCIBI config.json (segmentor_cfg) -> ctxseg recipe
 

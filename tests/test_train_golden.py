@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from ctxseg.config import apply_overrides, deep_merge, find_recipe, load_raw, validate_recipe
 from ctxseg.convert.base import convert_state_dict
 from ctxseg.data.transforms import normalize
-from tests.golden_cases import mmseg_recipe_from
+from tests.golden_cases import cac_model_recipe_from, mmseg_recipe_from
 
 ROOT = Path(os.environ.get("CTXSEG_TRAIN_GOLDEN", Path(__file__).parent / "golden_train" / "cases"))
 FOLDERS = sorted(p.parent for p in ROOT.glob("*/config.json"))
@@ -58,9 +58,13 @@ def _tiny_from_mmseg(cfg: dict) -> dict:
     return mmseg_recipe_from(cfg, cfg["case"])
 
 
+def _tiny_from_cac(cfg: dict) -> dict:
+    return cac_model_recipe_from(cfg, cfg["case"])
+
+
 # config.json's ctxseg.model_from -> the tiny ctxseg recipe (dict with model/data) the case's official
 # model translates to; one entry per official code base (the translators live in tests/golden_cases.py)
-TINY_MODEL = {"mmseg_model_cfg": _tiny_from_mmseg}
+TINY_MODEL = {"mmseg_model_cfg": _tiny_from_mmseg, "cac_model_cfg": _tiny_from_cac}
 
 
 def _recipe(cfg: dict):
@@ -81,8 +85,14 @@ def _mmseg_keymap(recipe, src: dict):
     return keymap_for(recipe, src)
 
 
+def _cac_keymap(recipe, src: dict):
+    from ctxseg.convert.cac import keymap_for
+
+    return keymap_for(recipe, src)
+
+
 # config.json's ctxseg.weights -> keymap_for(recipe, official state_dict): the converter of that layout
-KEYMAPS = {"mmseg": _mmseg_keymap}
+KEYMAPS = {"mmseg": _mmseg_keymap, "cac": _cac_keymap}
 
 
 def _keymap(cfg: dict, recipe, src: dict):
@@ -126,7 +136,15 @@ def run(request, tmp_path_factory):
     weights, report = convert_state_dict(init, core, keymap)
     assert report.ok, report.problems()
     core.load_state_dict(weights)
-    trainer.train()
+    # config.json's ctxseg.threads: the CPU threads of ctxseg's run (default: the test session's). The CAC
+    # case runs on one thread, as its golden was made: its tiny steps gain nothing from a second one,
+    # and two threads on a busy 2-core machine made its run 50x slower (60 s instead of 1 s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg["ctxseg"].get("threads", threads))
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     records = json.loads((folder / "records.json").read_text())
     final = load_file(folder / "final.safetensors")
     final_spread = json.loads((folder / "final_spread.json").read_text())

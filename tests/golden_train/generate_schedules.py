@@ -328,15 +328,14 @@ def gen_mmseg(names, rows, out, args):
 
 # ---------------------------------------------------------------------------------------------
 # CAC fork (mmseg 0.x on mmcv 1.x)
-def gen_cac(names, rows, out, args):
-    import torch
-
-    warnings.filterwarnings("ignore")
-    if not args.cac_repo:
-        raise SystemExit("--cac-repo (or $CTXSEG_CAC_REPO) is required for the CAC recipes")
-    src = export_tree(args.cac_repo)
-    if args.cac_mmcv:
-        sys.path.insert(0, os.path.abspath(args.cac_mmcv))
+def import_cac_fork(git_dir: str, mmcv_dir: str | None) -> tuple[str, str]:
+    """Make the CAC fork importable as `mmseg` (on mmcv 1.x) in this process: export the fork's
+    tree from its git dir, put it and the pure-python mmcv 1.7.2 folder first on sys.path, stub
+    mmcv.ops / einops, and import mmseg with the fork's mmcv<=1.5.0 check bypassed. Returns (the
+    exported tree, the real mmcv version). Call it before anything imports mmseg 1.x / mmcv 2.x."""
+    src = export_tree(git_dir)
+    if mmcv_dir:
+        sys.path.insert(0, os.path.abspath(mmcv_dir))
     sys.path.insert(0, src)
     import mmcv
 
@@ -352,6 +351,17 @@ def gen_cac(names, rows, out, args):
         import mmseg  # noqa: F401
     finally:
         mmcv.__version__ = real
+    return src, real
+
+
+def gen_cac(names, rows, out, args):
+    import torch
+
+    warnings.filterwarnings("ignore")
+    if not args.cac_repo:
+        raise SystemExit("--cac-repo (or $CTXSEG_CAC_REPO) is required for the CAC recipes")
+    src, real = import_cac_fork(args.cac_repo, args.cac_mmcv)
+    import mmcv
     from mmcv.runner import HOOKS, build_optimizer
     from mmcv.utils import build_from_cfg
     from mmseg.models import build_segmentor
