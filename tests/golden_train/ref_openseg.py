@@ -1,0 +1,405 @@
+"""Step-by-step training goldens of ContrastiveSeg (tfzhou/ContrastiveSeg, built on openseg.pytorch).
+
+Imported by generate.py (`runners()`); run in the reference environment (tests/golden_train/README.md):
+
+    export CTXSEG_CONTRAST_REPO=<git dir of tfzhou/ContrastiveSeg> CTXSEG_CONTRAST_PYPATH=<folder with yacs>
+    python tests/golden_train/generate.py --case openseg-contrast-hrnet48-cityscapes --seed 0 --iters 40 \\
+        --out tests/golden_train/cases
+
+The official network, loss, optimizer and scheduler are built by the official classes from the official
+config (configs/cityscapes/H_48_D_4.json + the options of scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh:
+hrnet48 backbone, model hrnet_w48_contrast, loss contrast_ce_loss, 40000 iterations, base lr 0.01, and
+main_contrastive.py's defaults nbb_mult 1.0, is_warm False), at tiny widths; the loop is the one of
+segmentor/trainer_contrastive.py's `__train` in its distributed branch (the script passes --distributed):
+
+    scheduler.step(iters)                               # lambda_poly, metric 'iters', before the forward
+    with_embed = iters >= contrast.warmup_iters
+    outputs = seg_net(inputs, with_embed=with_embed)
+    loss = pixel_loss(outputs, targets, with_embed=with_embed)   # CE + loss_weight x contrast (0 x before)
+    optimizer.zero_grad(); loss.backward(); optimizer.step(); iters += 1
+
+Patches applied in memory (nothing else changed): `.cuda()` -> no-op (the loss code calls it on CPU
+tensors); torchcontrib stubbed (SWA policies only); `in_channels = 720` of HRNet_W48_CONTRAST -> the tiny
+concatenation width, MODEL_CONFIGS['hrnet48'] -> the tiny stages and HighResolutionNet's hard-coded layer1
+(4 Bottlenecks of 64 planes) -> LAYER1; every SyncBatchNorm (the backbone and
+the projection head hard-code torchsyncbn) -> BatchNorm2d with the same settings; Dropout2d p -> 0.
+The script contains no code of the official repository; it imports it and calls its classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import types
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIG = "configs/cityscapes/H_48_D_4.json"
+SCRIPT = "scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh"
+TINY_CHANNELS = [4, 8, 16, 32]  # HRNet-W48: 48, 96, 192, 384
+LAYER1 = (4, 2)  # layer1 Bottleneck planes and blocks (official, fixed in code: 64, 4)
+NUM_CLASSES = 19  # the model's (Cityscapes, official ce_weight); the batches use the first LABEL_CLASSES
+LABEL_CLASSES = 5
+PROJ_DIM = 16  # official 256
+
+
+class _Stub(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (), {})
+
+
+_ENV: dict = {}
+
+
+def _env() -> dict:
+    """Import the official code (an exported tree of $CTXSEG_CONTRAST_REPO) once, patched as the module
+    docstring says. -> {"src": tree, "commit": sha, "Configer", "ModelManager", "OptimScheduler",
+    "LossManager", "get_parameters", "script_args"}."""
+    if _ENV:
+        return _ENV
+    import ast
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    from generate_schedules import _commit, _script_args, export_tree
+
+    repo = os.environ.get("CTXSEG_CONTRAST_REPO")
+    if not repo:
+        sys.exit("set CTXSEG_CONTRAST_REPO to a git dir of tfzhou/ContrastiveSeg (and CTXSEG_CONTRAST_PYPATH: yacs)")
+    src = export_tree(repo)
+    sys.path.insert(0, src)
+    if os.environ.get("CTXSEG_CONTRAST_PYPATH"):
+        sys.path.insert(0, os.path.abspath(os.environ["CTXSEG_CONTRAST_PYPATH"]))
+    for n in ("torchcontrib", "torchcontrib.optim"):
+        sys.modules.setdefault(n, _Stub(n))
+    torch.Tensor.cuda = lambda self, *a, **k: self  # CPU run: the loss code calls .cuda() on its tensors
+
+    # HRNet_W48_CONTRAST hard-codes its head width (720 = 48 + 96 + 192 + 384): the tiny concatenation
+    hrnet_py = Path(src) / "lib" / "models" / "nets" / "hrnet.py"
+    text = hrnet_py.read_text()
+    cls_start = text.index("class HRNet_W48_CONTRAST(")
+    cls_end = text.index("\nclass ", cls_start + 1)
+    body = text[cls_start:cls_end]
+    assert body.count("in_channels = 720") == 1, "HRNet_W48_CONTRAST no longer has `in_channels = 720`"
+    body = body.replace("in_channels = 720", f"in_channels = {sum(TINY_CHANNELS)}")
+    hrnet_py.write_text(text[:cls_start] + body + text[cls_end:])
+
+    # HighResolutionNet hard-codes layer1 (4 Bottlenecks of 64 planes -> 256 channels): LAYER1 of them
+    bb_py = Path(src) / "lib" / "models" / "backbones" / "hrnet" / "hrnet_backbone.py"
+    text = bb_py.read_text()
+    start = text.index("class HighResolutionNet(")
+    end = text.index("\nclass ", start + 1)
+    body = text[start:end]
+    planes, blocks = LAYER1
+    assert body.count("self._make_layer(Bottleneck, 64, 64, 4,") == 2 and body.count("([256], num_channels") == 1
+    body = body.replace("self._make_layer(Bottleneck, 64, 64, 4,", f"self._make_layer(Bottleneck, 64, {planes}, {blocks},")
+    body = body.replace("([256], num_channels", f"([{planes * 4}], num_channels")
+    bb_py.write_text(text[:start] + body + text[end:])
+
+    from lib.loss.loss_manager import LossManager
+    from lib.models.backbones.hrnet import hrnet_config
+    from lib.models.model_manager import ModelManager
+    from lib.utils.tools.configer import Configer
+    from segmentor.tools.optim_scheduler import OptimScheduler
+
+    tiny = hrnet_config.MODEL_CONFIGS["hrnet48"].clone()
+    for i, stage in enumerate(("STAGE2", "STAGE3", "STAGE4")):
+        s = tiny[stage]
+        nb = s.NUM_BRANCHES
+        s.NUM_MODULES = 1
+        s.NUM_BLOCKS = [1] * nb
+        s.NUM_CHANNELS = TINY_CHANNELS[:nb]
+        del i
+    hrnet_config.MODEL_CONFIGS["hrnet48"] = tiny
+
+    # the trainer's param grouping, compiled alone from the official source (its module imports data loaders)
+    tree = ast.parse((Path(src) / "segmentor" / "trainer_contrastive.py").read_text())
+    fn = next(
+        n
+        for c in tree.body
+        if isinstance(c, ast.ClassDef)
+        for n in c.body
+        if isinstance(n, ast.FunctionDef) and n.name == "_get_parameters"
+    )
+    ns: dict = {}
+    exec(compile(ast.Module([fn], []), "trainer_contrastive.py", "exec"), ns)  # noqa: S102
+    _ENV.update(
+        src=src,
+        commit=_commit(repo),
+        Configer=Configer,
+        ModelManager=ModelManager,
+        OptimScheduler=OptimScheduler,
+        LossManager=LossManager,
+        get_parameters=ns["_get_parameters"],
+        script_args=_script_args,
+        hrnet_config=_plain_cfg(tiny),
+    )
+    return _ENV
+
+
+def _plain_cfg(node):
+    if isinstance(node, dict):
+        return {k: _plain_cfg(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain_cfg(v) for v in node]
+    return node
+
+
+def _sync_to_bn(module):
+    """Every nn.SyncBatchNorm -> nn.BatchNorm2d with the same settings (one process)."""
+    import torch
+    from torch import nn
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            with torch.no_grad():
+                bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _sync_to_bn(child)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------
+# cases
+
+
+def case_contrast_hrnet48(iters: int) -> dict:
+    env = _env()
+    src = Path(env["src"])
+    d = json.loads((src / CONFIG).read_text())
+    opts = env["script_args"]((src / SCRIPT).read_text())
+    official_contrast = dict(d["contrast"])
+    # the script's options and main_contrastive.py's defaults that matter here (as generate_schedules.py)
+    d["network"]["backbone"] = opts["backbone"]
+    d["network"]["model_name"] = opts["model_name"]
+    d["loss"]["loss_type"] = opts["loss_type"]
+    d["lr"]["base_lr"] = float(opts["base_lr"])
+    d["lr"]["is_warm"] = False
+    d["lr"]["nbb_mult"] = 1.0
+    d["solver"]["max_iters"] = iters  # official 40000 (the poly decay over this run)
+    d["network"]["bn_type"] = "torchbn"  # torchsyncbn -> BN (one process)
+    d["network"]["pretrained"] = None
+    d["network"]["resume"] = None
+    d["gpu"] = [0]
+    d["network"]["loss_balance"] = opts.get("loss_balance", "y") == "y"  # --loss_balance y (one process: unused)
+    d["data"]["num_classes"] = NUM_CLASSES
+    warmup, max_samples, max_views = 10, 256, 30
+    d["contrast"].update(proj_dim=PROJ_DIM, warmup_iters=warmup, max_samples=max_samples, max_views=max_views)
+    assert opts["model_name"] == "hrnet_w48_contrast" and opts["loss_type"] == "contrast_ce_loss", opts
+    assert int(opts["max_iters"]) == 40000 and float(opts["base_lr"]) == 0.01, opts
+    c = d["contrast"]
+    ch = TINY_CHANNELS
+    nc = NUM_CLASSES
+    weights = d["loss"]["params"]["ce_weight"]
+    return {
+        "official_config": f"{CONFIG} + {SCRIPT}",
+        "openseg_config": d,
+        "shape": {"pool": 4, "batch": 2, "height": 64, "width": 64, "num_classes": LABEL_CLASSES},
+        "changes": [
+            "bn_type torchsyncbn -> torchbn (one process); the backbone's and projection head's hard-coded "
+            "SyncBatchNorm -> BatchNorm2d; no pretrained weights (the constructors' own init, seeded)",
+            f"HRNet-W48 branch channels (48,96,192,384) -> {tuple(ch)}, one module and one BasicBlock per stage; "
+            f"layer1 (fixed in code: 4 Bottlenecks of 64 planes) -> {LAYER1[1]} of {LAYER1[0]} planes, transition1 "
+            f"input 256 -> {LAYER1[0] * 4} (the stem, 64 channels, unchanged); head in_channels 720 -> {sum(ch)}",
+            f"contrast proj_dim 256 -> {PROJ_DIM}; max_samples 1024 -> {max_samples}, max_views 100 -> {max_views} "
+            "(64x64 crops: 256 embedding pixels per image); warmup_iters 5000 -> "
+            f"{warmup} (the contrast term starts inside the run)",
+            "Dropout2d(0.1) of the classifier -> p 0; max_iters 40000 -> iters; crops 1024x512 -> 64x64, "
+            f"batch 8 (4 GPUs x 2) -> 2 in one process; the batches use classes 0..{LABEL_CLASSES - 1} of the 19",
+            "the global torch RNG (the hard-anchor randperm draws) is seeded with the case seed at the start of "
+            "the loop (the official trainer does not reseed; there the state follows the model init and loader)",
+            "inputs: images normalised once ((x / 255 - mean) / std, RGB, openseg's normalize), no augmentation",
+        ],
+        "warmup": warmup,
+        # measured (seed 0, 40 iterations): see tolerance_notes
+        "tolerances": {
+            "loss": (0.0, 1e-6, 4.0),
+            "grad_norm": (0.0, 2e-5, 4.0),
+            "param": (0.0, 1e-5, 10.0),
+            "buffer": (0.0, 1e-5, 10.0),
+            "optim": (0.0, 1e-5, 10.0),
+        },
+        "tolerance_notes": "(filled in after measurement)",
+        "ctxseg": {
+            "recipe": "contrast-hrnet48",
+            "model_from": "openseg_hrnet_contrast",
+            "overrides": [
+                f"train.iters={iters}",
+                "data.batch_size=2",
+                f"data.num_classes={nc}",
+                "model.head.dropout_ratio=0.0",
+                f"model.plugins.pixel_contrast.proj_dim={PROJ_DIM}",
+                f"model.plugins.pixel_contrast.warmup={warmup}",
+                f"model.plugins.pixel_contrast.max_samples={max_samples}",
+                f"model.plugins.pixel_contrast.max_views={max_views}",
+            ],
+            "terms": {"seg_ce": "loss_ce", "contrast": "loss_contrast"},
+            "weights": "openseg",
+            "loop_seed": True,
+            "threads": 1,
+        },
+        "check": {
+            "temperature": c["temperature"],
+            "base_temperature": c["base_temperature"],
+            "loss_weight": c["loss_weight"],
+            "ce_weight": weights,
+            "official_contrast": official_contrast,
+        },
+    }
+
+
+CASES = {"openseg-contrast-hrnet48-cityscapes": case_contrast_hrnet48}
+
+
+# ------------------------------------------------------------------------------------------------
+# the official loop
+
+
+def _inputs(images, labels):
+    """uint8 BGR [N,3,H,W] -> openseg's normalised RGB float input; labels 255 -> -1 (openseg's ignore)."""
+    import torch
+
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (images.flip(1).float() / 255.0 - mean) / std
+    y = labels.long()
+    y[y == 255] = -1
+    return x.contiguous(), y
+
+
+def _train_openseg(case: dict, images, labels, seed: int, perturb: int | None):
+    import torch
+
+    env = _env()
+    d = copy.deepcopy(case["openseg_config"])
+    configer = env["Configer"](config_dict=d)
+    torch.manual_seed(seed)
+    seg_net = _sync_to_bn(env["ModelManager"](configer).semantic_segmentor())
+    for m in seg_net.modules():
+        if isinstance(m, torch.nn.Dropout2d):
+            m.p = 0.0
+    seg_net.train()
+    if perturb is not None:
+        g = torch.Generator().manual_seed(1000 + perturb)
+        with torch.no_grad():
+            for p in seg_net.parameters():
+                p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=g))
+    init = {k: v.detach().clone().contiguous() for k, v in seg_net.state_dict().items()}
+    holder = types.SimpleNamespace(seg_net=seg_net, configer=configer)
+    optimizer, scheduler = env["OptimScheduler"](configer).init_optimizer(env["get_parameters"](holder))
+    pixel_loss = env["LossManager"](configer).get_seg_loss()
+    pixel_loss.train()
+    names = {id(p): n for n, p in seg_net.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+
+    # the loss terms, read where ContrastCELoss computes them
+    seen: dict = {}
+    seg_fwd, con_fwd = pixel_loss.seg_criterion.forward, pixel_loss.contrast_criterion.forward
+    sampling = pixel_loss.contrast_criterion._hard_anchor_sampling
+
+    def seg_rec(*a, **k):
+        seen["seg"] = seg_fwd(*a, **k)
+        return seen["seg"]
+
+    def con_rec(*a, **k):
+        seen["contrast"] = con_fwd(*a, **k)
+        return seen["contrast"]
+
+    def sampling_rec(*a, **k):
+        x, y = sampling(*a, **k)
+        seen["anchors"] = [int(x.shape[0]), int(x.shape[1])] if x is not None else None
+        return x, y
+
+    pixel_loss.seg_criterion.forward = seg_rec
+    pixel_loss.contrast_criterion.forward = con_rec
+    pixel_loss.contrast_criterion._hard_anchor_sampling = sampling_rec
+
+    warmup = d["contrast"]["warmup_iters"]
+    weight = d["contrast"]["loss_weight"]
+    shp = case["shape"]
+    records = []
+    torch.manual_seed(seed)  # the loop's RNG: the hard-anchor randperm draws
+    for it in range(len(case["iters"])):
+        b = it % shp["pool"]
+        scheduler.step(it)  # trainer: self.scheduler.step(self.configer.get('iters')), lr metric 'iters'
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        x, y = _inputs(images[b], labels[b])
+        with_embed = it >= warmup
+        outputs = seg_net(x, with_embed=with_embed)
+        loss = pixel_loss(outputs, y, with_embed=with_embed)
+        optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad.detach() for p in seg_net.parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        optimizer.step()
+        contrast = float(seen["contrast"])
+        losses = {
+            "loss": float(loss),
+            "seg_ce": float(seen["seg"]),
+            "contrast": (weight if with_embed else 0.0) * contrast,
+            "contrast_unweighted": contrast,
+        }
+        records.append(
+            {
+                "iter": it,
+                "batch": b,
+                "lr": lrs,
+                "losses": losses,
+                "grad_norm": grad_norm,
+                "with_embed": with_embed,
+                "anchors": seen["anchors"],
+            }
+        )
+        print(f"{perturb} iter {it}: loss {losses['loss']:.6f} contrast {contrast:.5f} lr {lrs[0]:.6g}", file=sys.stderr)
+
+    final = {f"state.{k}": v.detach().clone().contiguous() for k, v in seg_net.state_dict().items()}
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                final[f"optim.{names[id(p)]}.{k}"] = v.detach().clone().contiguous()
+            elif torch.is_tensor(v) or isinstance(v, (int, float)):
+                final[f"optim.{names[id(p)]}.{k}"] = torch.tensor(float(v), dtype=torch.float64)
+    return init, records, final, groups, names
+
+
+def run(name: str, seed: int, iters: int, out: Path) -> None:
+    from generate import run_case
+
+    env = _env()
+    case = CASES[name](iters)
+    case["iters"] = range(iters)
+    d = case["openseg_config"]
+    case["reference_text"] = (
+        f"the official network, ContrastCELoss, SGD and\nlambda_poly scheduler (OptimScheduler) built from "
+        "that config, stepped as trainer_contrastive.py's\n`__train` does in its distributed branch "
+        "(scheduler.step(iters); forward and loss with\n`with_embed = iters >= warmup_iters`; zero_grad, "
+        f"backward, step), {iters} iterations, seed {seed}.\nInitial weights: the official constructors' "
+        "init after `torch.manual_seed(seed)`; the loop's\nRNG (hard-anchor `torch.randperm`) seeded with the "
+        "seed again at iteration 0."
+    )
+    reference = {
+        "code": "tfzhou/ContrastiveSeg",
+        "version": env["commit"],
+        "config": case["official_config"],
+        "loop": "trainer_contrastive.Trainer.__train (distributed branch)",
+    }
+    extra = {
+        "openseg_config": d,
+        "hrnet_config": env["hrnet_config"],
+        "model_num_classes": NUM_CLASSES,
+        "tiny_channels": TINY_CHANNELS,
+        "layer1": {"planes": LAYER1[0], "blocks": LAYER1[1]},
+        "check": case["check"],
+        "loop_seed": seed,
+    }
+    run_case(name, case, _train_openseg, reference, extra, seed, out)
