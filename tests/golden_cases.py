@@ -462,8 +462,9 @@ def openseg_contrast_recipe_from(c: dict) -> dict:
     stages = [{"num_modules": 1, "num_blocks": [c["layer1"]["blocks"]], "num_channels": [c["layer1"]["planes"]]}]
     for s in ("STAGE2", "STAGE3", "STAGE4"):
         assert hr[s]["BLOCK"] == "BASIC" and hr[s]["FUSE_METHOD"] == "SUM", hr[s]
+        spec = hr[s]
         stages.append(
-            {"num_modules": hr[s]["NUM_MODULES"], "num_blocks": hr[s]["NUM_BLOCKS"], "num_channels": hr[s]["NUM_CHANNELS"]}
+            {"num_modules": spec["NUM_MODULES"], "num_blocks": spec["NUM_BLOCKS"], "num_channels": spec["NUM_CHANNELS"]}
         )
     return {
         "name": f"golden-{c['case']}",

@@ -63,7 +63,6 @@ def test_official_draws_replay_the_official_randperm_calls(seed, b, n, c, max_sa
     assert not torch.equal(fast.indices, idx)  # the fast sampler draws otherwise (same distribution)
 
 
-
 @pytest.mark.parametrize(
     "seed,b,n,c,max_samples,max_views",
     [(1, 3, 200, 5, 60, 8), (2, 2, 500, 9, 1024, 100), (3, 4, 120, 3, 7, 10), (4, 1, 90, 4, 1024, 1)],
