@@ -39,6 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIG = "configs/cityscapes/H_48_D_4.json"
 SCRIPT = "scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh"
+CONFIG_MEM = "configs/cityscapes/H_48_D_4_MEM.json"
+SCRIPT_MEM = "scripts/cityscapes/hrnet/run_h_48_d_4_contrast_mem.sh"
+MEMORY = (12, 4)  # memory_size, pixel_update_freq of the memory variant (official 5000, 10)
 TINY_CHANNELS = [4, 8, 16, 32]  # HRNet-W48: 48, 96, 192, 384
 LAYER1 = (4, 2)  # layer1 Bottleneck planes and blocks (official, fixed in code: 64, 4)
 NUM_CLASSES = 19  # the model's (Cityscapes, official ce_weight); the batches use the first LABEL_CLASSES
@@ -90,7 +93,12 @@ def _env() -> dict:
     body = text[cls_start:cls_end]
     assert body.count("in_channels = 720") == 1, "HRNet_W48_CONTRAST no longer has `in_channels = 720`"
     body = body.replace("in_channels = 720", f"in_channels = {sum(TINY_CHANNELS)}")
-    hrnet_py.write_text(text[:cls_start] + body + text[cls_end:])
+    text = text[:cls_start] + body + text[cls_end:]
+    # HRNet_W48_MEM's queues: feature dim 256 by a constructor default (ModelManager passes none)
+    mem_sig = "def __init__(self, configer, dim=256, m=0.999, with_masked_ppm=False):"
+    assert text.count(mem_sig) == 1, "HRNet_W48_MEM's constructor changed"
+    text = text.replace(mem_sig, mem_sig.replace("dim=256", f"dim={PROJ_DIM}"))
+    hrnet_py.write_text(text)
 
     # HighResolutionNet hard-codes layer1 (4 Bottlenecks of 64 planes -> 256 channels): LAYER1 of them
     bb_py = Path(src) / "lib" / "models" / "backbones" / "hrnet" / "hrnet_backbone.py"
@@ -123,15 +131,16 @@ def _env() -> dict:
 
     # the trainer's param grouping, compiled alone from the official source (its module imports data loaders)
     tree = ast.parse((Path(src) / "segmentor" / "trainer_contrastive.py").read_text())
-    fn = next(
+    fns = [
         n
         for c in tree.body
         if isinstance(c, ast.ClassDef)
         for n in c.body
-        if isinstance(n, ast.FunctionDef) and n.name == "_get_parameters"
-    )
-    ns: dict = {}
-    exec(compile(ast.Module([fn], []), "trainer_contrastive.py", "exec"), ns)  # noqa: S102
+        if isinstance(n, ast.FunctionDef) and n.name in ("_get_parameters", "_dequeue_and_enqueue")
+    ]
+    assert len(fns) == 2, [f.name for f in fns]
+    ns: dict = {"torch": torch, "nn": torch.nn}
+    exec(compile(ast.Module(fns, []), "trainer_contrastive.py", "exec"), ns)  # noqa: S102
     _ENV.update(
         src=src,
         commit=_commit(repo),
@@ -140,6 +149,7 @@ def _env() -> dict:
         OptimScheduler=OptimScheduler,
         LossManager=LossManager,
         get_parameters=ns["_get_parameters"],
+        dequeue_and_enqueue=ns["_dequeue_and_enqueue"],
         script_args=_script_args,
         hrnet_config=_plain_cfg(tiny),
     )
@@ -173,12 +183,51 @@ def _sync_to_bn(module):
 # ------------------------------------------------------------------------------------------------
 # cases
 
+NOTES = (
+    "Why: float32 sums in another order (ctxseg's fused/vectorised contrast loss, channels-last or NCHW\n"
+    "convolutions) differ by ~1e-7 relative per operation. The hard-anchor draws are the official ones:\n"
+    'ctxseg\'s default sampler ("official") makes the official `torch.randperm` calls per (image, class),\n'
+    "hard then easy, from the default CPU generator, also during the warm-up, and both loops seed that\n"
+    "generator with the case seed at iteration 0, so as long as the predictions (hard/easy split) agree\n"
+    "the anchors are the same pixels. Measured (seed 0, 40 iterations): iteration 0 (CE only) CE 2.4e-7,\n"
+    "grad norm 2.0e-6 relative; iteration 1 (the first with the contrast term) CE 2.5e-7, contrast term\n"
+    "1.8e-6, grad norm 1.3e-5. The tiny run is chaotic (batch 2 and 2x2 maps in the lowest branch): a\n"
+    "relative 1e-7 perturbation of the official loop's initial weights moves its grad norm by 1.3e-2 at\n"
+    "iteration 1 and its losses by ~1e-3 from iteration 2 on (some predictions flip, the hard/easy counts\n"
+    "and with them every later randperm draw change); per iteration ctxseg stays within 1.5x the running\n"
+    "max of that spread; final tensors: median ratio to their spread 0.71 (parameters), 0.71 (BN\n"
+    "buffers), 0.89 (momentum buffers), largest 4.4. Held to: losses rtol 1e-6 + 4x spread, grad norm\n"
+    "rtol 2e-5 + 4x spread, final tensors 10x spread each and a median <= 3x per kind (as the OCRNet case).\n"
+    "Sensitivity (seed 0): temperature 0.1001, loss_weight 0.1001, base_temperature 0.1 or max_views 29\n"
+    "fail at iteration 1 (contrast term); warmup 0 fails at iteration 0, warmup 2 at iteration 1; the\n"
+    '"fast" sampler (other draws, same distribution) fails at iteration 1 (contrast 1.1124 vs 1.1191);\n'
+    "SGD momentum 0.5 fails at iteration 2."
+)
 
-def case_contrast_hrnet48(iters: int) -> dict:
+NOTES_MEM = (
+    "Why: as the plain case (openseg-contrast-hrnet48-cityscapes): float32 rounding per operation; the\n"
+    "hard-anchor draws and the queue updates' `torch.randperm` calls are the official ones (ctxseg's\n"
+    '"official" sampler: in one process the queue update draws from the default generator too, in the\n'
+    "official order: loss, then queue update), from the same seed. The recipe's own queue update is the\n"
+    "official one (official_queue_update = true: stride-8 labels on the stride-4 key map, first K map\n"
+    "positions, pixel pointer +1, class 0 never enqueued). Measured (seed 0, 40 iterations): iteration 0 CE\n"
+    "2.4e-7, grad norm 2.0e-6 relative; iteration 1 (first contrast term, against the queues after\n"
+    "iteration 0's update) CE 2.5e-7, contrast term 3.6e-6, grad norm 2.6e-5; per iteration within 2.0x the\n"
+    "running max of the official loop's own spread; final tensors: median ratio to their spread 0.87\n"
+    "(parameters), 0.85 (BN buffers and queues), 0.99 (momentum buffers), largest 4.8; the queue pointers\n"
+    "(long buffers) are equal exactly. Held to the same tolerances as the plain case. Sensitivity (seed\n"
+    "0): official_queue_update=false (the fix), pixel_update_freq 3, queue_skip_class0=false,\n"
+    'queue_self_mask=false, temperature 0.0701, the "fast" sampler and warmup 2 all fail at iteration 1;\n'
+    "the first two also end with other queue pointers."
+)
+
+
+def case_contrast_hrnet48(iters: int, mem: bool = False) -> dict:
     env = _env()
     src = Path(env["src"])
-    d = json.loads((src / CONFIG).read_text())
-    opts = env["script_args"]((src / SCRIPT).read_text())
+    config, script = (CONFIG_MEM, SCRIPT_MEM) if mem else (CONFIG, SCRIPT)
+    d = json.loads((src / config).read_text())
+    opts = env["script_args"]((src / script).read_text())
     official_contrast = dict(d["contrast"])
     # the script's options and main_contrastive.py's defaults that matter here (as generate_schedules.py)
     d["network"]["backbone"] = opts["backbone"]
@@ -194,16 +243,24 @@ def case_contrast_hrnet48(iters: int) -> dict:
     d["gpu"] = [0]
     d["network"]["loss_balance"] = opts.get("loss_balance", "y") == "y"  # --loss_balance y (one process: unused)
     d["data"]["num_classes"] = NUM_CLASSES
-    warmup, max_samples, max_views = 1, 256, 30
+    warmup = 1
+    if mem:
+        max_samples, max_views = d["contrast"]["max_samples"], d["contrast"]["max_views"]  # official: 1024, 1
+        memory_size, freq = MEMORY
+        d["contrast"].update(memory_size=memory_size, pixel_update_freq=freq)
+        assert opts["model_name"] == "hrnet_w48_mem" and opts["loss_type"] == "mem_contrast_ce_loss", opts
+        assert d["contrast"]["with_memory"] and d["network"]["stride"] == 8, d
+    else:
+        max_samples, max_views = 256, 30
+        assert opts["model_name"] == "hrnet_w48_contrast" and opts["loss_type"] == "contrast_ce_loss", opts
     d["contrast"].update(proj_dim=PROJ_DIM, warmup_iters=warmup, max_samples=max_samples, max_views=max_views)
-    assert opts["model_name"] == "hrnet_w48_contrast" and opts["loss_type"] == "contrast_ce_loss", opts
     assert int(opts["max_iters"]) == 40000 and float(opts["base_lr"]) == 0.01, opts
     c = d["contrast"]
     ch = TINY_CHANNELS
     nc = NUM_CLASSES
     weights = d["loss"]["params"]["ce_weight"]
     return {
-        "official_config": f"{CONFIG} + {SCRIPT}",
+        "official_config": f"{config} + {script}",
         "openseg_config": d,
         "shape": {"pool": 4, "batch": 2, "height": 64, "width": 64, "num_classes": LABEL_CLASSES},
         "changes": [
@@ -212,12 +269,19 @@ def case_contrast_hrnet48(iters: int) -> dict:
             f"HRNet-W48 branch channels (48,96,192,384) -> {tuple(ch)}, one module and one BasicBlock per stage; "
             f"layer1 (fixed in code: 4 Bottlenecks of 64 planes) -> {LAYER1[1]} of {LAYER1[0]} planes, transition1 "
             f"input 256 -> {LAYER1[0] * 4} (the stem, 64 channels, unchanged); head in_channels 720 -> {sum(ch)}",
-            f"contrast proj_dim 256 -> {PROJ_DIM}; max_samples 1024 -> {max_samples}, max_views 100 -> {max_views} "
-            "(64x64 crops: 256 embedding pixels per image); warmup_iters 5000 -> "
-            f"{warmup} (the contrast term starts inside the run)",
+            (
+                f"contrast proj_dim 256 -> {PROJ_DIM} (HRNet_W48_MEM's queue dim 256, a constructor default, "
+                f"-> {PROJ_DIM}); memory_size 5000 -> {MEMORY[0]}, pixel_update_freq 10 -> {MEMORY[1]} (max_samples "
+                f"{max_samples}, max_views {max_views}, network stride 8 as official); warmup_iters 5000 -> {warmup}"
+                if mem
+                else f"contrast proj_dim 256 -> {PROJ_DIM}; max_samples 1024 -> {max_samples}, max_views 100 -> "
+                f"{max_views} (64x64 crops: 256 embedding pixels per image); warmup_iters 5000 -> {warmup}"
+            )
+            + " (the contrast term starts inside the run)",
             "Dropout2d(0.1) of the classifier -> p 0; max_iters 40000 -> iters; crops 1024x512 -> 64x64, "
             f"batch 8 (4 GPUs x 2) -> 2 in one process; the batches use classes 0..{LABEL_CLASSES - 1} of the 19",
-            "the global torch RNG (the hard-anchor randperm draws) is seeded with the case seed at the start of "
+            "the global torch RNG (the hard-anchor and queue-update randperm draws) is seeded with the case seed at "
+            "the start of "
             "the loop (the official trainer does not reseed; there the state follows the model init and loader)",
             "inputs: images normalised once ((x / 255 - mean) / std, RGB, openseg's normalize), no augmentation",
         ],
@@ -230,28 +294,9 @@ def case_contrast_hrnet48(iters: int) -> dict:
             "buffer": (0.0, 1e-5, 10.0),
             "optim": (0.0, 1e-5, 10.0),
         },
-        "tolerance_notes": (
-            "Why: float32 sums in another order (ctxseg's fused/vectorised contrast loss, channels-last or NCHW\n"
-            "convolutions) differ by ~1e-7 relative per operation. The hard-anchor draws are the official ones:\n"
-            'ctxseg\'s default sampler ("official") makes the official `torch.randperm` calls per (image, class),\n'
-            "hard then easy, from the default CPU generator, also during the warm-up, and both loops seed that\n"
-            "generator with the case seed at iteration 0, so as long as the predictions (hard/easy split) agree\n"
-            "the anchors are the same pixels. Measured (seed 0, 40 iterations): iteration 0 (CE only) CE 2.4e-7,\n"
-            "grad norm 2.0e-6 relative; iteration 1 (the first with the contrast term) CE 2.5e-7, contrast term\n"
-            "1.8e-6, grad norm 1.3e-5. The tiny run is chaotic (batch 2 and 2x2 maps in the lowest branch): a\n"
-            "relative 1e-7 perturbation of the official loop's initial weights moves its grad norm by 1.3e-2 at\n"
-            "iteration 1 and its losses by ~1e-3 from iteration 2 on (some predictions flip, the hard/easy counts\n"
-            "and with them every later randperm draw change); per iteration ctxseg stays within 1.5x the running\n"
-            "max of that spread; final tensors: median ratio to their spread 0.71 (parameters), 0.71 (BN\n"
-            "buffers), 0.89 (momentum buffers), largest 4.4. Held to: losses rtol 1e-6 + 4x spread, grad norm\n"
-            "rtol 2e-5 + 4x spread, final tensors 10x spread each and a median <= 3x per kind (as the OCRNet case).\n"
-            "Sensitivity (seed 0): temperature 0.1001, loss_weight 0.1001, base_temperature 0.1 or max_views 29\n"
-            "fail at iteration 1 (contrast term); warmup 0 fails at iteration 0, warmup 2 at iteration 1; the\n"
-            '"fast" sampler (other draws, same distribution) fails at iteration 1 (contrast 1.1124 vs 1.1191);\n'
-            "SGD momentum 0.5 fails at iteration 2."
-        ),
+        "tolerance_notes": NOTES_MEM if mem else NOTES,
         "ctxseg": {
-            "recipe": "contrast-hrnet48",
+            "recipe": "contrast-hrnet48-mem" if mem else "contrast-hrnet48",
             "model_from": "openseg_hrnet_contrast",
             "overrides": [
                 f"train.iters={iters}",
@@ -262,6 +307,14 @@ def case_contrast_hrnet48(iters: int) -> dict:
                 f"model.plugins.pixel_contrast.warmup={warmup}",
                 f"model.plugins.pixel_contrast.max_samples={max_samples}",
                 f"model.plugins.pixel_contrast.max_views={max_views}",
+                *(
+                    [
+                        f"model.plugins.pixel_contrast.memory_size={MEMORY[0]}",
+                        f"model.plugins.pixel_contrast.pixel_update_freq={MEMORY[1]}",
+                    ]
+                    if mem
+                    else []
+                ),
             ],
             "terms": {"seg_ce": "loss_ce", "contrast": "loss_contrast"},
             "weights": "openseg",
@@ -278,7 +331,14 @@ def case_contrast_hrnet48(iters: int) -> dict:
     }
 
 
-CASES = {"openseg-contrast-hrnet48-cityscapes": case_contrast_hrnet48}
+def case_contrast_hrnet48_mem(iters: int) -> dict:
+    return case_contrast_hrnet48(iters, mem=True)
+
+
+CASES = {
+    "openseg-contrast-hrnet48-cityscapes": case_contrast_hrnet48,
+    "openseg-contrast-hrnet48-mem-cityscapes": case_contrast_hrnet48_mem,
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +375,14 @@ def _train_openseg(case: dict, images, labels, seed: int, perturb: int | None):
             for p in seg_net.parameters():
                 p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=g))
     init = {k: v.detach().clone().contiguous() for k, v in seg_net.state_dict().items()}
-    holder = types.SimpleNamespace(seg_net=seg_net, configer=configer)
+    mem = bool(d["contrast"].get("with_memory"))
+    holder = types.SimpleNamespace(
+        seg_net=seg_net,
+        configer=configer,
+        network_stride=d["network"]["stride"],
+        memory_size=d["contrast"].get("memory_size"),
+        pixel_update_freq=d["contrast"].get("pixel_update_freq"),
+    )
     optimizer, scheduler = env["OptimScheduler"](configer).init_optimizer(env["get_parameters"](holder))
     pixel_loss = env["LossManager"](configer).get_seg_loss()
     pixel_loss.train()
@@ -355,8 +422,23 @@ def _train_openseg(case: dict, images, labels, seed: int, perturb: int | None):
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         x, y = _inputs(images[b], labels[b])
         with_embed = it >= warmup
-        outputs = seg_net(x, with_embed=with_embed)
+        if mem:  # trainer: the memory branch (with_memory), the queues handed to the loss, then updated
+            outputs = seg_net(x, y, with_embed=with_embed)
+            for q in ("pixel_queue", "pixel_queue_ptr", "segment_queue", "segment_queue_ptr"):
+                outputs[q] = getattr(seg_net, q)
+        else:
+            outputs = seg_net(x, with_embed=with_embed)
         loss = pixel_loss(outputs, y, with_embed=with_embed)
+        if mem and "key" in outputs and "lb_key" in outputs:
+            env["dequeue_and_enqueue"](
+                holder,
+                outputs["key"],
+                outputs["lb_key"],
+                segment_queue=seg_net.segment_queue,
+                segment_queue_ptr=seg_net.segment_queue_ptr,
+                pixel_queue=seg_net.pixel_queue,
+                pixel_queue_ptr=seg_net.pixel_queue_ptr,
+            )
         optimizer.zero_grad()
         loss.backward()
         grads = [p.grad.detach() for p in seg_net.parameters() if p.grad is not None]

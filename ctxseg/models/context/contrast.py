@@ -24,7 +24,7 @@ from torch import nn
 
 from ctxseg.errors import UserError
 from ctxseg.losses.contrast import downsample_labels, pixel_contrast_loss, sample_anchors
-from ctxseg.models.context.base import ContextPlugin, gather_across_processes
+from ctxseg.models.context.base import ContextPlugin, _distributed, gather_across_processes
 from ctxseg.models.heads.base import ClassifierSlot
 
 
@@ -86,8 +86,11 @@ class PixelContrast(ContextPlugin):
         sampler: hard-anchor draws. "official": the official `torch.randperm` calls per (image, class),
             hard then easy, in the official order, from torch's default CPU generator, also during the
             warm-up (the official loss samples every step and multiplies the term by 0), so a run
-            seeded like the official one draws the same anchors; "fast": random keys on the
-            embedding's device (the same distribution, no host loop, nothing drawn in the warm-up).
+            seeded like the official one draws the same anchors; in a one-process run the queue
+            updates' randperm calls also use the default generator, as the official trainer (with
+            several processes, and with "fast", a generator seeded by `seed` and the step, the same
+            on every replica); "fast": random keys on the embedding's device (the same
+            distribution, no host loop, nothing drawn in the warm-up).
         official_single_process: reproduce the official trainer, where the term never switches on in a
             non-distributed run.
         use_queue: memory variant: contrast against per-class segment and pixel queues (registered
@@ -253,7 +256,10 @@ class PixelContrast(ContextPlugin):
             return
         keys = gather_across_processes(outputs["embed"].detach().float())
         labels = gather_across_processes(targets)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # same draws on every replica
+        if self.sampler == "official" and not _distributed():
+            gen = None  # one process: the official `torch.randperm` calls on the default generator
+        else:  # several processes: the same draws on every replica (they all update the same queues)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         self.update_queues(keys, labels, gen)
 
     def _perm(self, n: int, gen: torch.Generator | None) -> torch.Tensor:
