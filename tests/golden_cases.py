@@ -470,3 +470,22 @@ def contrast_model_recipe(case: str) -> dict:
             "plugins": [{"type": "pixel_contrast", "proj": c["proj"], "proj_dim": c["proj_dim"]}],
         },
     }
+
+
+def openseg_contrast_recipe_from(c: dict) -> dict:
+    """The tiny ctxseg model of a ContrastiveSeg training golden (tests/golden_train/ref_openseg.py's
+    config.json: hrnet_config, layer1, model_num_classes, openseg_config's contrast block)."""
+    hr = c["hrnet_config"]
+    stages = [{"num_modules": 1, "num_blocks": [c["layer1"]["blocks"]], "num_channels": [c["layer1"]["planes"]]}]
+    for s in ("STAGE2", "STAGE3", "STAGE4"):
+        assert hr[s]["BLOCK"] == "BASIC" and hr[s]["FUSE_METHOD"] == "SUM", hr[s]
+        spec = hr[s]
+        stages.append(
+            {"num_modules": spec["NUM_MODULES"], "num_blocks": spec["NUM_BLOCKS"], "num_channels": spec["NUM_CHANNELS"]}
+        )
+    return {
+        "name": f"golden-{c['case']}",
+        "description": f"built from {c['case']}/config.json",
+        "data": {"num_classes": c["model_num_classes"]},
+        "model": {"backbone": {"type": "hrnet", "fuse_upsample": "openseg", "stages": stages}},
+    }
