@@ -19,13 +19,16 @@ the case folder `<out>/<case>/`:
     batches.safetensors the batch pool: image_bgr_uint8 [P, N, 3, H, W], label [P, N, H, W] (uint8,
                         255 = ignore); iteration i uses batch i % P
     init.safetensors    the initial state_dict (official key names)
-    records.json        per iteration: lr of every param group (float64, as json), every loss term,
+    records.json        per iteration: lr and weight decay of every param group (float64, as json;
+                        groups equal in both at every iteration and in their other settings merged,
+                        `merge_groups`; records[0]["optimizer"]: those settings), every loss term,
                         the global gradient norm (2-norm of all gradients before the optimizer step),
                         and `spread`: how far the reference itself moves (max over 2 runs) when every
                         initial parameter is perturbed by a relative 1e-7 (float32 rounding size)
     final_spread.json   the same spread for every final tensor (max abs difference)
     final.safetensors   after the last iteration: every parameter and buffer (`state.<key>`) and the
-                        optimizer state (`optim.<param name>.<state key>`, e.g. momentum_buffer)
+                        optimizer state (`optim.<param name>.<state key>`, e.g. momentum_buffer,
+                        exp_avg; a scalar such as AdamW's `step` as a 0-dim float64 tensor)
     README.md           what the case is and the tolerances the test uses
 
 Official code locations: mmsegmentation / mmengine / mmcv(-lite) are the installed packages of the
