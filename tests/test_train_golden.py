@@ -278,3 +278,20 @@ def test_final_parameters_buffers_and_optimizer_state(run):
         median = torch.tensor(values).median().item()
         assert median <= MEDIAN_SPREAD_RATIO, f"{kind}: median |ours - ref| / spread {median:.2f}"
     print(f"{folder.name}: max (abs diff / max |ref|) " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+
+
+def test_convert_one_renames_and_permutes_state_like_its_parameter():
+    """A Swin patch-merging weight goes through the converter's fix-up (channel permutation when the
+    recipe's merge order differs from the source's), so its AdamW moments must too; other keys through
+    the rename rules, values unchanged."""
+    from ctxseg.convert.mmseg_swin import swin_keymap, unfold_to_orig
+
+    w = torch.randn(8, 16)
+    merge, fc2 = "backbone.stages.0.downsample.reduction.weight", "backbone.stages.0.blocks.0.ffn.layers.1.weight"
+    keymap = swin_keymap({merge: w, fc2: w}, "timm")  # mmseg source (unfold order) -> timm order
+    key, value = _convert_one(keymap, merge, w)
+    assert key == merge and torch.equal(value, unfold_to_orig(w)) and not torch.equal(value, w)
+    assert _convert_one(keymap, fc2, w) == ("backbone.stages.0.blocks.0.mlp.fc2.weight", w)
+    assert _rename(swin_keymap({merge: w, fc2: w}), merge, w) == merge  # same order: unchanged
+    with pytest.raises(AssertionError, match="no rule or fix-up"):
+        _convert_one(keymap, "backbone.unknown.weight", w)
