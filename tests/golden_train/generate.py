@@ -293,11 +293,11 @@ def case_mmseg_upernet_swin_b(iters: int) -> dict:
             f"data_preprocessor size (512,512) -> (64,64); LinearLR end 1500 -> {warmup}, PolyLR begin 1500 ->"
             f" {warmup}, end 160000 -> iters (warm-up and decay both inside the run)",
         ],
-        # measured (seed 0, 40 iterations): loss terms within 2.4e-7 relative (one float32 ulp) at every
-        # iteration, <= 1.0x the running spread; grad norm <= 1.6e-7 relative at iterations 0-2, <= 2.0x
-        # the running spread after; final tensors |ours - ref| / spread: params median 0.85 max 1.4,
-        # buffers 0.86 / 1.2, AdamW state 0.78 / 3.5 (exp_avg_sq of a LayerNorm bias, values ~1e-22);
-        # none needs the rtol term at these spread factors (tests/golden_train/mutations.py)
+        # measured (seed 0, 40 iterations, 6 perturbed runs): loss terms within 2.4e-7 relative (one
+        # float32 ulp) at every iteration, <= 1.0x the running spread; grad norm <= 1.6e-7 relative at
+        # iterations 0-2, <= 2.0x the running spread after; final tensors |ours - ref| / spread: params
+        # median 0.68 max 1.1, buffers 0.68 / 0.93, AdamW state 0.48 / 2.9 (exp_avg_sq of a LayerNorm
+        # bias, values ~1e-22). Seeds 1-3: per iteration <= 1.7x, final <= 3.5x. None needs the rtol term.
         "tolerances": {
             "loss": (0.0, 1e-6, 4.0),
             "grad_norm": (0.0, 1e-6, 4.0),
@@ -306,22 +306,29 @@ def case_mmseg_upernet_swin_b(iters: int) -> dict:
             "optim": (0.0, 1e-6, 6.0),
         },
         "optim_what": "every AdamW state tensor (exp_avg, exp_avg_sq); the scalar `step` exact",
+        # the grad-norm spikes (patch-merging reductions, ~7x the usual norm, once or twice a run) are the
+        # most sensitive events; 2 perturbed runs under-sample their spread (seed 2: ctxseg at 8.7x it)
+        "spread_runs": 6,
         "tolerance_notes": (
             "Why: at the official lr (6e-5, warm-up from 6e-11) this tiny Swin-UperNet run moves its\n"
             "weights by ~1e-3 in 40 iterations and is much less chaotic than the OCRNet case: a relative\n"
             "1e-7 perturbation of the official loop's initial weights moves its loss by <= 5e-7 and its grad\n"
-            "norm by up to 5e-3 (at its two grad-norm spikes, iterations 7 and 9: 4.8 and 1.6 against ~0.2)\n"
-            "and by <= 6e-5 elsewhere. Measured\n"
-            "(seed 0): ctxseg's loss terms agree to one float32 ulp (2.4e-7 relative) at every iteration,\n"
-            "its grad norm to 1.6e-7 relative at iterations 0-2 and within 2.0x the running spread after;\n"
-            "final tensors: |ours - ref| / spread median 0.8-0.9 per kind, max 1.4 (parameters), 1.2 (BN\n"
-            "buffers), 3.5 (AdamW exp_avg_sq of a LayerNorm bias). So the bounds are 4x the spread per\n"
-            "iteration and 6x per final tensor, with rtol 1e-6 (~8 float32 ulps of max |ref|) as a floor\n"
-            "for tensors whose spread is ~0; none of the measured differences needs that floor. The lr\n"
-            "(relative 1e-12) and weight decay (exact) of every parameter and AdamW's betas / eps / amsgrad\n"
-            "/ maximize / decoupled_weight_decay per official group are compared at every iteration; AdamW's\n"
-            "`step` and BN's num_batches_tracked exactly. What the dynamic checks can and cannot see\n"
-            "(tests/golden_train/mutations.py): see tests/golden_train/README.md."
+            "norm by <= 7e-5, except at its grad-norm spikes (iterations 7 and 9: 4.8 and 1.6 against ~0.2,\n"
+            "gradients of the patch-merging reductions), where it moves it by up to 9e-3. The spread is the\n"
+            "max over 6 perturbed runs: with 2, seed 2's spike (iteration 14) was under-sampled 10x and\n"
+            "ctxseg sat at 8.7x it; on the same weights at that iteration ctxseg's grad norm is within 1e-5 of\n"
+            "mmseg's (the official one itself moves 8e-5 under a 1e-7 perturbation of those weights), so the\n"
+            "distance is the trajectory's chaos, not a difference of the step. Measured (seed 0): ctxseg's\n"
+            "loss terms agree to one float32 ulp (2.4e-7 relative) at every iteration, its grad norm to\n"
+            "1.6e-7 relative at iterations 0-2 and within 2.0x the running spread after; final tensors:\n"
+            "|ours - ref| / spread median 0.5-0.7 per kind, max 1.1 (parameters), 0.93 (BN buffers), 2.9\n"
+            "(AdamW exp_avg_sq of a LayerNorm bias); seeds 1-3 at most 1.7x per iteration, 3.5x final. So\n"
+            "the bounds are 4x the spread per iteration and 6x per final tensor, with rtol 1e-6 (~8 float32\n"
+            "ulps of max |ref|) as a floor for tensors whose spread is ~0; none of the measured differences\n"
+            "needs that floor. The lr (relative 1e-12) and weight decay (exact) of every parameter and\n"
+            "AdamW's betas / eps / amsgrad / maximize / decoupled_weight_decay per official group are\n"
+            "compared at every iteration; AdamW's `step` and BN's num_batches_tracked exactly. What the\n"
+            "dynamic checks can and cannot see (tests/golden_train/mutations.py): tests/golden_train/README.md."
         ),
         "ctxseg": {
             "recipe": "upernet-swin-b-ade20k-160k",
@@ -517,7 +524,7 @@ def run_mmseg(name: str, seed: int, iters: int, out: Path) -> None:
         "optim_wrapper": case["optim_wrapper"],
         "param_scheduler": case["param_scheduler"],
     }
-    run_case(name, case, _train_mmseg, reference, extra, seed, out)
+    run_case(name, case, _train_mmseg, reference, extra, seed, out, case.get("spread_runs", 2))
 
 
 def _readme(name: str, case: dict, config: dict) -> str:
