@@ -67,6 +67,9 @@ def _mmseg_backbone(cfg: dict) -> dict:
         return {"type": "hrnet", "stages": stages}
     if t == "SwinTransformer":
         assert cfg.get("strides", [4, 2, 2, 2]) == [4, 2, 2, 2] and cfg.get("qk_scale") is None, cfg
+        # ctxseg's Swin: GELU MLPs, LayerNorms, nothing frozen, no checkpointing (mmseg's defaults)
+        assert cfg.get("act_cfg", {"type": "GELU"})["type"] == "GELU", cfg
+        assert cfg.get("norm_cfg", {"type": "LN"})["type"] == "LN" and cfg.get("frozen_stages", -1) == -1, cfg
         keys = (
             "embed_dims",
             "depths",

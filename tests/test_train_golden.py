@@ -71,7 +71,7 @@ TINY_MODEL = {
 }
 
 
-def _recipe(cfg: dict):
+def _recipe(cfg: dict, extra: tuple[str, ...] = ()):
     c = cfg["ctxseg"]
     raw = load_raw(find_recipe(c["recipe"]))
     assert c["model_from"] in TINY_MODEL, f"no translation for model_from={c['model_from']}"
@@ -79,7 +79,7 @@ def _recipe(cfg: dict):
     raw["model"] = deep_merge(raw["model"], {k: v for k, v in tiny["model"].items() if k != "backbone"})
     raw["model"]["backbone"] = tiny["model"]["backbone"]  # the tiny stages replace the preset (no pretrained)
     raw["data"] = deep_merge(raw["data"], tiny["data"])
-    raw = apply_overrides(raw, [*c["overrides"], *RUN_OVERRIDES])
+    raw = apply_overrides(raw, [*c["overrides"], *RUN_OVERRIDES, *extra])
     return validate_recipe(raw)
 
 
@@ -111,26 +111,38 @@ def _keymap(cfg: dict, recipe, src: dict):
     return KEYMAPS[layout](recipe, src)
 
 
-def _rename(keymap, key: str) -> str:
-    """The ctxseg name of an official key (the keymap's first matching rule)."""
+def _convert_one(keymap, key: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The ctxseg name and value of one official tensor (a parameter, or optimizer state shaped like
+    it): as apply_keymap does, the fix-ups first (e.g. Swin's patch-merging channel permutation, which
+    the state of that parameter needs too), then the first matching rename rule."""
+    for fix in keymap.fixups:
+        out: dict[str, torch.Tensor] = {}
+        if key in fix({key: value}, out):
+            assert len(out) == 1, f"fix-up of {key} writes {sorted(out)}: not a one-to-one key"
+            return next(iter(out.items()))
     for pat, rep in keymap.rules:
         if re.fullmatch(pat, key):
-            return re.sub(pat, rep, key)
-    raise AssertionError(f"no rule maps {key}")
+            return re.sub(pat, rep, key), value
+    raise AssertionError(f"no rule or fix-up maps {key}")
+
+
+def _rename(keymap, key: str, like: torch.Tensor | None = None) -> str:
+    """The ctxseg name of an official key (`like`: a tensor of its shape, for fix-ups that read it)."""
+    return _convert_one(keymap, key, torch.zeros(1) if like is None else like)[0]
 
 
 def _close(ours: float, ref: float, tol: tuple[float, float, float], spread: float) -> bool:
     return abs(ours - ref) <= tol[0] + tol[1] * abs(ref) + tol[2] * spread
 
 
-@pytest.fixture(scope="module", params=[f.name for f in FOLDERS])
-def run(request, tmp_path_factory):
-    """One case: (config, recipe, keymap, trainer after train(), official records, official final state)."""
+def train_case(folder: Path, runs_dir: Path, extra: tuple[str, ...] = ()):
+    """Train ctxseg on one case: (config, folder, trainer after train(), keymap, official records,
+    (official final state, its spread)). `extra`: more recipe overrides (tests/golden_train/mutations.py
+    trains deliberately wrong settings with them, to show what the checks catch)."""
     from ctxseg.engine.trainer import Trainer
 
-    folder = ROOT / request.param
     cfg = json.loads((folder / "config.json").read_text())
-    recipe = _recipe(cfg)
+    recipe = _recipe(cfg, extra)
     init = load_file(folder / "init.safetensors")
     data = load_file(folder / "batches.safetensors")
     batches = []
@@ -140,7 +152,7 @@ def run(request, tmp_path_factory):
         ]
         batches.append({"image": torch.stack(x), "label": labels.long()})
     torch.manual_seed(0)
-    trainer = Trainer(recipe, tmp_path_factory.mktemp("runs"), progress=False, batches=batches, record_steps=True)
+    trainer = Trainer(recipe, runs_dir, progress=False, batches=batches, record_steps=True)
     core = trainer.acc.unwrap_model(trainer.model)
     keymap = _keymap(cfg, recipe, init)
     weights, report = convert_state_dict(init, core, keymap)
@@ -163,18 +175,31 @@ def run(request, tmp_path_factory):
     return cfg, folder, trainer, keymap, records, (final, final_spread)
 
 
+@pytest.fixture(scope="module", params=[f.name for f in FOLDERS])
+def run(request, tmp_path_factory):
+    """One case, trained (train_case)."""
+    return train_case(ROOT / request.param, tmp_path_factory.mktemp("runs"))
+
+
 def test_cases_are_discovered():
     assert FOLDERS, f"no training golden under {ROOT}"
 
 
-def test_lr_of_every_parameter_at_every_iteration(run):
-    cfg, folder, trainer, keymap, records, _ = run
+def _group_pairs(run) -> set[tuple[int, int]]:
+    """(official group, ctxseg group) of every trainable parameter (official names from config.json)."""
+    cfg, _, trainer, keymap, _, (final, _) = run
     core = trainer.acc.unwrap_model(trainer.model)
-    ours_group = {}
     ids = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups) for p in g["params"]}
-    for name, p in core.named_parameters():
-        ours_group[name] = ids[id(p)]
-    pairs = {(g, ours_group[_rename(keymap, name)]) for name, g in cfg["param_groups"].items()}
+    ours_group = {name: ids[id(p)] for name, p in core.named_parameters()}
+    return {(g, ours_group[_rename(keymap, name, final[f"state.{name}"])]) for name, g in cfg["param_groups"].items()}
+
+
+def test_lr_and_weight_decay_of_every_parameter_at_every_iteration(run):
+    """Each parameter's lr (relative 1e-12) and weight decay (exact) at every iteration, through the
+    group it is in on each side; and, where the case stores them (records[0]["optimizer"]), the other
+    settings of its official group that change the update (AdamW's betas and eps, ...)."""
+    cfg, folder, trainer, _, records, _ = run
+    pairs = _group_pairs(run)
     assert len(trainer.step_records) == len(records) == cfg["iters"]
     worst = 0.0
     for ours, ref in zip(trainer.step_records, records):
@@ -183,7 +208,15 @@ def test_lr_of_every_parameter_at_every_iteration(run):
             err = abs(a - b) / max(abs(b), 1e-300)
             worst = max(worst, err)
             assert err <= LR_RTOL, f"iteration {ref['iter']}: lr {a!r} vs official {b!r} (group {g_ref})"
-    print(f"{folder.name}: lr max rel diff {worst:.3g}")
+            if "weight_decay" in ref:  # cases written before weight decay was recorded have none
+                a, b = ours["weight_decay"][g_ours], ref["weight_decay"][g_ref]
+                assert a == b, f"iteration {ref['iter']}: weight decay {a!r} vs official {b!r} (group {g_ref})"
+    for g_ref, g_ours in pairs:
+        for key, official in records[0].get("optimizer", [{}] * len(records[0]["lr"]))[g_ref].items():
+            mine = trainer.optimizer.param_groups[g_ours].get(key)
+            mine = list(mine) if isinstance(mine, tuple) else mine
+            assert mine == official, f"optimizer {key}: {mine!r} vs official {official!r} (group {g_ref})"
+    print(f"{folder.name}: lr max rel diff {worst:.3g}; {len(pairs)} (official, ctxseg) group pairs")
 
 
 def test_losses_and_grad_norm_every_iteration(run):
@@ -210,46 +243,85 @@ def test_losses_and_grad_norm_every_iteration(run):
     print(f"{folder.name}: max rel diff " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
 
 
-def test_final_parameters_buffers_and_optimizer_state(run):
+def final_diffs(run) -> list[dict]:
+    """Every final tensor against the official one: rows {kind (param / buffer / optim), key (official),
+    err (max abs diff), scale (max |ref|), spread, limit (the case README's bound)}; counts (BN's
+    num_batches_tracked, AdamW's `step`) with limit 0 (they must be equal)."""
     cfg, folder, trainer, keymap, _, (final, spread) = run
     tol = tolerances(folder)
     core = trainer.acc.unwrap_model(trainer.model)
     ours = core.state_dict()
     params = dict(core.named_parameters())
+    rows = []
+
+    def row(kind, key, mine, ref, sp):
+        mine, ref = torch.as_tensor(mine).cpu(), torch.as_tensor(ref)
+        if not ref.is_floating_point() or ref.dim() == 0:  # num_batches_tracked, AdamW's step: exact
+            err = float((mine.double() - ref.double()).abs().max())
+            rows.append(
+                {"kind": kind, "key": key, "err": err, "scale": float(ref.abs().max()), "spread": 0.0, "limit": 0.0}
+            )
+            return
+        atol, rtol, s = tol[kind]
+        err = (mine.float() - ref.float()).abs().max().item()
+        scale = ref.abs().max().item()
+        rows.append(
+            {"kind": kind, "key": key, "err": err, "scale": scale, "spread": sp, "limit": atol + rtol * scale + s * sp}
+        )
+
+    for k, ref in final.items():
+        if k.startswith("state."):
+            name = k[len("state.") :]
+            if name.endswith("relative_position_index"):  # derived by ctxseg (the converter checks it)
+                continue
+            key, ref = _convert_one(keymap, name, ref)
+            row("param" if key in params else "buffer", name, ours[key], ref, spread.get(k, 0.0))
+        elif k.startswith("optim."):
+            name, state_key = k[len("optim.") :].rsplit(".", 1)
+            # shaped like the parameter: renamed and permuted as it is (Swin's patch merging)
+            key, ref = (
+                _convert_one(keymap, name, ref) if ref.dim() else (_rename(keymap, name, final[f"state.{name}"]), ref)
+            )
+            row("optim", k, trainer.optimizer.state[params[key]][state_key], ref, spread.get(k, 0.0))
+    return rows
+
+
+def test_final_parameters_buffers_and_optimizer_state(run):
+    """Every final parameter, buffer and optimizer state tensor within the case README's bound; the
+    median over each kind's tensors of |ours - ref| / spread <= MEDIAN_SPREAD_RATIO; counts equal."""
+    cfg, folder, trainer, keymap, _, (final, _) = run
+    core = trainer.acc.unwrap_model(trainer.model)
     state_ref = {k[len("state.") :]: v for k, v in final.items() if k.startswith("state.")}
-    converted, report = convert_state_dict(state_ref, core, keymap)
+    _, report = convert_state_dict(state_ref, core, keymap)  # the whole state converts, strictly
     assert report.ok, report.problems()
-    spread_of = {_rename(keymap, k[len("state.") :]): v for k, v in spread.items() if k.startswith("state.")}
+    rows = final_diffs(run)
+    assert any(r["kind"] == "optim" for r in rows), "the case stores no optimizer state"
     worst: dict[str, float] = {}
     ratios: dict[str, list[float]] = {"param": [], "buffer": [], "optim": []}
-    for key, ref in converted.items():
-        mine = ours[key]
-        if not ref.is_floating_point():  # num_batches_tracked
-            assert torch.equal(mine.cpu(), ref), f"{key}: {mine} vs {ref}"
-            continue
-        kind = "param" if key in params else "buffer"
-        atol, rtol, s = tol[kind]
-        err = (mine.float().cpu() - ref).abs().max().item()
-        scale = ref.abs().max().item()
-        worst[kind] = max(worst.get(kind, 0.0), err / max(scale, 1e-30))
-        limit = atol + rtol * scale + s * spread_of[key]
-        ratios[kind].append(err / max(spread_of[key], 1e-30))
-        assert err <= limit, f"{key}: max abs diff {err:.3g} > {limit:.3g} (max |ref| {scale:.3g})"
-    optim_ref = [k for k in final if k.startswith("optim.")]
-    assert optim_ref, "the case stores no optimizer state"
-    for k in optim_ref:
-        name, state_key = k[len("optim.") :].rsplit(".", 1)
-        ref = final[k]
-        mine = trainer.optimizer.state[params[_rename(keymap, name)]][state_key]
-        mine = torch.as_tensor(mine).float().cpu()
-        atol, rtol, s = tol["optim"]
-        err = (mine - ref.float()).abs().max().item()
-        scale = ref.abs().max().item()
-        worst["optim"] = max(worst.get("optim", 0.0), err / max(scale, 1e-30))
-        limit = atol + rtol * scale + s * spread[k]
-        ratios["optim"].append(err / max(spread[k], 1e-30))
-        assert err <= limit, f"{k}: max abs diff {err:.3g} > {limit:.3g} (max |ref| {scale:.3g})"
+    for r in rows:
+        what = f"{r['key']}: max abs diff {r['err']:.3g} > {r['limit']:.3g} (max |ref| {r['scale']:.3g})"
+        assert r["err"] <= r["limit"], what
+        if r["limit"] > 0:
+            worst[r["kind"]] = max(worst.get(r["kind"], 0.0), r["err"] / max(r["scale"], 1e-30))
+            ratios[r["kind"]].append(r["err"] / max(r["spread"], 1e-30))
     for kind, values in ratios.items():
         median = torch.tensor(values).median().item()
         assert median <= MEDIAN_SPREAD_RATIO, f"{kind}: median |ours - ref| / spread {median:.2f}"
     print(f"{folder.name}: max (abs diff / max |ref|) " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+
+
+def test_convert_one_renames_and_permutes_state_like_its_parameter():
+    """A Swin patch-merging weight goes through the converter's fix-up (channel permutation when the
+    recipe's merge order differs from the source's), so its AdamW moments must too; other keys through
+    the rename rules, values unchanged."""
+    from ctxseg.convert.mmseg_swin import swin_keymap, unfold_to_orig
+
+    w = torch.randn(8, 16)
+    merge, fc2 = "backbone.stages.0.downsample.reduction.weight", "backbone.stages.0.blocks.0.ffn.layers.1.weight"
+    keymap = swin_keymap({merge: w, fc2: w}, "timm")  # mmseg source (unfold order) -> timm order
+    key, value = _convert_one(keymap, merge, w)
+    assert key == merge and torch.equal(value, unfold_to_orig(w)) and not torch.equal(value, w)
+    assert _convert_one(keymap, fc2, w) == ("backbone.stages.0.blocks.0.mlp.fc2.weight", w)
+    assert _rename(swin_keymap({merge: w, fc2: w}), merge, w) == merge  # same order: unchanged
+    with pytest.raises(AssertionError, match="no rule or fix-up"):
+        _convert_one(keymap, "backbone.unknown.weight", w)

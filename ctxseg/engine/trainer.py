@@ -204,8 +204,8 @@ class Trainer:
             micro-batch j of iteration i is batches[(i * grad_accum + j) % len(batches)]; no dataset
             is opened or checked, periodic and final evaluation are skipped, and an epoch is
             len(batches) iterations. None: the recipe's data.
-        record_steps: keep one record per iteration in `self.step_records` (the lr of every param
-            group, every loss term, the global gradient norm before clipping).
+        record_steps: keep one record per iteration in `self.step_records` (the lr and weight decay of
+            every param group, every loss term, the global gradient norm before clipping).
     """
 
     def __init__(
@@ -686,6 +686,7 @@ class Trainer:
                         {
                             "step": self.step,
                             "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
+                            "weight_decay": [float(g.get("weight_decay", 0.0)) for g in self.optimizer.param_groups],
                             "terms": dict(terms_sum),
                             "grad_norm": grad_norm,
                         }
