@@ -32,7 +32,14 @@ _NEVER_TRIM = 2**31 - 1
 
 @dataclass(frozen=True)
 class AllocatorChoice:
-    name: str  # "keep" (tuned) or "system"
+    """What `keep_freed_memory` did, for the run log and `ctxseg bench`.
+
+    Args:
+        name: "keep" (freed blocks stay mapped) or "system" (the C library's defaults).
+        reason: why, in a few words.
+    """
+
+    name: str
     reason: str
 
 
