@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from ctxseg.errors import UserError
 
@@ -53,12 +53,165 @@ class Published(_Section):
     notes: str = ""
 
 
+class OpensegResize(_Section):
+    """openseg `train_trans.random_resize` (cv2_aug_transforms.RandomResize).
+
+    Args:
+        ratio: probability of applying it (the skip bit is drawn after the scale and aspect draws).
+        method: "random" (scale drawn uniformly from scale_range) or "bound" (scale that fits resize_bound).
+        scale_range: (min, max) of the uniformly drawn scale (method "random").
+        aspect_range: (min, max) of the uniformly drawn aspect ratio a; width x sqrt(a), height / sqrt(a).
+        resize_bound: (short, long) side bounds of method "bound".
+        max_side_bound: cap on the scaled image's longer side (method "random" only, as openseg); None: no cap.
+    """
+
+    ratio: float
+    method: Literal["random", "bound"] = "random"
+    scale_range: tuple[float, float] | None = None
+    aspect_range: tuple[float, float]
+    resize_bound: tuple[float, float] | None = None
+    max_side_bound: float | None = None
+
+
+class OpensegFixedResize(_Section):
+    """openseg `train_trans.resize` (cv2_aug_transforms.Resize, deterministic); the first of
+    target_size, min_side_length, max_side_length that is set decides.
+
+    Args:
+        target_size: (w, h) to resize to.
+        min_side_length: the shorter side becomes this (keep ratio, sizes rounded half to even).
+        max_side_length: the longer side becomes this (keep ratio).
+        max_side_bound: cap on the longer side after the above.
+    """
+
+    target_size: tuple[int, int] | None = None
+    min_side_length: int | None = None
+    max_side_length: int | None = None
+    max_side_bound: int | None = None
+
+
+class OpensegCrop(_Section):
+    """openseg `train_trans.random_crop` (cv2_aug_transforms.RandomCrop): a crop of min(crop, image)
+    size, no retries, no padding (the collate pads).
+
+    Args:
+        ratio: probability of applying it.
+        crop_size: (w, h) of the crop.
+        method: "random" (offset uniform), "center" or "grid" (one of grid cells' corners).
+        grid: (columns, rows) of method "grid".
+        allow_outside_center: accepted as in the json; openseg's RandomCrop does not read it.
+    """
+
+    ratio: float
+    crop_size: tuple[int, int]
+    method: Literal["random", "center", "grid"] = "random"
+    grid: tuple[int, int] | None = None
+    allow_outside_center: bool = True
+
+
+class OpensegFlip(_Section):
+    """openseg `train_trans.random_hflip` (cv2_aug_transforms.RandomHFlip).
+
+    Args:
+        ratio: flip probability.
+        swap_pair: (left, right) label ids swapped after a flip; None: the dataset's flip pairs (meta.json).
+    """
+
+    ratio: float
+    swap_pair: list[tuple[int, int]] | None = None
+
+
+class OpensegBrightness(_Section):
+    """openseg `train_trans.random_brightness` (cv2_aug_transforms.RandomBrightness).
+
+    Args:
+        ratio: probability of applying it.
+        shift_value: the integer shift is drawn from [-shift_value, shift_value].
+    """
+
+    ratio: float
+    shift_value: int
+
+
+class OpensegDataTransformer(_Section):
+    """openseg `train.data_transformer` (lib/datasets/tools/collate.py) for training batches.
+
+    Args:
+        size_mode: "fix_size" (every item padded to input_size); the only one ctxseg stacks.
+        input_size: (w, h) every item is padded to.
+        align_method: "only_pad".
+        pad_mode: where the padding goes: "random" (offsets drawn uniformly), "pad_left_up",
+            "pad_right_down", "pad_center" or "pad_border" (left-up or right-down at random).
+    """
+
+    size_mode: Literal["fix_size"] = "fix_size"
+    input_size: tuple[int, int]
+    align_method: Literal["only_pad"] = "only_pad"
+    pad_mode: Literal["random", "pad_left_up", "pad_right_down", "pad_center", "pad_border"] = "random"
+
+
+class OpensegNormalize(_Section):
+    """openseg `normalize` block (lib/datasets/tools/transforms.py ToTensor + Normalize).
+
+    Args:
+        div_value: pixel values are divided by it first (255.0 or 1.0).
+        mean: subtracted per channel, in the order of the image's channels (input_mode).
+        std: divided by per channel, same order.
+    """
+
+    div_value: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+OPENSEG_TRANSFORMS = ("random_resize", "resize", "random_crop", "random_hflip", "random_brightness")
+
+
+class OpensegConfig(_Section):
+    """The recipe's `[data.openseg]` table: openseg's (ContrastiveSeg's) training pipeline, with the
+    settings of the official json's `train_trans`, `train.data_transformer`, `normalize` and
+    `data.input_mode` (ctxseg/data/openseg_pipeline.py; used when `data.pipeline = "openseg"`).
+
+    Args:
+        trans_seq: transforms applied in this order (names of the blocks below).
+        shuffle_trans_seq: transforms applied first, in an order shuffled for every image.
+        input_mode: channel order of the network input: "BGR" (openseg's cv2 configs) or "RGB";
+            normalize's mean/std apply in this order. Evaluation uses the same normalisation.
+        random_resize: see OpensegResize.
+        resize: see OpensegFixedResize.
+        random_crop: see OpensegCrop.
+        random_hflip: see OpensegFlip.
+        random_brightness: see OpensegBrightness.
+        data_transformer: see OpensegDataTransformer.
+        normalize: see OpensegNormalize.
+    """
+
+    trans_seq: list[Literal[OPENSEG_TRANSFORMS]]  # type: ignore[valid-type]
+    shuffle_trans_seq: list[Literal[OPENSEG_TRANSFORMS]] = []  # type: ignore[valid-type]
+    input_mode: Literal["BGR", "RGB"] = "BGR"
+    random_resize: OpensegResize | None = None
+    resize: OpensegFixedResize | None = None
+    random_crop: OpensegCrop | None = None
+    random_hflip: OpensegFlip | None = None
+    random_brightness: OpensegBrightness | None = None
+    data_transformer: OpensegDataTransformer
+    normalize: OpensegNormalize
+
+    @model_validator(mode="after")
+    def _blocks_present(self):
+        for name in [*self.trans_seq, *self.shuffle_trans_seq]:
+            if getattr(self, name) is None:
+                raise ValueError(f"trans_seq names '{name}' but the table has no [data.openseg.{name}] block")
+        return self
+
+
 class DataConfig(_Section):
     """The recipe's `[data]` table: the prepared dataset and the training pipeline.
 
     The training pipeline follows mmseg: RandomResize(scale, ratio_range, keep_ratio) ->
     RandomCrop(crop_size, cat_max_ratio) -> RandomFlip -> (RandomRotation) -> PhotoMetricDistortion
-    -> Normalize -> Pad to crop_size.
+    -> Normalize -> Pad to crop_size. With `pipeline = "openseg"` it is openseg's instead (ContrastiveSeg,
+    ctxseg/data/openseg_pipeline.py), set by the `[data.openseg]` table (OpensegConfig).
 
     Args:
         dataset: dataset name (as `ctxseg prepare` knows it), used in reports.
@@ -81,6 +234,14 @@ class DataConfig(_Section):
         rotate_prob: probability of ssseg's RandomRotation after the flip (LIP: 0.6); 0 switches it off.
         rotate_degree: maximum rotation angle, in degrees (both directions).
         photometric: apply mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue).
+        pipeline: which official implementation of these transforms to reproduce, draw for draw:
+            "mmseg" (mmsegmentation 1.2.2), "mmseg0" (mmseg 0.x on mmcv 1.x, the CAC recipes: normalised
+            by multiplying with 1/std), "ssseg" (sssegmentation 1.7.0, the MCIBI recipes: 10 crop draws,
+            photometric HSV from the BGR image read as RGB, centred padding; see
+            `ctxseg.data.transforms.train_steps`) or "openseg": ContrastiveSeg's own augmentation,
+            normalisation and padding from the `[data.openseg]` table (the mmseg keys, mean and std are
+            then unused; `ctxseg.data.openseg_pipeline`).
+        openseg: the openseg pipeline's settings (required with pipeline = "openseg").
         mean: per-channel mean subtracted, RGB order, on 0..255 pixel values.
         std: per-channel standard deviation divided by, RGB order, on 0..255 pixel values.
         batch_size: images per process per step (the global batch is processes x batch_size x grad_accum).
@@ -112,6 +273,8 @@ class DataConfig(_Section):
     rotate_prob: float = 0.0
     rotate_degree: int = 30
     photometric: bool = True
+    pipeline: Literal["mmseg", "mmseg0", "ssseg", "openseg"] = "mmseg"  # whose transforms, draw for draw
+    openseg: OpensegConfig | None = None
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     batch_size: PositiveInt = 2  # per process
@@ -119,6 +282,19 @@ class DataConfig(_Section):
     flip_pairs: list[tuple[int, int]] | None = None  # None: take them from meta.json (LIP)
     sampler: Literal["uniform", "repeat_factor", "class_balanced"] = "uniform"
     repeat_thresh: float = 0.1  # repeat-factor sampling threshold (LVIS-style, on class image frequency)
+
+    @model_validator(mode="after")
+    def _openseg_table(self):
+        if self.pipeline == "openseg":
+            if self.openseg is None:
+                raise ValueError('pipeline = "openseg" needs a [data.openseg] table')
+            w, h = self.openseg.data_transformer.input_size
+            if tuple(self.crop_size) != (h, w):
+                raise ValueError(
+                    f"crop_size {list(self.crop_size)} (h, w) must equal openseg data_transformer.input_size "
+                    f"{[w, h]} (w, h) reversed: it is the training input size"
+                )
+        return self
 
 
 class OptimizerConfig(_Section):

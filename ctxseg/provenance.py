@@ -42,6 +42,7 @@ KEYS: dict[str, str] = {
     "rotate_degree": "data.rotate_degree",
     "flip_prob": "data.flip_prob",
     "photometric": "data.photometric",
+    "pipeline": "data.pipeline",  # whose transforms, draw for draw: mmseg, mmseg0, ssseg or openseg
     "optimizer": "train.optimizer.type",
     "lr": "train.optimizer.lr",
     "momentum": "train.optimizer.momentum",
@@ -84,10 +85,24 @@ REQUIRED = tuple(
         "momentum",
         "ms_mode",
         "ms_scales",
+        "pipeline",  # unstated: the mmseg-style pipeline (DEFAULT_PIPELINE), compared all the same
         *PUBLISHED_KEYS,
     )
 )
 META_KEYS = {"use", "config", "deviations", "published_source", "notes", "source"}
+# settings of the mmseg-style pipeline: inert (compared as unset) in a recipe with data.pipeline = "openseg",
+# whose augmentation is stated by the row's "data.openseg.*" keys
+MMSEG_PIPELINE_KEYS = (
+    "scale",
+    "keep_ratio",
+    "ratio_range",
+    "cat_max",
+    "rotate_prob",
+    "rotate_degree",
+    "flip_prob",
+    "photometric",
+)
+DEFAULT_PIPELINE = "mmseg"  # a row that states no `pipeline`: the mmseg-style one (mmseg, ssseg and CAC alike)
 
 
 @dataclass
@@ -249,7 +264,7 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
     lines = []
     keys = list(KEYS) + [k for k in values if "." in k]  # dotted keys: method hyper-parameters
     for key in keys:
-        if key not in values and key not in REQUIRED and key not in PUBLISHED_KEYS:
+        if key not in values and key not in REQUIRED and key not in PUBLISHED_KEYS and key != "pipeline":
             continue
         path = KEYS.get(key, key)
         ours = _get(resolved, path)
@@ -260,6 +275,10 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
             ours = recipe.eval.ms_mode or recipe.eval.mode
         if key == "aux_weight" and official is None and recipe.model.aux_head is None:
             ours = None  # no auxiliary head: its weight is inert
+        if key in MMSEG_PIPELINE_KEYS and recipe.data.pipeline == "openseg":
+            ours = None  # openseg's own pipeline: the mmseg-style keys are not read
+        if key == "pipeline" and key not in values:
+            official = DEFAULT_PIPELINE
         if key not in values and key in REQUIRED:
             lines.append(Line(key, path, ours, None, "", "MISMATCH", "the provenance row does not state this setting"))
             continue
@@ -272,6 +291,8 @@ def compare(recipe: Recipe, table: dict | None = None) -> list[Line]:
             status, note = "MISMATCH", ""
         if key == "pretrained" and not note:
             note = _registry_note(ours, recipe.name)
+        if key == "pipeline" and key not in values and not note:
+            note = "the row states no pipeline: the mmseg-style one"
         lines.append(
             Line(
                 key,

@@ -67,6 +67,9 @@ def _mmseg_backbone(cfg: dict) -> dict:
         return {"type": "hrnet", "stages": stages}
     if t == "SwinTransformer":
         assert cfg.get("strides", [4, 2, 2, 2]) == [4, 2, 2, 2] and cfg.get("qk_scale") is None, cfg
+        # ctxseg's Swin: GELU MLPs, LayerNorms, nothing frozen, no checkpointing (mmseg's defaults)
+        assert cfg.get("act_cfg", {"type": "GELU"})["type"] == "GELU", cfg
+        assert cfg.get("norm_cfg", {"type": "LN"})["type"] == "LN" and cfg.get("frozen_stages", -1) == -1, cfg
         keys = (
             "embed_dims",
             "depths",
@@ -139,6 +142,23 @@ def mmseg_recipe_from(c: dict, case: str) -> dict:
         "data": {"num_classes": c["num_classes"], "mean": pre["mean"], "std": pre["std"]},
         "model": model,
     }
+
+
+def cac_model_recipe_from(c: dict, case: str) -> dict:
+    """The tiny ctxseg recipe dict of a CAC-fork training case (config.json of
+    tests/golden_train/cases/cac-*: `cac_model_cfg` = the fork's mmseg 0.x model config, `img_norm_cfg`,
+    align_corners, num_classes). The fork's *CAC heads are the plain mmseg heads plus the CAC
+    classifier, which the case's recipe adds as [[model.plugins]] type = "cac"."""
+    m = json.loads(json.dumps(c["cac_model_cfg"]))
+    norm = c["img_norm_cfg"]
+    assert norm["to_rgb"], norm  # ctxseg normalises BGR images into RGB order
+    heads = m["decode_head"] if isinstance(m["decode_head"], list) else [m["decode_head"]]
+    cac = [h for h in heads if h["type"] in CAC_HEADS]
+    assert len(cac) == 1 and cac[0] is heads[-1], f"one CAC head, the last decode head: {heads}"
+    cac[0]["type"] = cac[0]["type"].removesuffix("CAC")  # OCRHeadCAC -> OCRHead, ...
+    assert cac[0]["type"] in _HEAD_KEYS, f"no ctxseg head for mmseg {cac[0]['type']}: extend tests/golden_cases.py"
+    pre = {"mean": norm["mean"], "std": norm["std"]}
+    return mmseg_recipe_from({**c, "mmseg_model_cfg": m, "data_preprocessor": pre}, case)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,4 +475,23 @@ def contrast_model_recipe(case: str) -> dict:
             "head": {"type": "openseg_hrnet"},
             "plugins": [{"type": "pixel_contrast", "proj": c["proj"], "proj_dim": c["proj_dim"]}],
         },
+    }
+
+
+def openseg_contrast_recipe_from(c: dict) -> dict:
+    """The tiny ctxseg model of a ContrastiveSeg training golden (tests/golden_train/ref_openseg.py's
+    config.json: hrnet_config, layer1, model_num_classes, openseg_config's contrast block)."""
+    hr = c["hrnet_config"]
+    stages = [{"num_modules": 1, "num_blocks": [c["layer1"]["blocks"]], "num_channels": [c["layer1"]["planes"]]}]
+    for s in ("STAGE2", "STAGE3", "STAGE4"):
+        assert hr[s]["BLOCK"] == "BASIC" and hr[s]["FUSE_METHOD"] == "SUM", hr[s]
+        spec = hr[s]
+        stages.append(
+            {"num_modules": spec["NUM_MODULES"], "num_blocks": spec["NUM_BLOCKS"], "num_channels": spec["NUM_CHANNELS"]}
+        )
+    return {
+        "name": f"golden-{c['case']}",
+        "description": f"built from {c['case']}/config.json",
+        "data": {"num_classes": c["model_num_classes"]},
+        "model": {"backbone": {"type": "hrnet", "fuse_upsample": "openseg", "stages": stages}},
     }

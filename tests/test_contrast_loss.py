@@ -39,6 +39,31 @@ def test_legacy_nearest_downsampling():
 
 
 @pytest.mark.parametrize(
+    "seed,b,n,c,max_samples,max_views", [(1, 3, 200, 5, 60, 8), (2, 2, 900, 4, 1024, 100), (3, 4, 120, 3, 40, 10)]
+)
+def test_official_draws_replay_the_official_randperm_calls(seed, b, n, c, max_samples, max_views):
+    """sampler "official": from the same torch seed, the anchors the official loop (randperm per
+    class, hard then easy) picks, in its order, and the default generator left in the same state."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-1, c, (b, n), generator=g)
+    predict = torch.where(
+        torch.rand(b, n, generator=g) < 0.3, torch.randint(0, c, (b, n), generator=g), labels.clamp(min=0)
+    )
+    feats = F.normalize(torch.randn(b, n, 6, generator=g), dim=2)
+    torch.manual_seed(100 + seed)
+    ref = naive_sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=True)
+    after_ref = torch.rand(3)
+    torch.manual_seed(100 + seed)
+    vec = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=True, official_draws=True)
+    after_vec = torch.rand(3)
+    x, y, idx = ref
+    assert torch.equal(vec.indices, idx) and torch.equal(vec.labels, y) and torch.equal(vec.feats, x)
+    assert torch.equal(after_ref, after_vec)
+    fast = sample_anchors(feats, labels, predict, max_samples, max_views, -1, random=True)
+    assert not torch.equal(fast.indices, idx)  # the fast sampler draws otherwise (same distribution)
+
+
+@pytest.mark.parametrize(
     "seed,b,n,c,max_samples,max_views",
     [(1, 3, 200, 5, 60, 8), (2, 2, 500, 9, 1024, 100), (3, 4, 120, 3, 7, 10), (4, 1, 90, 4, 1024, 1)],
 )

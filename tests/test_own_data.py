@@ -185,10 +185,14 @@ def test_adapt_a_paper_recipe(workdir: Path):
     r, text = result.recipe, "\n".join(result.notes)
     assert r.data.num_classes == 5 and r.train.loss.class_weight is None and "19 weights" in text
     assert r.published.miou is None and "published: dropped" in text
-    # a crop the resized images fill exactly stays (CamVid: 48x64 -> 360x480 at scale (480, 360))
-    camvid = adapt_to_data(load_recipe("contrast-hrnet48-camvid-mem"), workdir / "data" / "tools").recipe
+    # a crop the resized images fill exactly stays (CamVid: 48x64 -> 360x480 at the mmseg scale (480, 360))
+    mm = load_recipe("contrast-hrnet48-camvid-mem", ["data.pipeline='mmseg'"])
+    camvid = adapt_to_data(mm, workdir / "data" / "tools").recipe
     assert tuple(camvid.data.crop_size) == (360, 480) and camvid.data.val_split == "val"
     assert camvid.data.ignore_index == 255
+    # its own (openseg) pipeline has no fixed resize: the crop shrinks to the 48x64 images, openseg's follow
+    own = adapt_to_data(load_recipe("contrast-hrnet48-camvid-mem"), workdir / "data" / "tools").recipe
+    assert tuple(own.data.crop_size) == (48, 64) and tuple(own.data.openseg.data_transformer.input_size) == (64, 48)
     # Cityscapes' RandomResize (2048, 1024) blows 48x64 images up to 1024x1365, which the 512x1024 crop fits;
     # the note says how far they are scaled
     assert tuple(r.data.crop_size) == tuple(base.data.crop_size) and "x21.33" in text

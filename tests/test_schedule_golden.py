@@ -135,30 +135,12 @@ def _schedule_key(recipe) -> tuple:
 
 
 # mismatches found by these goldens and not fixed yet (issue 22 follow-up); strict: a fix must remove them
-KNOWN = {
-    ("params", "ce-hrnet48-camvid"),
-    ("params", "contrast-hrnet48-camvid-mem"),
-    ("params", "contrast-hrnet48-camvid"),
-    ("params", "contrast-hrnet48-cocostuff10k"),
-    ("params", "contrast-hrnet48-pascal-context"),
-    ("norm", "ce-hrnet48-camvid"),
-    ("norm", "contrast-hrnet48-camvid-mem"),
-    ("norm", "contrast-hrnet48-camvid"),
-}
-
-
-def _known(kind: str, path: Path) -> None:
-    if (kind, path.stem) in KNOWN:
-        pytest.xfail(f"known {kind} mismatch of {path.stem} (see tests/golden_train/README.md)")
-
-
 def test_cases_present():
     assert CASES, f"no schedule goldens under {golden_dir()}"
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_param_groups_match_official(path):
-    _known("params", path)
     case = _case(path)
     recipe, model = _build(case)
     optimizer = build_optimizer(model, recipe)  # the Trainer's construction
@@ -188,7 +170,6 @@ def test_param_groups_match_official(path):
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_lr_curves_match_official(path):
-    _known("lr", path)
     case = _case(path)
     recipe = load_recipe(case["recipe"])
     total = _total(recipe, case)
@@ -226,7 +207,6 @@ def test_norm_layers_match_official(path):
     ctxseg's side: the model as the Trainer prepares it for a multi-GPU run (convert_sync_batchnorm)."""
     from ctxseg.models.norm import convert_sync_batchnorm
 
-    _known("norm", path)
     case = _case(path)
     if "norms" not in case:
         pytest.skip("case written without the norm table")

@@ -213,6 +213,9 @@ def bench_cmd(
         out.print(summary_table(results))
     for phase, choice in _layouts(device).items():
         out.print(f"{phase} layout: [bold]{choice['layout']}[/] ({choice['reason']})")
+    allocator = next((r["allocator"] for r in results if r.get("allocator")), None)
+    if allocator:
+        out.print(f"allocator: [bold]{allocator['name']}[/] ({allocator['reason']})")
     kinds = [r["memory_kind"] for r in results if "memory_kind" in r]
     if chosen and kinds and kinds[0].startswith("cpu"):
         note = (

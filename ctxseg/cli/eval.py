@@ -104,6 +104,10 @@ def eval_cmd(
         overrides.append(f"eval.mode='{mode}'")
     model, recipe, extra = load_model(ckpt_path, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        from ctxseg.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every image's activations would be faulted in anew otherwise
     model.to(device)
     index = PreparedIndex.open(recipe.data.root)
     split = split or recipe.data.val_split

@@ -73,6 +73,10 @@ def predict(
     ckpt_path = resolve_checkpoint(checkpoint)
     model, recipe, _ = load_model(ckpt_path, set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        from ctxseg.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every image's activations would be faulted in anew otherwise
     model.to(device)
     # the prepared index's palette and flip pairs, else the dataset's own (LIP's pairs), else generated
     meta = dataset_meta(recipe)

@@ -48,16 +48,25 @@ class InferenceGraph(nn.Module):
 def metadata(recipe, classes: list[str] | None = None, palette=None) -> dict[str, str]:
     """What a deployment needs to feed the graph and read its output (all values are strings)."""
     d = recipe.data
+    order, mean, std = "RGB", list(d.mean), list(d.std)
+    if d.pipeline == "openseg":  # openseg normalises (x / div - m) / s in its input_mode order (BGR: OpenCV's)
+        n = d.openseg.normalize
+        order = d.openseg.input_mode
+        mean, std = [m * n.div_value for m in n.mean], [v * n.div_value for v in n.std]
     meta = {
         "ctxseg.recipe": recipe.name,
         "ctxseg.input": (
-            "images: float32 [N,3,H,W], RGB channel order, normalised as (pixel - mean) / std on 0..255 values"
+            f"images: float32 [N,3,H,W], {order} channel order, normalised as (pixel - mean) / std on 0..255 values"
         ),
         "ctxseg.output": "logits: float32 [N,num_classes,H,W] at the input size; argmax over dim 1 gives class ids",
-        "ctxseg.channel_order": "RGB",
-        "ctxseg.note": "images read with OpenCV are BGR: convert to RGB before normalising",
-        "ctxseg.mean": json.dumps(list(d.mean)),
-        "ctxseg.std": json.dumps(list(d.std)),
+        "ctxseg.channel_order": order,
+        "ctxseg.note": (
+            "images read with OpenCV are BGR: convert to RGB before normalising"
+            if order == "RGB"
+            else "images read with OpenCV are BGR: feed them in that order (the recipe trains on BGR input)"
+        ),
+        "ctxseg.mean": json.dumps(mean),
+        "ctxseg.std": json.dumps(std),
         "ctxseg.num_classes": str(d.num_classes),
         "ctxseg.ignore_index": str(d.ignore_index),
         "ctxseg.align_corners": json.dumps(recipe.model.align_corners),

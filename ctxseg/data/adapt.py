@@ -78,6 +78,13 @@ def nominal_size(h: int, w: int, recipe: Recipe) -> tuple[int, int]:
     from ctxseg.data import transforms as T
 
     d = recipe.data
+    if d.pipeline == "openseg":  # its fixed `resize` (if in the sequence), the random resize at scale 1
+        if "resize" not in d.openseg.trans_seq:
+            return h, w
+        from ctxseg.data.openseg_pipeline import fixed_size
+
+        rw, rh = fixed_size(h, w, d.openseg.resize)
+        return rh, rw
     if d.scale is None:
         return h, w
     return T.rescale_size(h, w, d.scale) if d.keep_ratio else T.stretch_size(h, w, d.scale)
@@ -185,7 +192,7 @@ def _adapt_crop(recipe: Recipe, raw: dict, index: PreparedIndex, keep: set[str])
     nominal = [nominal_size(h, w, recipe) for h, w in sizes]
     nh, nw = _median([h for h, _ in nominal]), _median([w for _, w in nominal])
     notes = []
-    if d.scale is not None:
+    if d.scale is not None and d.pipeline == "mmseg":
         factor = nh / own[0]
         if factor > 1.5 or factor < 0.5:
             notes.append(
@@ -196,7 +203,10 @@ def _adapt_crop(recipe: Recipe, raw: dict, index: PreparedIndex, keep: set[str])
     new = (ch if ch <= nh else _fit(nh), cw if cw <= nw else _fit(nw))  # only an edge the images cannot fill
     if new != (ch, cw) and "data.crop_size" not in keep:
         raw["data"]["crop_size"] = list(new)
-        at = "" if d.scale is None else f" at the recipe's resize to {_show(list(d.scale))}"
+        if d.pipeline == "openseg":  # its crop and the collate's input size follow, (w, h)
+            raw["data"]["openseg"]["random_crop"]["crop_size"] = [new[1], new[0]]
+            raw["data"]["openseg"]["data_transformer"]["input_size"] = [new[1], new[0]]
+        at = "" if d.scale is None or d.pipeline != "mmseg" else f" at the recipe's resize to {_show(list(d.scale))}"
         notes.append(
             f"data.crop_size: {_show([ch, cw])} -> {_show(list(new))} (the training images are typically "
             f"{nh}x{nw}{at}, median of {len(sizes)} read; images the random rescale makes smaller are padded "

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctxseg.config import DataConfig
+from ctxseg.data import openseg_pipeline as OS
 from ctxseg.data import transforms as T
 from ctxseg.data.index import PreparedIndex, Sample
 from ctxseg.errors import UserError
@@ -107,7 +108,7 @@ class SegDataset(Dataset):
         size = img.shape[:2]
         if self.test_resize is not None:
             img, _ = T.resize_pair(img, None, T.test_size(*size, self.test_resize, self.test_keep_ratio))
-        image = T.normalize(img, self.cfg.mean, self.cfg.std)
+        image = OS.normalize_input(img, self.cfg)
         out = {"image": torch.from_numpy(image), "index": i, "size": tuple(size)}
         if lab is not None:
             out["label"] = torch.from_numpy(lab.astype(np.int64))
@@ -117,16 +118,12 @@ class SegDataset(Dataset):
         c = self.cfg
         if lab is None:
             raise UserError("Training needs labels, but the training split has none")
-        img, lab = T.random_resize(img, lab, c.scale, c.ratio_range, rng, c.keep_ratio)
-        img, lab = T.random_crop(img, lab, c.crop_size, c.cat_max_ratio, c.ignore_index, rng)
-        img, lab = T.random_flip(img, lab, c.flip_prob, self.flip_pairs, rng)
-        if c.rotate_prob > 0:
-            img, lab = T.random_rotate(img, lab, c.rotate_prob, c.rotate_degree, c.ignore_index, rng)
-        if c.photometric:
-            img = T.photometric_distortion(np.ascontiguousarray(img), rng)
-        image = T.normalize(np.ascontiguousarray(img), c.mean, c.std)
-        image, lab = T.pad_to(image, np.ascontiguousarray(lab), c.crop_size, c.ignore_index)
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(lab.astype(np.int64))}
+        if c.pipeline == "openseg":  # ContrastiveSeg's own augmentation, normalisation and padding
+            image, lab = OS.train_item(img, lab, c, OS.draws_for(rng), self.flip_pairs)
+            return {"image": torch.from_numpy(image), "label": torch.from_numpy(lab.astype(np.int64))}
+        for _, step in T.train_steps(c, self.flip_pairs):
+            img, lab = step(img, lab, rng)
+        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.int64))}
 
 
 class TrainBatchSampler:

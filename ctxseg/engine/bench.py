@@ -455,9 +455,11 @@ def run_bench(
     """All measurements as one JSON-able dict (see the module docstring). compile: torch.compile
     the training forward and the inference model (the warm-up runs pay the compile time).
     profile: also list each phase's top operators (one more call under torch.profiler, untimed)."""
+    from ctxseg.engine.allocator import keep_freed_memory
     from ctxseg.engine.inference import set_compile
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    allocator = keep_freed_memory() if device.type == "cpu" else None  # as `ctxseg train` runs on the CPU
     recipe = without_pretrained(recipe)
     resettable = device.type == "cpu" and reset_peak_rss()
     cfg = {
@@ -492,6 +494,7 @@ def run_bench(
         "memory_kind": "cuda_max_memory_allocated"
         if device.type == "cuda"
         else ("cpu_peak_rss_per_phase" if resettable else "cpu_peak_rss_process_high_water_mark"),
+        "allocator": None if allocator is None else {"name": allocator.name, "reason": allocator.reason},
         "compile": compile,
         "compile_cache": _compile_cache_dir() if compile else None,
         "loadavg_start": load_average(),

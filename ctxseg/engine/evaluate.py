@@ -11,7 +11,8 @@ import torch
 from ctxseg.config import Recipe
 from ctxseg.data.dataset import SegDataset
 from ctxseg.data.index import PreparedIndex
-from ctxseg.data.transforms import normalize, resize_pair, test_size
+from ctxseg.data.openseg_pipeline import normalize_input
+from ctxseg.data.transforms import resize_pair, test_size
 from ctxseg.engine.inference import infer
 from ctxseg.engine.settings import InferenceSettings
 from ctxseg.io import write_png
@@ -61,9 +62,9 @@ def predict_scores(model, recipe: Recipe, img, settings: InferenceSettings, devi
     as mmseg's postprocess_result and ssseg's tester do before the argmax. A list of N images of one
     size runs as one batch and gives [N, C, H, W] (`ctxseg.load(...).predict(batch_size=...)`)."""
     images = img if isinstance(img, list) else [img]
-    x = torch.from_numpy(
-        np.stack([normalize(load_eval_image(i, settings), recipe.data.mean, recipe.data.std) for i in images])
-    ).to(device)
+    x = torch.from_numpy(np.stack([normalize_input(load_eval_image(i, settings), recipe.data) for i in images])).to(
+        device
+    )
     return infer(model, x, settings, out_size=tuple(images[0].shape[:2]))
 
 

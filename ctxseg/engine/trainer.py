@@ -214,9 +214,9 @@ class Trainer:
             micro-batch j of iteration i is batches[(i * grad_accum + j) % len(batches)]; no dataset
             is opened or checked, periodic and final evaluation are skipped, and an epoch is
             len(batches) iterations. None: the recipe's data.
-        record_steps: keep one record per iteration in `self.step_records` (the lr of every param
-            group, every loss term, the global gradient norm before clipping, and the plug-ins' state
-            after the step: `plugin_state`, e.g. MCIBI's memory bank).
+        record_steps: keep one record per iteration in `self.step_records` (the lr and weight decay of
+            every param group, every loss term, the global gradient norm before clipping, and the
+            plug-ins' state after the step: `plugin_state`, e.g. MCIBI's memory bank).
     """
 
     def __init__(
@@ -317,9 +317,14 @@ class Trainer:
                     except UserError as e:
                         error = e
                 self._agree(error)
+        from ctxseg.engine.allocator import AllocatorChoice, keep_freed_memory
         from ctxseg.engine.layout import choose
 
         self.layout = choose(self.acc.device, "train")  # measured once per machine, cached
+        # CPU steps re-fault their freed activations otherwise (ctxseg.engine.allocator)
+        self.allocator = (
+            keep_freed_memory() if self.acc.device.type == "cpu" else AllocatorChoice("system", "not a CPU run")
+        )
         model = to_training_layout(model, self.acc.device)
         optimizer = build_optimizer(model, recipe)
         self.schedule = build_scheduler(optimizer, recipe, self.total)
@@ -339,6 +344,7 @@ class Trainer:
         return (
             f"{self.world} process{'es' if self.world > 1 else ''} on {self.acc.device.type}, "
             f"mixed precision {self.acc.mixed_precision}, {self.layout.name} layout ({self.layout.reason}), "
+            f"allocator {self.allocator.name} ({self.allocator.reason}), "
             f"{self.total} iterations, run folder {self.run_dir}"
         )
 
@@ -691,6 +697,7 @@ class Trainer:
                         {
                             "step": self.step,
                             "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
+                            "weight_decay": [float(g.get("weight_decay", 0.0)) for g in self.optimizer.param_groups],
                             "terms": dict(terms_sum),
                             "grad_norm": grad_norm,
                             "plugin_state": _plugin_state(core),

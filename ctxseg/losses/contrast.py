@@ -116,13 +116,17 @@ def sample_anchors(
     random: bool = True,
     generator: torch.Generator | None = None,
     channels_first: bool = False,
+    official_draws: bool = False,
 ) -> Anchors | None:
     """Hard-anchor sampling over a batch.
 
     feats [B, N, D] (flattened feature map, any strides; [B, D, N] with channels_first, e.g. a
     [B, D, h, w] embedding flattened without a copy), labels [B, N] ground truth at feature
     resolution, predict [B, N]. random=False takes the candidates in index order, which is what
-    the official code does under an identity `torch.randperm` (the golden data). Returns None
+    the official code does under an identity `torch.randperm` (the golden data). With random and
+    official_draws the choice is the official one draw for draw (`official_order`: the official
+    `torch.randperm` calls, in its order, from the same generator); without official_draws random
+    keys on the feature device choose a subset of the same distribution. Returns None
     where the official code returns (None, None) or would build an empty anchor set (n_view 0).
 
     One sort does all the work: each pixel gets the key (group, tie-break) with
@@ -148,7 +152,9 @@ def sample_anchors(
     img, cls = pairs[:, 0], pairs[:, 1]
     num_hard, num_easy = counts[img, 2 * cls], counts[img, 2 * cls + 1]
     hard_keep, easy_keep = kept_counts(num_hard, num_easy, n_view)
-    if random:
+    if random and official_draws:
+        order, starts = official_order(group, counts, pairs, generator)
+    elif random:
         order, starts = _random_candidates(group, counts, img, cls, hard_keep, easy_keep, generator)
     else:
         # flat over the batch: image i's pixels sit at i * n + (index), its groups' runs start likewise
@@ -166,6 +172,34 @@ def sample_anchors(
     else:
         chosen = feats[img[:, None], indices]
     return Anchors(chosen.float(), cls, pairs, indices, num_hard, num_easy, hard_keep, easy_keep)
+
+
+def official_order(
+    group: torch.Tensor, counts: torch.Tensor, pairs: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official draws: for every (image, class) pair in the official loop order (images in batch
+    order, classes ascending), `torch.randperm(num_hard)` then `torch.randperm(num_easy)` on the CPU
+    (the official calls: no device, so the default CPU generator unless `generator` is given), and the
+    candidates of each group ordered by their position in that permutation: the first k of a run
+    are the official `indices[perm[:k]]`, in the official order. The same number of draws as the
+    official code, so the generator leaves in the same state.
+
+    -> (flat batch pixel ids i * n + index sorted by (image, group, permutation position);
+        [B * G] position in that list where each (image, group) run starts)."""
+    b, n = group.shape
+    dev = group.device
+    group_cpu = group.cpu()
+    rank = torch.full((b, n), n, dtype=torch.long)  # pixels of groups not sampled: after the sampled ones
+    for ii, c in pairs.tolist():
+        for g in (2 * c, 2 * c + 1):  # hard (prediction wrong) then easy, as the official calls
+            idx = (group_cpu[ii] == g).nonzero()[:, 0]
+            perm = torch.randperm(idx.numel(), generator=generator)
+            rank[ii, idx[perm]] = torch.arange(idx.numel())
+    key = group_cpu * (n + 1) + rank
+    offset = (torch.arange(b) * n)[:, None]
+    order = (torch.sort(key, dim=1).indices + offset).view(-1).to(dev)
+    starts = (counts.cumsum(1) - counts + offset.to(dev)).view(-1)
+    return order, starts
 
 
 # candidates per (image, group) sorted by the random sampler: about factor x kept + extra (the
@@ -422,6 +456,7 @@ def pixel_contrast_loss(
     self_mask: bool = True,
     random: bool = True,
     generator: torch.Generator | None = None,
+    official_draws: bool = False,
 ) -> ContrastResult:
     """The official `PixelContrastLoss.forward`: embed [B, D, h, w], labels [B, H, W] (image
     resolution), predict [B, h, w]. A NaN-producing step (row without positives) is returned
@@ -438,6 +473,7 @@ def pixel_contrast_loss(
         random,
         generator,
         channels_first=True,
+        official_draws=official_draws,
     )
     if anchors is None:
         return ContrastResult(None, None, labels_down, None)

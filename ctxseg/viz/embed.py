@@ -100,7 +100,7 @@ def collect(
 ):
     """Run a checkpoint over the first `num_images` images of its recipe's val split and sample."""
     from ctxseg.data.index import PreparedIndex
-    from ctxseg.data.transforms import normalize
+    from ctxseg.data.openseg_pipeline import normalize_input
     from ctxseg.engine.checkpoint import load_model
     from ctxseg.io import read_image
     from ctxseg.losses.contrast import downsample_labels
@@ -121,7 +121,7 @@ def collect(
         img = read_image(s.image)
         gt = info.ground_truth(s.label)
         scale = min(1.0, max_side / max(img.shape[:2]))  # big images: downscale (a picture, not an eval)
-        x = torch.from_numpy(normalize(img, recipe.data.mean, recipe.data.std)).unsqueeze(0).to(device)
+        x = torch.from_numpy(normalize_input(img, recipe.data)).unsqueeze(0).to(device)
         y = torch.from_numpy(gt)[None]
         if scale < 1.0:
             size = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))

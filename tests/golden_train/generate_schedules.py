@@ -328,15 +328,14 @@ def gen_mmseg(names, rows, out, args):
 
 # ---------------------------------------------------------------------------------------------
 # CAC fork (mmseg 0.x on mmcv 1.x)
-def gen_cac(names, rows, out, args):
-    import torch
-
-    warnings.filterwarnings("ignore")
-    if not args.cac_repo:
-        raise SystemExit("--cac-repo (or $CTXSEG_CAC_REPO) is required for the CAC recipes")
-    src = export_tree(args.cac_repo)
-    if args.cac_mmcv:
-        sys.path.insert(0, os.path.abspath(args.cac_mmcv))
+def import_cac_fork(git_dir: str, mmcv_dir: str | None) -> tuple[str, str]:
+    """Make the CAC fork importable as `mmseg` (on mmcv 1.x) in this process: export the fork's
+    tree from its git dir, put it and the pure-python mmcv 1.7.2 folder first on sys.path, stub
+    mmcv.ops / einops, and import mmseg with the fork's mmcv<=1.5.0 check bypassed. Returns (the
+    exported tree, the real mmcv version). Call it before anything imports mmseg 1.x / mmcv 2.x."""
+    src = export_tree(git_dir)
+    if mmcv_dir:
+        sys.path.insert(0, os.path.abspath(mmcv_dir))
     sys.path.insert(0, src)
     import mmcv
 
@@ -352,6 +351,17 @@ def gen_cac(names, rows, out, args):
         import mmseg  # noqa: F401
     finally:
         mmcv.__version__ = real
+    return src, real
+
+
+def gen_cac(names, rows, out, args):
+    import torch
+
+    warnings.filterwarnings("ignore")
+    if not args.cac_repo:
+        raise SystemExit("--cac-repo (or $CTXSEG_CAC_REPO) is required for the CAC recipes")
+    src, real = import_cac_fork(args.cac_repo, args.cac_mmcv)
+    import mmcv
     from mmcv.runner import HOOKS, build_optimizer
     from mmcv.utils import build_from_cfg
     from mmseg.models import build_segmentor
@@ -528,6 +538,22 @@ def _script_args(text: str) -> dict:
     return opts
 
 
+# Rows whose own official files do not name the network the recipe (and the paper) trains. CamVid has
+# no run script, and its jsons' `network` blocks name a ResNet-101 OCNet (deepbase_resnet101_dilated8 +
+# asp_ocnet / base_ocnet: a leftover, the files are named H_48_D_4, i.e. HRNet-W48 at stride 4);
+# COCO-Stuff and PASCAL-Context have CE scripts only (--model_name hrnet_w48, fs_ce_loss), which build
+# no projection head. These rows take the network options (backbone, model_name) from the
+# Cityscapes HRNet-W48 script of the same method; everything else from their own script and json.
+NETWORK_SCRIPT = {
+    "ce-hrnet48-camvid": "scripts/cityscapes/hrnet/run_h_48_d_4.sh",
+    "contrast-hrnet48-camvid": "scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh",
+    "contrast-hrnet48-camvid-mem": "scripts/cityscapes/hrnet/run_h_48_d_4_contrast_mem.sh",
+    "contrast-hrnet48-cocostuff10k": "scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh",
+    "contrast-hrnet48-pascal-context": "scripts/cityscapes/hrnet/run_h_48_d_4_contrast.sh",
+}
+NETWORK_OPTIONS = ("backbone", "model_name")  # the loss follows from the model name
+
+
 def gen_openseg(names, rows, out, args):
     import torch
 
@@ -568,6 +594,10 @@ def gen_openseg(names, rows, out, args):
         json_path = next(p for p in parts if p.startswith("configs/")).rstrip(",;")
         del cfg_rel
         opts = _script_args((Path(src) / script).read_text()) if script else {}
+        network_script = NETWORK_SCRIPT.get(name)
+        if network_script:
+            network = _script_args((Path(src) / network_script).read_text())
+            opts.update({k: network[k] for k in NETWORK_OPTIONS if k in network})
         d = json.loads((Path(src) / json_path).read_text())
         # the command-line defaults of main_contrastive.py that decide the schedule (Configer: a
         # default that is not None replaces the json value): --is_warm False, --nbb_mult 1.0
@@ -616,6 +646,8 @@ def gen_openseg(names, rows, out, args):
             "family": "openseg",
             "official_config": rows[name]["config"],
             "reference": f"tfzhou/ContrastiveSeg {args.contrast_commit}",
+            "network": {k: d["network"][k] for k in ("backbone", "model_name")},
+            "network_from": network_script or script or json_path,
             "optimizer": d["optim"]["optim_method"],
             "lr": d["lr"],
             "max_iters": total,

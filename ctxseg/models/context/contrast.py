@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctxseg.errors import UserError
-from ctxseg.losses.contrast import downsample_labels, pixel_contrast_loss
-from ctxseg.models.context.base import ContextPlugin, gather_across_processes
+from ctxseg.losses.contrast import downsample_labels, pixel_contrast_loss, sample_anchors
+from ctxseg.models.context.base import ContextPlugin, _distributed, gather_across_processes
 from ctxseg.models.heads.base import ClassifierSlot
 
 
@@ -83,6 +83,14 @@ class PixelContrast(ContextPlugin):
             an image to be sampled (100).
         loss_weight: weight of `loss_contrast` (0.1).
         warmup: the term is added from this training step on (5000).
+        sampler: hard-anchor draws. "official": the official `torch.randperm` calls per (image, class),
+            hard then easy, in the official order, from torch's default CPU generator, also during the
+            warm-up (the official loss samples every step and multiplies the term by 0), so a run
+            seeded like the official one draws the same anchors; in a one-process run the queue
+            updates' randperm calls also use the default generator, as the official trainer (with
+            several processes, and with "fast", a generator seeded by `seed` and the step, the same
+            on every replica); "fast": random keys on the embedding's device (the same
+            distribution, no host loop, nothing drawn in the warm-up).
         official_single_process: reproduce the official trainer, where the term never switches on in a
             non-distributed run.
         use_queue: memory variant: contrast against per-class segment and pixel queues (registered
@@ -118,6 +126,7 @@ class PixelContrast(ContextPlugin):
         max_views: int = 100,
         loss_weight: float = 0.1,
         warmup: int = 5000,
+        sampler: Literal["official", "fast"] = "official",
         official_single_process: bool = False,
         use_queue: bool = False,
         memory_size: int = 5000,
@@ -147,6 +156,9 @@ class PixelContrast(ContextPlugin):
         self.temperature, self.base_temperature = temperature, base_temperature
         self.max_samples, self.max_views, self.ignore_index = max_samples, max_views, ignore_index
         self.loss_weight, self.warmup, self.official_single_process = loss_weight, warmup, official_single_process
+        if sampler not in ("official", "fast"):
+            raise UserError(f"model.plugins (pixel_contrast): sampler must be 'official' or 'fast', got '{sampler}'")
+        self.sampler = sampler
         self.use_queue, self.memory_size, self.pixel_update_freq = use_queue, memory_size, pixel_update_freq
         self.official_queue_update, self.network_stride = official_queue_update, network_stride
         self.queue_skip_class0, self.queue_self_mask, self.seed = queue_skip_class0, queue_self_mask, seed
@@ -186,7 +198,9 @@ class PixelContrast(ContextPlugin):
             return {}
         embed = outputs["embed"]
         keep_graph = embed.sum() * 0.0  # every parameter stays in the graph (DDP) when the term is off
-        if not self._active(step):
+        active = self._active(step)
+        official = self.sampler == "official" and self.random_sampling
+        if not active and not official:
             # the official code still computes the term and multiplies it by 0; skipping the
             # computation gives the same gradients (zero) without its cost or its NaNs
             return {"loss_contrast": keep_graph, "stat_contrast_skipped": torch.tensor(float(self.skipped))}
@@ -194,6 +208,22 @@ class PixelContrast(ContextPlugin):
         if logits.shape[-2:] != embed.shape[-2:]:
             logits = F.interpolate(logits, size=embed.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         predict = logits.detach().argmax(1)
+        if not active:
+            # warm-up with the official sampler: only the anchors are drawn (the official randperm
+            # calls, so the generator advances as in the official run, which samples, computes the
+            # term and multiplies it by 0); the term is 0
+            b, d, h, w = embed.shape
+            sample_anchors(
+                embed.detach().reshape(b, d, h * w),
+                downsample_labels(targets, (h, w)).reshape(b, -1),
+                predict.reshape(b, -1),
+                self.max_samples,
+                self.max_views,
+                self.ignore_index,
+                channels_first=True,
+                official_draws=True,
+            )
+            return {"loss_contrast": keep_graph, "stat_contrast_skipped": torch.tensor(float(self.skipped))}
         with torch.autocast(device_type=embed.device.type, enabled=False):
             res = pixel_contrast_loss(
                 embed.float(),
@@ -208,6 +238,7 @@ class PixelContrast(ContextPlugin):
                 self.queue_skip_class0,
                 self.queue_self_mask,
                 self.random_sampling,
+                official_draws=official,
             )
         if res.degenerate:
             # the official code raises (no class with enough pixels) or returns NaN (a class seen
@@ -225,7 +256,10 @@ class PixelContrast(ContextPlugin):
             return
         keys = gather_across_processes(outputs["embed"].detach().float())
         labels = gather_across_processes(targets)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # same draws on every replica
+        if self.sampler == "official" and not _distributed():
+            gen = None  # one process: the official `torch.randperm` calls on the default generator
+        else:  # several processes: the same draws on every replica (they all update the same queues)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         self.update_queues(keys, labels, gen)
 
     def _perm(self, n: int, gen: torch.Generator | None) -> torch.Tensor:
