@@ -6,11 +6,11 @@ block is returned to the kernel when freed, so the next step maps it again and t
 anew: on a 2-core host a b2 256x512 OCRNet-HR18 step took ~0.95 million minor page faults and 4.4-4.9 s
 of system time out of 6-7 s (see docs/benchmarks.md, "Allocator"). Telling malloc never to serve
 large blocks by mmap and never to trim the heap keeps those pages mapped: the same step then takes
-~80 k faults and < 1 s of system time (AMD EPYC, AVX2). How much that buys depends on what a page
-fault costs on the host: on an AVX-512 Xeon VM whose faults are cheap the system time was ~3 s per
-process either way. The pages were in use at the peak anyway; heap fragmentation adds a few percent
-to the peak resident memory (measured +3% in the training phase, +8% for the whole process), and the
-memory is kept until the process ends, which is what a training or evaluation process wants.
+~80 k faults and < 1 s of system time (AMD EPYC, AVX2: ~20% faster). How much that buys depends on
+what a page fault costs on the host: 8% on an AVX-512 Xeon VM with cheaper faults. The pages were in
+use at the peak anyway, but heap fragmentation adds to the peak resident memory (measured +7% in the
+training phase, +12% for the whole process), and the memory is kept until the process ends, which is
+what a training or evaluation process wants.
 
 `CTXSEG_MALLOC=system` leaves the C library's defaults alone (e.g. to compare, or when another
 allocator such as jemalloc is preloaded).
