@@ -36,12 +36,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import types
 import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.golden_train
+from tests.golden_train.generate import _ensure_mmcv_ops  # noqa: E402 - mmcv-lite has no compiled ops
 
 MMSEG_VERSION = "1.2.2"
 SSSEG_VERSION = "1.7.0"
@@ -252,23 +254,6 @@ def make_sample(rng: np.random.Generator, h: int, w: int, num_classes: int, kind
 
 # ------------------------------------------------------------------------------------------------
 # mmseg
-
-
-def _ensure_mmcv_ops() -> None:
-    """mmseg imports ``mmcv.ops``; mmcv-lite has no compiled ops and no transform needs them."""
-    try:
-        importlib.import_module("mmcv.ops")
-        return
-    except Exception:  # noqa: BLE001 - ImportError or a missing compiled extension
-        pass
-
-    class _Placeholder(types.ModuleType):
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return type(name, (), {})
-
-    sys.modules["mmcv.ops"] = _Placeholder("mmcv.ops")
 
 
 def _shrink(v, f):
